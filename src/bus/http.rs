@@ -1,0 +1,136 @@
+//! The agent's HTTP sender: frames a spooled batch (see [`super::wire`]), signs it at send time
+//! and posts it to `POST /api/v1/ingest`, classifying the answer so the agent knows whether to
+//! remove, discard or retry the batch.
+//!
+//! It never touches the spool itself; `modes::agent` decides what to do with each outcome.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::StatusCode;
+
+use super::wire::{self, BatchHeaders};
+
+/// What happened to one send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Stored (or stored before): remove it from the spool.
+    Acknowledged,
+    /// Refused for a reason that will not change by retrying (malformed, too large): discard and
+    /// count it.
+    Refused(String),
+    /// Not stored this time (network, controller down, not enrolled yet, clock skew): retry.
+    Retry(String),
+}
+
+/// Sends batches for one node.
+pub struct HttpSender {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    node: String,
+    key: String,
+    interval_ms: u64,
+}
+
+impl HttpSender {
+    /// `ca_cert`: verify the controller against this PEM CA instead of the system roots.
+    pub fn new(
+        controller: &str,
+        node: &str,
+        key: &str,
+        interval: Duration,
+        ca_cert: Option<&Path>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let base = reqwest::Url::parse(controller)
+            .with_context(|| format!("controller URL {controller:?} is not a URL"))?;
+        let url = base
+            .join("api/v1/ingest")
+            .with_context(|| format!("cannot build the ingest URL from {controller:?}"))?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(1)
+            .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        Ok(Self {
+            client: builder.build().context("cannot build the HTTP client")?,
+            url,
+            node: node.to_owned(),
+            key: key.to_owned(),
+            interval_ms: interval.as_millis() as u64,
+        })
+    }
+
+    /// The body for a spooled batch: the records, wrapped with what is known at send time.
+    pub fn frame(&self, records_json: &[u8], dropped_batches: u64) -> Vec<u8> {
+        let mut body = Vec::with_capacity(records_json.len() + 64);
+        body.extend_from_slice(
+            format!(
+                "{{\"interval_ms\":{},\"dropped_batches\":{},\"records\":",
+                self.interval_ms, dropped_batches
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(records_json);
+        body.push(b'}');
+        body
+    }
+
+    /// Signs and sends one batch.
+    pub async fn send(
+        &self,
+        instance: &str,
+        seq: u64,
+        dropped_batches: u64,
+        records_json: &[u8],
+    ) -> SendOutcome {
+        let body = self.frame(records_json, dropped_batches);
+        let headers = BatchHeaders {
+            node: self.node.clone(),
+            instance: instance.to_owned(),
+            seq,
+            timestamp_ms: crate::timefmt::now_ms(),
+        };
+        let signature = wire::sign(self.key.as_bytes(), &headers, &body);
+        let (payload, gzip) = wire::encode(&body);
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(wire::HEADER_NODE, &headers.node)
+            .header(wire::HEADER_INSTANCE, &headers.instance)
+            .header(wire::HEADER_SEQ, seq.to_string())
+            .header(wire::HEADER_TIMESTAMP, headers.timestamp_ms.to_string())
+            .header(wire::HEADER_SIGNATURE, signature);
+        if gzip {
+            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        let response = match request.body(payload).send().await {
+            Ok(response) => response,
+            Err(err) => return SendOutcome::Retry(format!("cannot reach the controller: {err}")),
+        };
+        let status = response.status();
+        if status.is_success() {
+            return SendOutcome::Acknowledged;
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        match status {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+                SendOutcome::Refused(format!("{status}: {message}"))
+            }
+            _ => SendOutcome::Retry(format!("{status}: {message}")),
+        }
+    }
+}

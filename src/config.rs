@@ -1,0 +1,360 @@
+//! Configuration of every mode as plain data: TOML files (unknown keys are errors that name the
+//! key), overridden by `FLEET_*` environment variables, overridden by flags. Defaults live here
+//! and only here.
+//!
+//! This module never starts anything; `modes/` turns these structs into running tasks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Deserializer};
+
+use crate::collectors::CollectorKind;
+
+/// Reads a TOML config file. The error names the file and, for an unknown or mistyped key, the
+/// key.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|err| {
+        anyhow::anyhow!(
+            "config file {} is not valid: {}",
+            path.display(),
+            err.to_string().trim_end()
+        )
+    })
+}
+
+/// Parses a duration such as `10s`, `5m`, `14d`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|err| {
+        format!("{text:?} is not a duration ({err}); write it like \"10s\", \"5m\" or \"14d\"")
+    })
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// The controller: ingest, stores, API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded SQLite database and other local state live.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL, `sqlite://…` for another SQLite file. Unset: SQLite in
+    /// `data_dir`.
+    pub database_url: Option<String>,
+    /// `redis://…` to keep the hot ring in Redis. Unset: in process memory.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so several fleets (or tests) can share one Redis.
+    pub redis_prefix: String,
+    /// PEM certificate chain; with `tls_key`, the API is served over HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Operator tokens accepted in addition to those created with `fleet token create`
+    /// (for automation: `FLEET_API_TOKEN`).
+    pub api_tokens: Vec<String>,
+    /// How often enrolled nodes and tokens are re-read from the store, so `fleet node add` and
+    /// `fleet node remove` take effect on a running controller.
+    #[serde(deserialize_with = "de_duration")]
+    pub registry_refresh: Duration,
+    pub ingest: IngestConfig,
+    pub retention: RetentionConfig,
+    pub hot: HotConfig,
+    pub status: StatusConfig,
+    /// Nodes whitelisted in this file (in addition to those enrolled with `fleet node add`).
+    pub nodes: Vec<StaticNode>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".parse().expect("a valid literal address"),
+            data_dir: PathBuf::from("./fleet-data"),
+            database_url: None,
+            redis_url: None,
+            redis_prefix: "fleet:".into(),
+            tls_cert: None,
+            tls_key: None,
+            api_tokens: Vec::new(),
+            registry_refresh: Duration::from_secs(2),
+            ingest: IngestConfig::default(),
+            retention: RetentionConfig::default(),
+            hot: HotConfig::default(),
+            status: StatusConfig::default(),
+            nodes: Vec::new(),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// The database URL in force: the configured one, or SQLite in the data dir.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("fleet.db").display()
+            ),
+        }
+    }
+}
+
+/// Limits and checks on `POST /api/v1/ingest`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest request body, as sent (compressed or not).
+    pub max_body_bytes: usize,
+    /// Largest body after decompression.
+    pub max_decompressed_bytes: usize,
+    /// How far a batch's send timestamp may be from the controller's clock, either way.
+    #[serde(deserialize_with = "de_duration")]
+    pub clock_skew: Duration,
+    /// Most batches written in one database transaction (group commit).
+    pub max_group: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_decompressed_bytes: 8 * 1024 * 1024,
+            clock_skew: Duration::from_secs(300),
+            max_group: 256,
+        }
+    }
+}
+
+/// How long history is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Raw samples (and the per-batch ledger) older than this are deleted.
+    #[serde(deserialize_with = "de_duration")]
+    pub samples: Duration,
+    /// Durable copies of records older than this are deleted.
+    #[serde(deserialize_with = "de_duration")]
+    pub records: Duration,
+    /// Collectors whose whole records are kept durably (records without samples always are).
+    pub record_collectors: Vec<String>,
+    /// How often the retention sweep runs.
+    #[serde(deserialize_with = "de_duration")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            samples: Duration::from_secs(14 * 86_400),
+            records: Duration::from_secs(3 * 86_400),
+            record_collectors: vec!["processes".into()],
+            sweep_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The hot ring.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotConfig {
+    /// Newest records kept per node and collector.
+    pub ring_size: usize,
+}
+
+impl Default for HotConfig {
+    fn default() -> Self {
+        Self { ring_size: 2000 }
+    }
+}
+
+/// When a node counts as up, stale or down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// A node is stale when nothing arrived for this long or 3 of its intervals, whichever is
+    /// longer.
+    #[serde(deserialize_with = "de_duration")]
+    pub stale_after: Duration,
+    /// A node is down when nothing arrived for this long or 10 of its intervals, whichever is
+    /// longer.
+    #[serde(deserialize_with = "de_duration")]
+    pub down_after: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(30),
+            down_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A node whitelisted in the controller's config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNode {
+    pub name: crate::model::NodeName,
+    pub key: String,
+    /// Source addresses the node may send from (CIDR). Empty: any.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The agent on a node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Base URL of the controller, e.g. `https://fleet.example.com:7070`.
+    pub controller: String,
+    /// This node's enrolled name.
+    pub node: String,
+    /// This node's key, as printed by `fleet node add`.
+    pub key: String,
+    /// How often collectors run (each may override it).
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Spool, sequence number and instance id live here.
+    pub data_dir: PathBuf,
+    /// PEM CA certificate to verify the controller with, instead of the system roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Largest total size of unsent batches on disk; past it the oldest are dropped (and
+    /// counted).
+    pub spool_max_bytes: u64,
+    /// Timeout of one request to the controller.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// Per-collector settings; collectors not listed run with defaults if they autoload.
+    pub collectors: BTreeMap<CollectorKind, CollectorConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            controller: String::new(),
+            node: String::new(),
+            key: String::new(),
+            interval: Duration::from_secs(10),
+            data_dir: PathBuf::from("./fleet-agent-data"),
+            ca_cert: None,
+            spool_max_bytes: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            collectors: BTreeMap::new(),
+        }
+    }
+}
+
+/// One collector's settings in the agent config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Run it (default: whether it autoloads).
+    pub enabled: Option<bool>,
+    /// Its own interval instead of the agent's.
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub interval: Option<Duration>,
+}
+
+impl AgentConfig {
+    /// The collectors to run, with their intervals.
+    pub fn enabled_collectors(&self) -> Vec<(CollectorKind, Duration)> {
+        CollectorKind::ALL
+            .into_iter()
+            .filter_map(|kind| {
+                let conf = self.collectors.get(&kind);
+                let enabled = conf
+                    .and_then(|c| c.enabled)
+                    .unwrap_or_else(|| kind.autoload());
+                enabled.then(|| {
+                    let interval = conf.and_then(|c| c.interval).unwrap_or(self.interval);
+                    (kind, interval)
+                })
+            })
+            .collect()
+    }
+
+    /// Checks what serde cannot: required fields and their forms.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.controller.is_empty() {
+            anyhow::bail!(
+                "no controller URL: pass --controller https://HOST:7070 or set `controller` in the config"
+            );
+        }
+        let url = reqwest::Url::parse(&self.controller)
+            .with_context(|| format!("controller URL {:?} is not a URL", self.controller))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            anyhow::bail!(
+                "controller URL {:?} must start with http:// or https://",
+                self.controller
+            );
+        }
+        crate::model::NodeName::parse(&self.node).map_err(|e| {
+            anyhow::anyhow!("{e}: pass --node NAME as enrolled with `fleet node add NAME`")
+        })?;
+        if self.key.is_empty() {
+            anyhow::bail!("no node key: pass --key KEY as printed by `fleet node add`");
+        }
+        if self.interval < Duration::from_millis(100) {
+            anyhow::bail!(
+                "interval {:?} is too short; use at least 100ms",
+                self.interval
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<ControllerConfig>("listen = \"127.0.0.1:1\"\nlisten_port = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_port"), "{err}");
+        let err = toml::from_str::<AgentConfig>("[collectors.system]\nenable = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn collectors_autoload_and_can_be_disabled_or_retimed() {
+        let conf: AgentConfig = toml::from_str(
+            "interval = \"5s\"\n[collectors.processes]\nenabled = false\n[collectors.disk]\ninterval = \"1m\"\n",
+        )
+        .unwrap();
+        let enabled = conf.enabled_collectors();
+        assert!(enabled.contains(&(CollectorKind::System, Duration::from_secs(5))));
+        assert!(enabled.contains(&(CollectorKind::Disk, Duration::from_secs(60))));
+        assert!(!enabled.iter().any(|(k, _)| *k == CollectorKind::Processes));
+    }
+
+    #[test]
+    fn durations_read_like_an_operator_writes_them() {
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert!(parse_duration("soon").is_err());
+    }
+}

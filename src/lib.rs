@@ -1,0 +1,29 @@
+//! fleet: run and watch a fleet of Linux machines from one binary.
+//!
+//! # Layout
+//!
+//! - [`model`]: the data model (nodes, records, samples, vitals) and its limits; no I/O.
+//! - [`config`]: every mode's configuration as plain data; TOML, environment, flags.
+//! - [`collectors`]: what the agent measures, one file per collector.
+//! - [`bus`]: how batches move: the signed wire format, the agent's spool, the HTTP sender.
+//! - [`pipeline`]: the one path data takes in the controller: verify → decode → store.
+//! - [`store`]: the durable store (SQLite | PostgreSQL) and the hot ring (memory | Redis).
+//! - [`web`]: the axum router: ingest, the read API, auth.
+//! - [`modes`]: one module per subcommand; wiring only.
+//! - [`timefmt`]: times in and out (RFC 3339, relative forms).
+
+pub mod bus;
+pub mod collectors;
+pub mod config;
+pub mod model;
+pub mod modes;
+pub mod pipeline;
+pub mod store;
+pub mod timefmt;
+pub mod web;
+
+/// Installs ring as the process-wide rustls crypto provider. Call it first thing: rustls has no
+/// default when (as here) only ring is compiled in.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

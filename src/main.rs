@@ -1,0 +1,377 @@
+//! The `fleet` command line: parses flags (clap), merges them over `FLEET_*` variables and the
+//! TOML config, and calls one function per mode in `fleet::modes`. Nothing else happens here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use fleet::config::{self, AgentConfig, ControllerConfig};
+use fleet::model::{NodeName, parse_label};
+
+/// Run and watch a fleet of Linux machines.
+///
+/// Quick start: `fleet controller --local-agent` runs a controller on the embedded defaults
+/// (SQLite in ./fleet-data, in-memory hot ring) with an agent for this host, and prints the
+/// API address and the operator token.
+#[derive(Parser)]
+#[command(name = "fleet", version, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info` or `fleet=debug`.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_LOG",
+        default_value = "fleet=info,warn"
+    )]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the central controller: ingest, stores, REST API.
+    Controller(ControllerArgs),
+    /// Run the agent on a node: collect, spool, sign and send to the controller.
+    Agent(AgentArgs),
+    /// Enroll, list and remove nodes (writes the controller's store directly).
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Manage operator API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Load generators that measure the system.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// Where the controller keeps its data: shared by every command that touches the store.
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Controller config file (TOML). Flags and FLEET_* variables override it.
+    #[arg(long, env = "FLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory for the embedded SQLite database [default: ./fleet-data].
+    #[arg(long, env = "FLEET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Use this database instead of SQLite in the data dir: postgres://user@host/db or sqlite://path.
+    #[arg(long, env = "FLEET_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn load(&self) -> anyhow::Result<ControllerConfig> {
+        let mut config: ControllerConfig = match &self.config {
+            Some(path) => config::load_toml(path)?,
+            None => ControllerConfig::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(url) = &self.database_url {
+            config.database_url = Some(url.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to serve the API on [default: 127.0.0.1:7070].
+    #[arg(long, env = "FLEET_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Keep the hot ring in Redis: redis://host:6379 [default: in memory].
+    #[arg(long, env = "FLEET_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key [default: fleet:].
+    #[arg(long, env = "FLEET_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// PEM certificate chain: serve HTTPS (needs --tls-key).
+    #[arg(long, env = "FLEET_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "FLEET_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// An operator token to accept (for automation), besides those from `fleet token create`.
+    #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Also run an agent for this host, enrolled automatically (quick start).
+    #[arg(long)]
+    local_agent: bool,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Agent config file (TOML). Flags and FLEET_* variables override it.
+    #[arg(long, env = "FLEET_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Controller base URL, e.g. https://fleet.example.com:7070.
+    #[arg(long, env = "FLEET_CONTROLLER")]
+    controller: Option<String>,
+    /// This node's enrolled name.
+    #[arg(long, env = "FLEET_NODE")]
+    node: Option<String>,
+    /// This node's key, as printed by `fleet node add`.
+    #[arg(long, env = "FLEET_NODE_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// How often to collect, e.g. 10s [default: 10s].
+    #[arg(long, env = "FLEET_INTERVAL", value_parser = config::parse_duration)]
+    interval: Option<Duration>,
+    /// Where the spool, sequence number and instance id live [default: ./fleet-agent-data].
+    #[arg(long, env = "FLEET_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// PEM CA certificate to verify the controller with, instead of the system roots.
+    #[arg(long, env = "FLEET_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Largest size of the unsent spool in bytes; the oldest batches are dropped (and counted) past it [default: 64 MiB].
+    #[arg(long, env = "FLEET_SPOOL_MAX_BYTES")]
+    spool_max_bytes: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Enroll a node: store its key and print it with a ready agent config.
+    Add {
+        /// Node name: letters, digits, '.', '_', '-'; at most 64.
+        name: NodeName,
+        /// Source network the node may send from (CIDR); repeat for several [default: any].
+        #[arg(long = "allow", value_name = "CIDR")]
+        allow: Vec<ipnet::IpNet>,
+        /// A label, key=value; repeat for several.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Use this key instead of a random one (at least 16 characters).
+        #[arg(long, hide_env_values = true)]
+        key: Option<String>,
+        /// Controller URL to write into the printed agent config.
+        #[arg(
+            long,
+            env = "FLEET_CONTROLLER",
+            default_value = "http://127.0.0.1:7070"
+        )]
+        controller_url: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List enrolled nodes.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove an enrolled node: its next batch is refused.
+    Remove {
+        name: NodeName,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an operator API token and print it (shown once).
+    Create {
+        /// What the token is for.
+        #[arg(long, default_value = "created on the command line")]
+        label: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Simulate agents sending batches; print throughput, latency, and loss read back from the store.
+    Ingest(fleet::modes::bench::IngestBenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    fleet::install_crypto();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("fleet=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // The agent runs on every node and must stay small: one thread. The controller and the
+    // benchmarks use every core.
+    let runtime = match &cli.command {
+        Command::Agent(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let result = runtime
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(dispatch(cli.command)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels the token on SIGTERM or Ctrl-C.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::error!(cause = %err, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Controller(args) => run_controller(args).await,
+        Command::Agent(args) => {
+            let mut config: AgentConfig = match &args.config {
+                Some(path) => config::load_toml(path)?,
+                None => AgentConfig::default(),
+            };
+            if let Some(v) = args.controller {
+                config.controller = v;
+            }
+            if let Some(v) = args.node {
+                config.node = v;
+            }
+            if let Some(v) = args.key {
+                config.key = v;
+            }
+            if let Some(v) = args.interval {
+                config.interval = v;
+            }
+            if let Some(v) = args.data_dir {
+                config.data_dir = v;
+            }
+            if let Some(v) = args.ca_cert {
+                config.ca_cert = Some(v);
+            }
+            if let Some(v) = args.spool_max_bytes {
+                config.spool_max_bytes = v;
+            }
+            fleet::modes::agent::run(config, shutdown_on_signals()).await
+        }
+        Command::Node { command } => {
+            let out = match command {
+                NodeCommand::Add {
+                    name,
+                    allow,
+                    labels,
+                    key,
+                    controller_url,
+                    store,
+                } => {
+                    let add = fleet::modes::node::AddNode {
+                        name,
+                        allow,
+                        labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+                        key,
+                        controller_url,
+                    };
+                    fleet::modes::node::add(&store.load()?, add).await?
+                }
+                NodeCommand::List { store } => fleet::modes::node::list(&store.load()?).await?,
+                NodeCommand::Remove { name, store } => {
+                    fleet::modes::node::remove(&store.load()?, &name).await?
+                }
+            };
+            print!("{out}");
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { label, store },
+        } => {
+            let token = fleet::modes::token::create(&store.load()?, &label).await?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Ingest(args),
+        } => fleet::modes::bench::ingest(args).await,
+    }
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let mut config = args.store.load()?;
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.redis_url {
+        config.redis_url = Some(v);
+    }
+    if let Some(v) = args.redis_prefix {
+        config.redis_prefix = v;
+    }
+    if let Some(v) = args.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        config.tls_key = Some(v);
+    }
+    if let Some(v) = args.api_token {
+        config.api_tokens.push(v);
+    }
+    let shutdown = shutdown_on_signals();
+    let data_dir = config.data_dir.clone();
+    let ca_cert = config.tls_cert.clone();
+    let running = fleet::modes::controller::start(config, shutdown.clone()).await?;
+    println!("fleet controller: API at {}", running.url);
+    if let Some(token) = &running.first_token {
+        match &running.token_file {
+            Some(file) => println!("operator token (saved to {}): {token}", file.display()),
+            None => println!("operator token (shown once): {token}"),
+        }
+        println!(
+            "try: curl -H 'Authorization: Bearer {token}' {}/api/v1/nodes",
+            running.url
+        );
+    }
+    let agent = if args.local_agent {
+        let agent_config =
+            fleet::modes::controller::local_agent_config(&running, &data_dir, ca_cert).await?;
+        println!(
+            "local agent: node {} reporting every {:?}",
+            agent_config.node, agent_config.interval
+        );
+        let stop = shutdown.clone();
+        Some(tokio::spawn(fleet::modes::agent::run(agent_config, stop)))
+    } else {
+        None
+    };
+    running.wait().await?;
+    if let Some(agent) = agent {
+        agent.await.context("the local agent panicked")??;
+    }
+    Ok(())
+}

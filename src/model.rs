@@ -1,0 +1,491 @@
+//! The data model shared by every mode: node names, records, samples, vitals, and the limits that
+//! bound each of them.
+//!
+//! This module is plain data and validation. It must never do I/O or know about HTTP, SQL or
+//! Redis: the agent, the controller and the stores all speak these types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds on everything a batch may carry. One place, so the agent builds only what the
+/// controller accepts and the documentation (docs/wire.md) has one list to quote.
+pub mod limits {
+    /// Longest node, collector or label name.
+    pub const NAME_MAX: usize = 64;
+    /// Longest metric name.
+    pub const METRIC_NAME_MAX: usize = 128;
+    /// Longest label value.
+    pub const LABEL_VALUE_MAX: usize = 256;
+    /// Most labels on one sample.
+    pub const LABELS_MAX: usize = 16;
+    /// Most records in one batch.
+    pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
+    /// Most samples in one batch, over all its records.
+    pub const SAMPLES_PER_BATCH_MAX: usize = 20_000;
+}
+
+/// Why a name or a value was refused. The message names the offending field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {problem}")]
+pub struct InvalidInput {
+    pub field: String,
+    pub problem: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+fn check_chars(
+    field: &str,
+    value: &str,
+    max: usize,
+    allowed: impl Fn(char) -> bool,
+    what: &str,
+) -> Result<(), InvalidInput> {
+    if value.is_empty() {
+        return Err(InvalidInput::new(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(InvalidInput::new(
+            field,
+            format!("is {} bytes long; at most {max} are allowed", value.len()),
+        ));
+    }
+    if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+        return Err(InvalidInput::new(
+            field,
+            format!("contains {bad:?}; only {what} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// A node's unique name: `[a-zA-Z0-9._-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct NodeName(String);
+
+impl NodeName {
+    pub fn parse(value: &str) -> Result<Self, InvalidInput> {
+        check_chars(
+            "node",
+            value,
+            limits::NAME_MAX,
+            name_char,
+            "letters, digits, '.', '_' and '-'",
+        )?;
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for NodeName {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks a collector name: same alphabet and length as node names.
+pub fn check_collector_name(field: &str, value: &str) -> Result<(), InvalidInput> {
+    check_chars(
+        field,
+        value,
+        limits::NAME_MAX,
+        name_char,
+        "letters, digits, '.', '_' and '-'",
+    )
+}
+
+/// Checks a metric name: `[a-zA-Z0-9._:-]{1,128}`.
+pub fn check_metric_name(field: &str, value: &str) -> Result<(), InvalidInput> {
+    check_chars(
+        field,
+        value,
+        limits::METRIC_NAME_MAX,
+        |c| name_char(c) || c == ':',
+        "letters, digits, '.', '_', ':' and '-'",
+    )
+}
+
+/// One numeric measurement: `name{labels} = value` at the time of the record that carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    /// Metric name, e.g. `cpu.user_percent` or `disk.used_bytes`.
+    pub name: String,
+    /// Dimensions that tell series of one metric apart (`mount`, `interface`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn new(name: impl Into<String>, value: f64) -> Self {
+        Self {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            value,
+        }
+    }
+
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// The labels as canonical JSON (keys sorted), the form series are keyed by.
+    pub fn labels_json(&self) -> String {
+        serde_json::to_string(&self.labels).expect("a map of strings always serialises")
+    }
+
+    fn validate(&self, field: &str) -> Result<(), InvalidInput> {
+        check_metric_name(&format!("{field}.name"), &self.name)?;
+        if !self.value.is_finite() {
+            return Err(InvalidInput::new(
+                format!("{field}.value"),
+                "must be a finite number",
+            ));
+        }
+        if self.labels.len() > limits::LABELS_MAX {
+            return Err(InvalidInput::new(
+                format!("{field}.labels"),
+                format!(
+                    "has {} labels; at most {} are allowed",
+                    self.labels.len(),
+                    limits::LABELS_MAX
+                ),
+            ));
+        }
+        for (key, value) in &self.labels {
+            check_chars(
+                &format!("{field}.labels"),
+                key,
+                limits::NAME_MAX,
+                |c| c.is_ascii_alphanumeric() || c == '_',
+                "letters, digits and '_' in label names",
+            )?;
+            if value.len() > limits::LABEL_VALUE_MAX {
+                return Err(InvalidInput::new(
+                    format!("{field}.labels.{key}"),
+                    format!("is longer than {} bytes", limits::LABEL_VALUE_MAX),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one collector produced at one tick on one node: a JSON document for the hot ring and the
+/// live view, plus the numeric samples kept as history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub collector: String,
+    /// Milliseconds since the Unix epoch, when the collector ran.
+    pub ts: i64,
+    /// The collector's document (e.g. the top-5 process list). Free-form JSON.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
+}
+
+/// The body of a batch on the wire (see docs/wire.md), before compression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// The agent's collection interval in milliseconds: tells the controller when to call the
+    /// node stale.
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// Batches this agent instance has dropped from its full spool so far (cumulative), so the
+    /// controller can tell known drops from unexplained gaps.
+    #[serde(default)]
+    pub dropped_batches: u64,
+    pub records: Vec<Record>,
+}
+
+impl BatchBody {
+    /// Checks every name, count and number against [`limits`]. The error names the field by its
+    /// path, e.g. `records[3].samples[0].name`.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.records.len() > limits::RECORDS_PER_BATCH_MAX {
+            return Err(InvalidInput::new(
+                "records",
+                format!(
+                    "has {} records; at most {} are allowed",
+                    self.records.len(),
+                    limits::RECORDS_PER_BATCH_MAX
+                ),
+            ));
+        }
+        let mut total_samples = 0usize;
+        for (i, record) in self.records.iter().enumerate() {
+            let field = format!("records[{i}]");
+            check_collector_name(&format!("{field}.collector"), &record.collector)?;
+            if record.ts < 0 {
+                return Err(InvalidInput::new(
+                    format!("{field}.ts"),
+                    "must be milliseconds since the Unix epoch",
+                ));
+            }
+            total_samples += record.samples.len();
+            if total_samples > limits::SAMPLES_PER_BATCH_MAX {
+                return Err(InvalidInput::new(
+                    "records",
+                    format!(
+                        "carry more than {} samples in all",
+                        limits::SAMPLES_PER_BATCH_MAX
+                    ),
+                ));
+            }
+            for (j, sample) in record.samples.iter().enumerate() {
+                sample.validate(&format!("{field}.samples[{j}]"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.records.iter().map(|r| r.samples.len()).sum()
+    }
+}
+
+/// Where a node's enrollment comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeSource {
+    /// `[[nodes]]` in the controller's config file.
+    Config,
+    /// `fleet node add`, kept in the durable store.
+    Enrolled,
+}
+
+/// An enrolled node: who may send as this name, from where, and how it is labelled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: NodeName,
+    /// The shared secret its batches are signed with.
+    pub key: String,
+    /// Source networks it may send from; empty means any.
+    pub allow: Vec<ipnet::IpNet>,
+    pub labels: BTreeMap<String, String>,
+    pub source: NodeSource,
+}
+
+impl Node {
+    /// Whether `addr` may send as this node.
+    pub fn allows(&self, addr: std::net::IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&addr))
+    }
+}
+
+/// Checks a label given as `key=value` on the command line.
+pub fn parse_label(text: &str) -> Result<(String, String), InvalidInput> {
+    let (key, value) = text.split_once('=').ok_or_else(|| {
+        InvalidInput::new("label", format!("{text:?} is not of the form key=value"))
+    })?;
+    check_chars(
+        "label",
+        key,
+        limits::NAME_MAX,
+        |c| c.is_ascii_alphanumeric() || c == '_',
+        "letters, digits and '_' in label names",
+    )?;
+    if value.len() > limits::LABEL_VALUE_MAX {
+        return Err(InvalidInput::new(
+            format!("label {key}"),
+            format!("is longer than {} bytes", limits::LABEL_VALUE_MAX),
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Whether a node is reporting, judged from when it last sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Up,
+    Stale,
+    Down,
+}
+
+impl NodeState {
+    /// Up while batches arrive on time; stale after `stale_after` or 3 intervals of silence,
+    /// whichever is longer; down after `down_after` or 10 intervals. A node never seen is down.
+    pub fn of(
+        last_seen_ms: Option<i64>,
+        interval_ms: i64,
+        now_ms: i64,
+        stale_after: std::time::Duration,
+        down_after: std::time::Duration,
+    ) -> Self {
+        let Some(last_seen) = last_seen_ms else {
+            return NodeState::Down;
+        };
+        let silence = now_ms - last_seen;
+        let stale = (stale_after.as_millis() as i64).max(3 * interval_ms);
+        let down = (down_after.as_millis() as i64).max(10 * interval_ms);
+        if silence >= down {
+            NodeState::Down
+        } else if silence >= stale {
+            NodeState::Stale
+        } else {
+            NodeState::Up
+        }
+    }
+}
+
+/// The few figures the overview shows for a node, taken from its latest samples.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vitals {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_percent: Option<f64>,
+    /// The fullest mounted filesystem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load1: Option<f64>,
+}
+
+/// Metric names the vitals are read from; the system and disk collectors emit them.
+pub mod metric {
+    pub const CPU_USED_PERCENT: &str = "cpu.used_percent";
+    pub const MEMORY_USED_PERCENT: &str = "memory.used_percent";
+    pub const DISK_USED_PERCENT: &str = "disk.used_percent";
+    pub const LOAD1: &str = "load.1";
+}
+
+impl Vitals {
+    /// Vitals from a batch's samples; `None` when the batch carries none of them.
+    pub fn from_records(records: &[Record]) -> Option<Self> {
+        let mut vitals = Vitals::default();
+        let mut found = false;
+        for sample in records.iter().flat_map(|r| &r.samples) {
+            let slot = match sample.name.as_str() {
+                metric::CPU_USED_PERCENT => &mut vitals.cpu_percent,
+                metric::MEMORY_USED_PERCENT => &mut vitals.memory_percent,
+                metric::LOAD1 => &mut vitals.load1,
+                metric::DISK_USED_PERCENT => {
+                    let max = vitals
+                        .disk_percent
+                        .map_or(sample.value, |v| v.max(sample.value));
+                    vitals.disk_percent = Some(max);
+                    found = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            *slot = Some(sample.value);
+            found = true;
+        }
+        found.then_some(vitals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_follow_the_alphabet_and_length() {
+        assert!(NodeName::parse("web-1.example_a").is_ok());
+        assert!(NodeName::parse("").is_err());
+        assert!(NodeName::parse("web 1").is_err());
+        assert!(NodeName::parse("web/1").is_err());
+        assert!(NodeName::parse(&"a".repeat(64)).is_ok());
+        assert!(NodeName::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let body = BatchBody {
+            interval_ms: 1000,
+            dropped_batches: 0,
+            records: vec![Record {
+                collector: "system".into(),
+                ts: 1,
+                data: serde_json::Value::Null,
+                samples: vec![Sample::new("ok", 1.0), Sample::new("bad name", 1.0)],
+            }],
+        };
+        let err = body.validate().unwrap_err();
+        assert_eq!(err.field, "records[0].samples[1].name");
+    }
+
+    #[test]
+    fn node_state_follows_silence_and_interval() {
+        use std::time::Duration;
+        let (stale, down) = (Duration::from_secs(30), Duration::from_secs(120));
+        let now = 1_000_000;
+        assert_eq!(
+            NodeState::of(None, 10_000, now, stale, down),
+            NodeState::Down
+        );
+        assert_eq!(
+            NodeState::of(Some(now - 5_000), 10_000, now, stale, down),
+            NodeState::Up
+        );
+        assert_eq!(
+            NodeState::of(Some(now - 40_000), 10_000, now, stale, down),
+            NodeState::Stale
+        );
+        assert_eq!(
+            NodeState::of(Some(now - 130_000), 10_000, now, stale, down),
+            NodeState::Down
+        );
+        // A slow agent (60 s interval) is not stale after 40 s.
+        assert_eq!(
+            NodeState::of(Some(now - 40_000), 60_000, now, stale, down),
+            NodeState::Up
+        );
+    }
+
+    #[test]
+    fn vitals_take_the_fullest_disk() {
+        let records = vec![Record {
+            collector: "disk".into(),
+            ts: 1,
+            data: serde_json::Value::Null,
+            samples: vec![
+                Sample::new(metric::DISK_USED_PERCENT, 10.0).with_label("mount", "/"),
+                Sample::new(metric::DISK_USED_PERCENT, 70.0).with_label("mount", "/var"),
+            ],
+        }];
+        let vitals = Vitals::from_records(&records).unwrap();
+        assert_eq!(vitals.disk_percent, Some(70.0));
+        assert_eq!(vitals.cpu_percent, None);
+    }
+}

@@ -1,0 +1,324 @@
+//! `fleet controller`: wires the stores, the registry, the ingest pipeline, the background tasks
+//! (registry refresh, retention) and the HTTP server together. Wiring only: the behaviour lives
+//! in `pipeline/`, `store/` and `web/`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AgentConfig, ControllerConfig};
+use crate::model::{Node, NodeName, NodeSource};
+use crate::pipeline::registry::{new_token, token_hash};
+use crate::pipeline::{Ingest, Registry};
+use crate::store::{Durable, HotStore};
+use crate::web::{self, AppState};
+
+/// A controller that has bound its address and is serving.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// Base URL of the API, e.g. `http://127.0.0.1:7070`.
+    pub url: String,
+    /// The operator token made on the very first start, if this was it.
+    pub first_token: Option<String>,
+    /// Where the first token was saved.
+    pub token_file: Option<PathBuf>,
+    pub durable: Durable,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the controller has shut down (after `shutdown` was cancelled) and drained.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the controller task panicked")?
+    }
+}
+
+/// Opens the durable store named by the config (creating the data dir for SQLite).
+pub async fn open_store(config: &ControllerConfig) -> anyhow::Result<Durable> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    }
+    Ok(Durable::connect(&config.effective_database_url()).await?)
+}
+
+/// Starts the controller and returns once it is listening.
+pub async fn start(
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let durable = open_store(&config).await?;
+    let hot = Arc::new(match &config.redis_url {
+        Some(url) => {
+            let hot = HotStore::redis(url, &config.redis_prefix, config.hot.ring_size)?;
+            if let Err(err) = hot.ping().await {
+                tracing::warn!(cause = %err, "Redis does not answer yet; the hot ring is skipped until it does");
+            }
+            hot
+        }
+        None => HotStore::memory(config.hot.ring_size),
+    });
+
+    let registry = Arc::new(Registry::new(config.nodes.clone(), &config.api_tokens));
+    registry.refresh(&durable).await?;
+    let (first_token, token_file) = if registry.snapshot().has_tokens() {
+        (None, None)
+    } else {
+        let token = new_token();
+        durable
+            .add_token(&token_hash(&token), "first start", crate::timefmt::now_ms())
+            .await?;
+        registry.refresh(&durable).await?;
+        let file = save_token(&config, &token);
+        (Some(token), file)
+    };
+
+    let (ingest, writer) = Ingest::start(
+        config.ingest.clone(),
+        &config.retention,
+        registry.clone(),
+        durable.clone(),
+        hot.clone(),
+    );
+    let state = Arc::new(AppState {
+        ingest,
+        ingest_limits: config.ingest.clone(),
+        registry: registry.clone(),
+        durable: durable.clone(),
+        hot,
+        status: config.status.clone(),
+    });
+
+    let background = tokio_util::task::TaskTracker::new();
+    background.spawn(refresh_registry(
+        registry,
+        durable.clone(),
+        config.registry_refresh,
+        shutdown.clone(),
+    ));
+    background.spawn(sweep_retention(
+        durable.clone(),
+        config.retention.clone(),
+        shutdown.clone(),
+    ));
+    background.close();
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load the TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?,
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %addr,
+            "SERVING PLAIN HTTP ON A NON-LOOPBACK ADDRESS: operator tokens and node data cross the network unencrypted; pass --tls-cert and --tls-key"
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+
+    let app = web::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        match tls {
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let on_shutdown = handle.clone();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    on_shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+                });
+                axum_server::from_tcp_rustls(listener, tls)?
+                    .handle(handle)
+                    .serve(app)
+                    .await
+                    .context("the HTTPS server failed")?;
+            }
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await
+                    .context("the HTTP server failed")?;
+            }
+        }
+        // The server has stopped taking requests: let the writer finish what was queued.
+        drop(state);
+        writer.await.context("the ingest writer panicked")?;
+        background.wait().await;
+        Ok(())
+    });
+
+    Ok(Running {
+        addr,
+        url,
+        first_token,
+        token_file,
+        durable,
+        task,
+    })
+}
+
+/// Saves the first operator token beside the database, readable by its owner only, so a
+/// newcomer who missed the banner can find it.
+fn save_token(config: &ControllerConfig, token: &str) -> Option<PathBuf> {
+    if config.database_url.is_some() {
+        return None;
+    }
+    let path = config.data_dir.join("operator-token");
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(file, "{token}")
+    })();
+    match written {
+        Ok(()) => Some(path),
+        Err(err) => {
+            tracing::warn!(cause = %err, path = %path.display(), "cannot save the operator token");
+            None
+        }
+    }
+}
+
+async fn refresh_registry(
+    registry: Arc<Registry>,
+    durable: Durable,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(err) = registry.refresh(&durable).await {
+                    tracing::warn!(cause = %err, "cannot re-read enrolled nodes; keeping the last known list");
+                }
+            }
+        }
+    }
+}
+
+async fn sweep_retention(
+    durable: Durable,
+    retention: crate::config::RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(retention.sweep_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                let now = crate::timefmt::now_ms();
+                let samples_before = now - retention.samples.as_millis() as i64;
+                let records_before = now - retention.records.as_millis() as i64;
+                match durable.purge(samples_before, records_before).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(samples = deleted, "retention sweep deleted old samples"),
+                    Err(err) => tracing::warn!(cause = %err, "retention sweep failed; retrying next time"),
+                }
+            }
+        }
+    }
+}
+
+/// This host's name as a valid node name (`[a-zA-Z0-9._-]{1,64}`).
+pub fn local_node_name() -> NodeName {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(crate::model::limits::NAME_MAX)
+        .collect();
+    NodeName::parse(&cleaned)
+        .unwrap_or_else(|_| NodeName::parse("localhost").expect("a valid literal name"))
+}
+
+/// The config of the quick-start agent for this host: enrolls the host (once; later starts reuse
+/// its key) and points the agent at the running controller.
+pub async fn local_agent_config(
+    running: &Running,
+    data_dir: &std::path::Path,
+    ca_cert: Option<PathBuf>,
+) -> anyhow::Result<AgentConfig> {
+    let name = local_node_name();
+    let existing = running
+        .durable
+        .enrolled_nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.name == name);
+    let key = match existing {
+        Some(node) => node.key,
+        None => {
+            let key = crate::pipeline::registry::new_node_key();
+            let node = Node {
+                name: name.clone(),
+                key: key.clone(),
+                allow: vec![
+                    "127.0.0.0/8".parse().expect("a valid literal CIDR"),
+                    "::1/128".parse().expect("a valid literal CIDR"),
+                ],
+                labels: [("role".to_owned(), "controller".to_owned())].into(),
+                source: NodeSource::Enrolled,
+            };
+            running
+                .durable
+                .add_node(&node, crate::timefmt::now_ms())
+                .await?;
+            key
+        }
+    };
+    // Connect over loopback whatever address the API listens on.
+    let host = if running.addr.ip().is_unspecified() || running.addr.ip().is_loopback() {
+        format!("127.0.0.1:{}", running.addr.port())
+    } else {
+        running.addr.to_string()
+    };
+    let scheme = if running.url.starts_with("https") {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(AgentConfig {
+        controller: format!("{scheme}://{host}"),
+        node: name.to_string(),
+        key,
+        data_dir: data_dir.join("local-agent"),
+        ca_cert,
+        ..AgentConfig::default()
+    })
+}

@@ -1,0 +1,8 @@
+//! One module per mode of the binary. Modes only wire: they build the parts from config, start
+//! them, and stop them on shutdown. Behaviour belongs in the modules they wire.
+
+pub mod agent;
+pub mod bench;
+pub mod controller;
+pub mod node;
+pub mod token;

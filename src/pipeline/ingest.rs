@@ -1,0 +1,300 @@
+//! The ingest pipeline for signed batches: verify (node, source address, timestamp window,
+//! size, signature) → decode and validate → durable write (group commit) → hot ring.
+//!
+//! Every path a batch can come in by (HTTP today; NATS and compatibility routes later) calls
+//! [`Ingest::ingest`]; there is no second path. This module knows the wire format through
+//! `bus::wire` but nothing about HTTP: errors are typed and the web layer maps them to statuses.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bus::wire::{self, BatchHeaders};
+use crate::config::{IngestConfig, RetentionConfig};
+use crate::model::{BatchBody, NodeName, Record};
+use crate::pipeline::registry::Registry;
+use crate::store::durable::SeriesCache;
+use crate::store::{Durable, HotStore, IngestBatch, IngestOutcome, StoreError};
+
+/// A batch as it arrived, before anything was checked.
+#[derive(Debug)]
+pub struct RawBatch {
+    pub node: String,
+    pub instance: String,
+    pub seq: String,
+    pub timestamp_ms: String,
+    pub signature: String,
+    pub gzip: bool,
+    pub body: bytes::Bytes,
+    pub source: IpAddr,
+}
+
+/// Why a batch was refused. Each kind maps to one HTTP status (see docs/wire.md).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// 401: unknown node, bad signature, timestamp outside the window, missing headers.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the node may not send from this address.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400: malformed body, wrong types, illegal names.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 413: body or inflated body over the limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 503: the durable store could not take it; the agent should retry.
+    #[error("the store could not take the batch, retry later: {0}")]
+    Unavailable(String),
+}
+
+/// What the controller answers to a stored or replayed batch.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct IngestReply {
+    pub seq: u64,
+    /// `stored`, or `duplicate` for a sequence number stored before.
+    pub status: &'static str,
+}
+
+/// The writer's answer: the outcome, and the batch's records handed back for the hot ring.
+type WriteReply = Result<(IngestOutcome, Vec<Record>), String>;
+
+struct Job {
+    batch: IngestBatch,
+    reply: oneshot::Sender<WriteReply>,
+}
+
+/// The ingest pipeline. Cheap to share (`Arc`).
+pub struct Ingest {
+    config: IngestConfig,
+    registry: Arc<Registry>,
+    hot: Arc<HotStore>,
+    writer: mpsc::Sender<Job>,
+}
+
+impl Ingest {
+    /// Starts the single writer task that turns queued batches into grouped transactions. It
+    /// stops when the last `Ingest` is dropped, after writing what was queued.
+    pub fn start(
+        config: IngestConfig,
+        retention: &RetentionConfig,
+        registry: Arc<Registry>,
+        durable: Durable,
+        hot: Arc<HotStore>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.max_group * 4);
+        let keep = retention.record_collectors.clone();
+        let writer = tokio::spawn(write_loop(durable, rx, config.max_group, keep));
+        (
+            Self {
+                config,
+                registry,
+                hot,
+                writer: tx,
+            },
+            writer,
+        )
+    }
+
+    /// Verifies, decodes, stores and acknowledges one batch.
+    pub async fn ingest(&self, raw: RawBatch) -> Result<IngestReply, IngestError> {
+        let received_at_ms = crate::timefmt::now_ms();
+        let (headers, body) = self.verify(&raw, received_at_ms)?;
+        let body = decode(&body)?;
+        let batch = IngestBatch {
+            node: NodeName::parse(&headers.node)
+                .map_err(|e| IngestError::BadRequest(e.to_string()))?,
+            instance: headers.instance,
+            seq: headers.seq,
+            sent_at_ms: headers.timestamp_ms,
+            received_at_ms,
+            body,
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let seq = batch.seq;
+        self.writer
+            .send(Job {
+                batch,
+                reply: reply_tx,
+            })
+            .await
+            .map_err(|_| IngestError::Unavailable("the controller is shutting down".into()))?;
+        let (outcome, batch_records) = match reply_rx.await {
+            Ok(Ok((outcome, records))) => (outcome, records),
+            Ok(Err(err)) => return Err(IngestError::Unavailable(err)),
+            Err(_) => {
+                return Err(IngestError::Unavailable(
+                    "the controller is shutting down".into(),
+                ));
+            }
+        };
+        if outcome == IngestOutcome::Stored {
+            self.hot.push(&headers.node, &batch_records).await;
+        }
+        Ok(IngestReply {
+            seq,
+            status: match outcome {
+                IngestOutcome::Stored => "stored",
+                IngestOutcome::Duplicate => "duplicate",
+            },
+        })
+    }
+
+    /// Checks everything that needs no parsing of the body, then the signature over the inflated
+    /// body. Order matters: cheap refusals first, and nothing is inflated for an unknown node.
+    fn verify(&self, raw: &RawBatch, now_ms: i64) -> Result<(BatchHeaders, Vec<u8>), IngestError> {
+        if raw.body.len() > self.config.max_body_bytes {
+            return Err(IngestError::TooLarge(format!(
+                "the body is {} bytes; at most {} are accepted",
+                raw.body.len(),
+                self.config.max_body_bytes
+            )));
+        }
+        if raw.node.is_empty() {
+            return Err(IngestError::Unauthorized(format!(
+                "missing header {}",
+                wire::HEADER_NODE
+            )));
+        }
+        NodeName::parse(&raw.node).map_err(|e| IngestError::BadRequest(e.to_string()))?;
+        let snapshot = self.registry.snapshot();
+        let node = snapshot.node(&raw.node).ok_or_else(|| {
+            IngestError::Unauthorized(format!(
+                "node {} is not enrolled; enroll it with `fleet node add {}`",
+                raw.node, raw.node
+            ))
+        })?;
+        if !node.allows(raw.source) {
+            return Err(IngestError::Forbidden(format!(
+                "node {} may not send from {}",
+                raw.node, raw.source
+            )));
+        }
+        if !wire::valid_instance(&raw.instance) {
+            return Err(IngestError::BadRequest(format!(
+                "header {} must be 1 to {} characters of letters, digits, '-' and '_'",
+                wire::HEADER_INSTANCE,
+                wire::INSTANCE_MAX
+            )));
+        }
+        let seq: u64 = raw
+            .seq
+            .parse()
+            .ok()
+            .filter(|s| *s >= 1 && *s <= i64::MAX as u64)
+            .ok_or_else(|| {
+                IngestError::BadRequest(format!(
+                    "header {} must be a positive integer",
+                    wire::HEADER_SEQ
+                ))
+            })?;
+        let timestamp_ms: i64 = raw.timestamp_ms.parse().map_err(|_| {
+            IngestError::Unauthorized(format!(
+                "header {} must be milliseconds since the Unix epoch",
+                wire::HEADER_TIMESTAMP
+            ))
+        })?;
+        let skew = self.config.clock_skew.as_millis() as i64;
+        if (timestamp_ms - now_ms).abs() > skew {
+            return Err(IngestError::Unauthorized(format!(
+                "the batch timestamp is {} s away from the controller's clock (at most {} s allowed): check the clocks (NTP)",
+                (timestamp_ms - now_ms) / 1000,
+                skew / 1000
+            )));
+        }
+        let body = if raw.gzip {
+            wire::inflate_bounded(&raw.body, self.config.max_decompressed_bytes).map_err(|e| {
+                match e {
+                    wire::InflateError::TooLarge { .. } => IngestError::TooLarge(e.to_string()),
+                    wire::InflateError::Corrupt(_) => IngestError::BadRequest(e.to_string()),
+                }
+            })?
+        } else {
+            if raw.body.len() > self.config.max_decompressed_bytes {
+                return Err(IngestError::TooLarge(format!(
+                    "the body is larger than {} bytes",
+                    self.config.max_decompressed_bytes
+                )));
+            }
+            raw.body.to_vec()
+        };
+        let headers = BatchHeaders {
+            node: raw.node.clone(),
+            instance: raw.instance.clone(),
+            seq,
+            timestamp_ms,
+        };
+        if !wire::verify(node.key.as_bytes(), &headers, &body, &raw.signature) {
+            return Err(IngestError::Unauthorized(
+                "bad signature: the node key does not match the one enrolled".into(),
+            ));
+        }
+        Ok((headers, body))
+    }
+}
+
+/// Parses and validates a batch body; the error names the field.
+pub fn decode(body: &[u8]) -> Result<BatchBody, IngestError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: BatchBody = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            IngestError::BadRequest(format!("the body is not a valid batch: {inner}"))
+        } else {
+            IngestError::BadRequest(format!("{path}: {inner}"))
+        }
+    })?;
+    parsed
+        .validate()
+        .map_err(|e| IngestError::BadRequest(e.to_string()))?;
+    Ok(parsed)
+}
+
+/// The writer: takes what is queued (up to `max_group` batches), writes it in one transaction,
+/// then answers each batch. One writer per controller: SQLite allows one writer anyway, and
+/// grouping gives PostgreSQL the same benefit of few commits.
+async fn write_loop(
+    durable: Durable,
+    mut rx: mpsc::Receiver<Job>,
+    max_group: usize,
+    keep_collectors: Vec<String>,
+) {
+    let keep = move |record: &Record| keep_collectors.iter().any(|c| *c == record.collector);
+    let mut cache = SeriesCache::default();
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_group);
+    while rx.recv_many(&mut jobs, max_group).await > 0 {
+        let (batches, replies): (Vec<IngestBatch>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.batch, j.reply)).unzip();
+        let result = write_with_retry(&durable, &batches, &keep, &mut cache).await;
+        for (i, (batch, reply)) in batches.into_iter().zip(replies).enumerate() {
+            let answer = match &result {
+                Ok(outcomes) => Ok((outcomes[i], batch.body.records)),
+                Err(err) => Err(err.to_string()),
+            };
+            // The requester may have gone (client hung up); the batch is stored all the same.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+async fn write_with_retry(
+    durable: &Durable,
+    batches: &[IngestBatch],
+    keep: &(dyn Fn(&Record) -> bool + Sync),
+    cache: &mut SeriesCache,
+) -> Result<Vec<IngestOutcome>, StoreError> {
+    // One quick retry absorbs a transient failure (a PostgreSQL serialization conflict between
+    // two controllers, a busy SQLite); beyond that the agent retries with back-off.
+    match durable.write_batches(batches, keep, cache).await {
+        Ok(outcomes) => Ok(outcomes),
+        Err(err) => {
+            tracing::warn!(cause = %err, batches = batches.len(), "group write failed; retrying once");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            durable.write_batches(batches, keep, cache).await
+        }
+    }
+}

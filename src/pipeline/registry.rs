@@ -1,0 +1,116 @@
+//! Who may talk to the controller: enrolled nodes (from the store and the config file) and
+//! operator token hashes, held in memory and re-read periodically so `fleet node add`,
+//! `fleet node remove` and `fleet token create` take effect on a running controller.
+//!
+//! Readers take a cheap snapshot (`Arc`); nothing here blocks ingest on the database.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::StaticNode;
+use crate::model::{Node, NodeSource};
+use crate::store::{Durable, StoreError};
+
+/// Hex SHA-256 of an operator token: what the store keeps and what requests are checked against.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new operator token: `fleet_` and 64 hex digits of randomness.
+pub fn new_token() -> String {
+    format!("fleet_{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
+/// A new node key: 64 hex digits of randomness.
+pub fn new_node_key() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// One consistent view of nodes and tokens.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub nodes: HashMap<String, Node>,
+    token_hashes: HashSet<String>,
+}
+
+impl Snapshot {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// Whether `token` is a valid operator token.
+    pub fn token_valid(&self, token: &str) -> bool {
+        self.token_hashes.contains(&token_hash(token))
+    }
+
+    pub fn has_tokens(&self) -> bool {
+        !self.token_hashes.is_empty()
+    }
+}
+
+/// The registry, shared by every request handler.
+pub struct Registry {
+    static_nodes: Vec<StaticNode>,
+    static_token_hashes: Vec<String>,
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Registry {
+    pub fn new(static_nodes: Vec<StaticNode>, static_tokens: &[String]) -> Self {
+        Self {
+            static_nodes,
+            static_token_hashes: static_tokens.iter().map(|t| token_hash(t)).collect(),
+            current: RwLock::new(Arc::new(Snapshot::default())),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().expect("registry lock poisoned").clone()
+    }
+
+    /// Re-reads nodes and tokens from the store. Nodes in the config file win over enrolled ones
+    /// of the same name.
+    pub async fn refresh(&self, store: &Durable) -> Result<(), StoreError> {
+        let mut nodes: HashMap<String, Node> = store
+            .enrolled_nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.name.as_str().to_owned(), n))
+            .collect();
+        for node in &self.static_nodes {
+            nodes.insert(
+                node.name.as_str().to_owned(),
+                Node {
+                    name: node.name.clone(),
+                    key: node.key.clone(),
+                    allow: node.allow.clone(),
+                    labels: node.labels.clone(),
+                    source: NodeSource::Config,
+                },
+            );
+        }
+        let mut token_hashes: HashSet<String> = store.token_hashes().await?.into_iter().collect();
+        token_hashes.extend(self.static_token_hashes.iter().cloned());
+        *self.current.write().expect("registry lock poisoned") = Arc::new(Snapshot {
+            nodes,
+            token_hashes,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_hash_stably() {
+        let a = new_token();
+        assert!(a.starts_with("fleet_") && a.len() == 70);
+        assert_ne!(a, new_token());
+        assert_eq!(token_hash(&a), token_hash(&a));
+        assert_eq!(new_node_key().len(), 64);
+    }
+}

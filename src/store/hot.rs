@@ -1,0 +1,273 @@
+//! The hot store: a newest-first ring of recent records per node and collector, in process
+//! memory (embedded default) or in Redis (`LPUSH` + `LTRIM` under
+//! `<prefix>node:<node>:<collector>:events`).
+//!
+//! The hot store is a cache of what the durable store already holds: losing it loses nothing.
+//! So a Redis outage must never fail or stall ingest: every Redis call has a short timeout, and
+//! after a failure Redis is skipped for a back-off period while the connection manager
+//! reconnects. This module knows nothing about HTTP or SQL.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::model::Record;
+
+/// How long one Redis call may take before the hot write is given up.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long Redis is skipped after a failure.
+const REDIS_BACKOFF_MS: i64 = 2_000;
+
+/// Why the hot store could not answer a read.
+#[derive(Debug, thiserror::Error)]
+pub enum HotError {
+    #[error("Redis is unavailable: {0}")]
+    Redis(String),
+}
+
+/// The entry kept in the ring: a record with its node, serialised once.
+#[derive(serde::Serialize)]
+struct HotEntry<'a> {
+    node: &'a str,
+    #[serde(flatten)]
+    record: &'a Record,
+}
+
+/// The hot ring, in memory or in Redis.
+pub enum HotStore {
+    Memory(MemoryRing),
+    Redis(RedisRing),
+}
+
+impl HotStore {
+    pub fn memory(capacity: usize) -> Self {
+        HotStore::Memory(MemoryRing {
+            capacity,
+            rings: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets up the Redis ring. A URL that does not parse is an error; a Redis that is down is
+    /// not: the connection is made lazily and re-made after outages, and until then hot writes
+    /// are skipped (the durable store has everything).
+    pub fn redis(url: &str, prefix: &str, capacity: usize) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let client =
+            redis::Client::open(url).with_context(|| format!("Redis URL {url:?} is not valid"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .with_context(|| format!("cannot set up the Redis connection to {url}"))?;
+        Ok(HotStore::Redis(RedisRing {
+            manager,
+            prefix: prefix.to_owned(),
+            capacity,
+            skip_until_ms: AtomicI64::new(0),
+            failures: AtomicU64::new(0),
+        }))
+    }
+
+    /// Pushes a batch's records onto their rings. Never fails: a Redis problem is logged,
+    /// counted and skipped.
+    pub async fn push(&self, node: &str, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        let entries: Vec<(&str, String)> = records
+            .iter()
+            .map(|record| {
+                let entry = HotEntry { node, record };
+                (
+                    record.collector.as_str(),
+                    serde_json::to_string(&entry).expect("records serialise"),
+                )
+            })
+            .collect();
+        match self {
+            HotStore::Memory(ring) => ring.push(node, entries),
+            HotStore::Redis(ring) => ring.push(node, entries).await,
+        }
+    }
+
+    /// The newest `limit` entries of one ring, newest first.
+    pub async fn recent(
+        &self,
+        node: &str,
+        collector: &str,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, HotError> {
+        let raw = match self {
+            HotStore::Memory(ring) => ring.recent(node, collector, limit),
+            HotStore::Redis(ring) => ring.recent(node, collector, limit).await?,
+        };
+        Ok(raw
+            .iter()
+            .filter_map(|text| serde_json::from_str(text).ok())
+            .collect())
+    }
+
+    /// Checks the hot store answers (always true in memory).
+    pub async fn ping(&self) -> Result<(), HotError> {
+        match self {
+            HotStore::Memory(_) => Ok(()),
+            HotStore::Redis(ring) => ring.ping().await,
+        }
+    }
+
+    /// How many Redis writes failed since start (0 in memory).
+    pub fn failures(&self) -> u64 {
+        match self {
+            HotStore::Memory(_) => 0,
+            HotStore::Redis(ring) => ring.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Rings in process memory.
+pub struct MemoryRing {
+    capacity: usize,
+    /// Keyed by (node, collector); each ring is newest first.
+    rings: Mutex<HashMap<(String, String), VecDeque<String>>>,
+}
+
+impl MemoryRing {
+    fn push(&self, node: &str, entries: Vec<(&str, String)>) {
+        let mut rings = self.rings.lock().expect("hot ring lock poisoned");
+        for (collector, entry) in entries {
+            let ring = rings
+                .entry((node.to_owned(), collector.to_owned()))
+                .or_default();
+            ring.push_front(entry);
+            ring.truncate(self.capacity);
+        }
+    }
+
+    fn recent(&self, node: &str, collector: &str, limit: usize) -> Vec<String> {
+        let rings = self.rings.lock().expect("hot ring lock poisoned");
+        rings
+            .get(&(node.to_owned(), collector.to_owned()))
+            .map(|ring| ring.iter().take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Rings in Redis lists.
+pub struct RedisRing {
+    manager: ConnectionManager,
+    prefix: String,
+    capacity: usize,
+    /// After a failure, writes are skipped until this time (ms since epoch).
+    skip_until_ms: AtomicI64,
+    failures: AtomicU64,
+}
+
+impl RedisRing {
+    /// The Redis key of one ring.
+    pub fn key(prefix: &str, node: &str, collector: &str) -> String {
+        format!("{prefix}node:{node}:{collector}:events")
+    }
+
+    async fn push(&self, node: &str, entries: Vec<(&str, String)>) {
+        let now = crate::timefmt::now_ms();
+        if now < self.skip_until_ms.load(Ordering::Relaxed) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut trimmed: Vec<&str> = Vec::new();
+        for (collector, entry) in &entries {
+            pipe.lpush(Self::key(&self.prefix, node, collector), entry)
+                .ignore();
+            if !trimmed.contains(collector) {
+                trimmed.push(collector);
+            }
+        }
+        for collector in trimmed {
+            pipe.ltrim(
+                Self::key(&self.prefix, node, collector),
+                0,
+                self.capacity as isize - 1,
+            )
+            .ignore();
+        }
+        let mut conn = self.manager.clone();
+        let result = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        let failure = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.skip_until_ms
+            .store(now + REDIS_BACKOFF_MS, Ordering::Relaxed);
+        tracing::warn!(cause = %failure, "hot write to Redis failed; ingest continues, Redis is retried in 2 s");
+    }
+
+    async fn recent(
+        &self,
+        node: &str,
+        collector: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, HotError> {
+        let mut conn = self.manager.clone();
+        let key = Self::key(&self.prefix, node, collector);
+        let stop = limit.max(1) as isize - 1;
+        tokio::time::timeout(
+            REDIS_TIMEOUT,
+            redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(stop)
+                .query_async::<Vec<String>>(&mut conn),
+        )
+        .await
+        .map_err(|_| HotError::Redis("timed out".into()))?
+        .map_err(|e| HotError::Redis(e.to_string()))
+    }
+
+    async fn ping(&self) -> Result<(), HotError> {
+        let mut conn = self.manager.clone();
+        tokio::time::timeout(
+            REDIS_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| HotError::Redis("timed out".into()))?
+        .map_err(|e| HotError::Redis(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(collector: &str, ts: i64) -> Record {
+        Record {
+            collector: collector.into(),
+            ts,
+            data: serde_json::json!({"n": ts}),
+            samples: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_ring_is_newest_first_and_capped() {
+        let hot = HotStore::memory(3);
+        for ts in 1..=5 {
+            hot.push("web1", &[record("system", ts)]).await;
+        }
+        hot.push("web1", &[record("disk", 9)]).await;
+        let recent = hot.recent("web1", "system", 10).await.unwrap();
+        let ts: Vec<i64> = recent.iter().map(|v| v["ts"].as_i64().unwrap()).collect();
+        assert_eq!(ts, vec![5, 4, 3]);
+        assert_eq!(recent[0]["node"], "web1");
+        assert_eq!(hot.recent("web1", "system", 1).await.unwrap().len(), 1);
+        assert!(hot.recent("web2", "system", 10).await.unwrap().is_empty());
+    }
+}

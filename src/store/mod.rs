@@ -1,0 +1,11 @@
+//! Where data is kept: the durable store (SQLite or PostgreSQL, [`durable`]) and the hot ring
+//! (memory or Redis, [`hot`]).
+//!
+//! Stores know nothing about HTTP, the wire format or signatures: they take verified, typed
+//! values. The durable store is the truth; the hot store is a cache of the newest records.
+
+pub mod durable;
+pub mod hot;
+
+pub use durable::{Durable, IngestBatch, IngestOutcome, StoreError};
+pub use hot::HotStore;

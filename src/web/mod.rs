@@ -1,0 +1,56 @@
+//! The HTTP face of the controller: the axum router, its shared state, and the handlers for
+//! ingest ([`ingest`]), the read API ([`api`]) and operator auth ([`auth`]).
+//!
+//! Handlers adapt HTTP to the pipeline and the stores; they hold no rules of their own. Nothing
+//! here opens sockets: `modes::controller` binds and serves the router.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod ingest;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::config::{IngestConfig, StatusConfig};
+use crate::pipeline::{Ingest, Registry};
+use crate::store::{Durable, HotStore};
+
+/// What every handler may use.
+pub struct AppState {
+    pub ingest: Ingest,
+    /// Limits the HTTP layer enforces before the pipeline sees a body.
+    pub ingest_limits: IngestConfig,
+    pub registry: Arc<Registry>,
+    pub durable: Durable,
+    pub hot: Arc<HotStore>,
+    pub status: StatusConfig,
+}
+
+/// Builds the router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
+/// ingest checks the peer address against the node's allowlist.
+pub fn router(state: Arc<AppState>) -> Router {
+    let operator = Router::new()
+        .route("/api/v1/nodes", get(api::list_nodes))
+        .route("/api/v1/nodes/{node}", get(api::get_node))
+        .route("/api/v1/nodes/{node}/metrics", get(api::node_metrics))
+        .route(
+            "/api/v1/nodes/{node}/recent/{collector}",
+            get(api::node_recent),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_operator,
+        ));
+    Router::new()
+        .route("/api/v1/ingest", post(ingest::ingest))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .merge(operator)
+        // The ingest handler bounds its own body; the default 2 MiB cap must not answer first
+        // with a different message.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
