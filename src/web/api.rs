@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::AppState;
 use super::error::ApiError;
+use super::{ApiQuery, AppState};
 use crate::model::{
     NodeName, NodeSource, NodeState, Vitals, check_collector_name, check_metric_name,
 };
@@ -165,7 +165,7 @@ pub struct MetricsQuery {
 pub async fn node_metrics(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    Query(query): Query<MetricsQuery>,
+    ApiQuery(query): ApiQuery<MetricsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     enrolled(&state, &name)?;
     let now = now_ms();
@@ -229,7 +229,7 @@ pub struct RecentQuery {
 pub async fn node_recent(
     State(state): State<Arc<AppState>>,
     Path((name, collector)): Path<(String, String)>,
-    Query(query): Query<RecentQuery>,
+    ApiQuery(query): ApiQuery<RecentQuery>,
 ) -> Result<Json<Value>, ApiError> {
     enrolled(&state, &name)?;
     check_collector_name("collector", &collector)

@@ -29,6 +29,28 @@ pub struct AppState {
     pub status: StatusConfig,
 }
 
+/// `Query<T>` whose rejection (an unknown parameter, a wrong type) is a JSON [`ApiError`] like
+/// every other refusal.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = error::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| error::ApiError::bad_request(e.body_text()))
+    }
+}
+
 /// Builds the router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
 /// ingest checks the peer address against the node's allowlist.
 pub fn router(state: Arc<AppState>) -> Router {
