@@ -27,6 +27,9 @@ pub struct Spool {
     dropped: u64,
     /// Unsent batches, oldest first: (seq, size in bytes).
     entries: VecDeque<(u64, u64)>,
+    /// The batch being sent right now: never dropped for room, or it could be both delivered
+    /// and counted as dropped.
+    in_flight: Option<u64>,
     total_bytes: u64,
 }
 
@@ -110,6 +113,7 @@ impl Spool {
             last_seq,
             dropped,
             entries: entries.into(),
+            in_flight: None,
             total_bytes,
         })
     }
@@ -141,9 +145,17 @@ impl Spool {
         self.entries.push_back((seq, records_json.len() as u64));
         self.total_bytes += records_json.len() as u64;
         let mut dropped_now = 0;
-        while self.total_bytes > self.max_bytes && self.entries.len() > 1 {
-            let (oldest, _) = self.entries[0];
-            self.remove_file(oldest)?;
+        while self.total_bytes > self.max_bytes {
+            // The oldest that is neither being sent nor the batch just written.
+            let Some(&(victim, _)) = self
+                .entries
+                .iter()
+                .take(self.entries.len() - 1)
+                .find(|(s, _)| Some(*s) != self.in_flight)
+            else {
+                break;
+            };
+            self.remove_file(victim)?;
             dropped_now += 1;
         }
         if dropped_now > 0 {
@@ -157,13 +169,20 @@ impl Spool {
         Ok(seq)
     }
 
-    /// The oldest unsent batch: its sequence number and records.
-    pub fn oldest(&self) -> io::Result<Option<(u64, Vec<u8>)>> {
-        let Some((seq, _)) = self.entries.front() else {
+    /// The oldest unsent batch, its sequence number and records, marked as being sent until
+    /// it is acknowledged, discarded or [`Spool::release`]d.
+    pub fn take_oldest(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+        let Some(&(seq, _)) = self.entries.front() else {
             return Ok(None);
         };
-        let bytes = fs::read(self.spool_dir.join(spool_file_name(*seq)))?;
-        Ok(Some((*seq, bytes)))
+        let bytes = fs::read(self.spool_dir.join(spool_file_name(seq)))?;
+        self.in_flight = Some(seq);
+        Ok(Some((seq, bytes)))
+    }
+
+    /// The batch being sent was not delivered; it may be dropped for room again.
+    pub fn release(&mut self) {
+        self.in_flight = None;
     }
 
     /// Removes an acknowledged batch.
@@ -179,6 +198,9 @@ impl Spool {
     }
 
     fn remove_file(&mut self, seq: u64) -> io::Result<()> {
+        if self.in_flight == Some(seq) {
+            self.in_flight = None;
+        }
         if let Some(pos) = self.entries.iter().position(|(s, _)| *s == seq) {
             let (_, size) = self
                 .entries
@@ -215,9 +237,9 @@ mod tests {
 
         let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(spool.instance(), instance);
-        assert_eq!(spool.oldest().unwrap(), Some((2, b"[2]".to_vec())));
+        assert_eq!(spool.take_oldest().unwrap(), Some((2, b"[2]".to_vec())));
         spool.acknowledge(2).unwrap();
-        assert!(spool.oldest().unwrap().is_none());
+        assert!(spool.take_oldest().unwrap().is_none());
         // Everything was acknowledged: the sequence still continues, never restarts.
         assert_eq!(spool.append(b"[3]").unwrap(), 3);
     }
@@ -244,11 +266,27 @@ mod tests {
         }
         assert_eq!(spool.len(), 2);
         assert_eq!(spool.dropped(), 3);
-        assert_eq!(spool.oldest().unwrap().unwrap().0, 4);
+        assert_eq!(spool.take_oldest().unwrap().unwrap().0, 4);
         drop(spool);
         let spool = Spool::open(dir.path(), 25).unwrap();
         assert_eq!(spool.dropped(), 3);
         assert_eq!(spool.len(), 2);
+    }
+
+    #[test]
+    fn the_batch_being_sent_is_never_dropped_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 25).unwrap();
+        spool.append(b"[00000001]").unwrap();
+        assert_eq!(spool.take_oldest().unwrap().unwrap().0, 1);
+        for i in 2..=4 {
+            spool.append(format!("[{i:08}]").as_bytes()).unwrap();
+        }
+        // 1 is in flight, 4 is newest: 2 and 3 went for room.
+        assert_eq!(spool.dropped(), 2);
+        spool.acknowledge(1).unwrap();
+        assert_eq!(spool.take_oldest().unwrap().unwrap().0, 4);
+        assert_eq!(spool.dropped(), 2);
     }
 
     #[test]

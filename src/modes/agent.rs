@@ -133,10 +133,12 @@ async fn send_loop(
     let mut backoff = BACKOFF_MIN;
     loop {
         let next = {
-            let spool = spool.lock().expect("spool lock poisoned");
-            spool.oldest().map(|o| {
-                o.map(|(seq, records)| (seq, records, spool.instance().to_owned(), spool.dropped()))
-            })
+            let mut spool = spool.lock().expect("spool lock poisoned");
+            let instance = spool.instance().to_owned();
+            let dropped = spool.dropped();
+            spool
+                .take_oldest()
+                .map(|o| o.map(|(seq, records)| (seq, records, instance, dropped)))
         };
         let (seq, records, instance, dropped) = match next {
             Ok(Some(next)) => next,
@@ -158,15 +160,28 @@ async fn send_loop(
             _ = stop.cancelled() => return,
             outcome = sender.send(&instance, seq, dropped, &records) => outcome,
         };
-        let mut spool = spool.lock().expect("spool lock poisoned");
-        let done = match outcome {
-            SendOutcome::Acknowledged => spool.acknowledge(seq),
-            SendOutcome::Refused(reason) => {
-                tracing::error!(seq, %reason, "the controller refused a batch for good; it is discarded and counted as dropped");
-                spool.discard(seq)
+        // Settle the outcome under the lock, without holding it across an await.
+        let retry = {
+            let mut spool = spool.lock().expect("spool lock poisoned");
+            let (done, retry) = match outcome {
+                SendOutcome::Acknowledged => (spool.acknowledge(seq), None),
+                SendOutcome::Refused(reason) => {
+                    tracing::error!(seq, %reason, "the controller refused a batch for good; it is discarded and counted as dropped");
+                    (spool.discard(seq), None)
+                }
+                SendOutcome::Retry(reason) => {
+                    spool.release();
+                    (Ok(()), Some(reason))
+                }
+            };
+            if let Err(err) = done {
+                tracing::error!(seq, cause = %err, "cannot remove a delivered batch from the spool; it will be sent again (the controller ignores the replay)");
             }
-            SendOutcome::Retry(reason) => {
-                drop(spool);
+            retry
+        };
+        match retry {
+            None => backoff = BACKOFF_MIN,
+            Some(reason) => {
                 tracing::warn!(seq, %reason, retry_in_ms = backoff.as_millis() as u64, "batch not delivered; will retry");
                 let wait = jitter(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -174,12 +189,7 @@ async fn send_loop(
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                continue;
             }
-        };
-        backoff = BACKOFF_MIN;
-        if let Err(err) = done {
-            tracing::error!(seq, cause = %err, "cannot remove a delivered batch from the spool; it will be sent again (the controller ignores the replay)");
         }
     }
 }

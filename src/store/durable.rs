@@ -93,6 +93,14 @@ pub struct IngestStream {
     pub last_seen_ms: i64,
 }
 
+/// One stored batch, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub instance: String,
+    pub seq: i64,
+    pub received_at_ms: i64,
+}
+
 /// One time series: a metric name and label set on one node.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -487,13 +495,31 @@ impl Durable {
     /// Every stored sequence number of a node, per instance, ascending: how benchmarks and tests
     /// check for loss without trusting acknowledgements.
     pub async fn stored_sequences(&self, node: &str) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT instance, seq FROM batches WHERE node = $1 ORDER BY instance, seq")
-                .bind(node)
-                .fetch_all(&self.pool)
-                .await?;
+        Ok(self
+            .ledger(node)
+            .await?
+            .into_iter()
+            .map(|e| (e.instance, e.seq))
+            .collect())
+    }
+
+    /// The batch ledger of a node: one entry per stored batch, by instance and sequence.
+    pub async fn ledger(&self, node: &str) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT instance, seq, received_at FROM batches WHERE node = $1 \
+             ORDER BY instance, seq",
+        )
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| {
+                Ok(LedgerEntry {
+                    instance: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    received_at_ms: r.try_get(2)?,
+                })
+            })
             .collect()
     }
 

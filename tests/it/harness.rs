@@ -60,7 +60,6 @@ pub fn redis_base() -> String {
 
 /// One test's private corner of every service.
 pub struct Env {
-    pub backend: Backend,
     pub dir: tempfile::TempDir,
     pub database_url: String,
     pub redis_url: Option<String>,
@@ -75,7 +74,6 @@ impl Env {
         let redis_prefix = format!("{}:", unique("fleettest"));
         match backend {
             Backend::Embedded => Self {
-                backend,
                 database_url: format!(
                     "sqlite://{}?mode=rwc",
                     dir.path().join("fleet.db").display()
@@ -118,7 +116,6 @@ impl Env {
                     '?'
                 };
                 Self {
-                    backend,
                     database_url: format!(
                         "{}{sep}options=-c%20search_path%3D{schema}",
                         postgres_base()

@@ -2,6 +2,9 @@
 //! `fleet` processes. See harness.rs for how each test isolates itself.
 
 mod api;
+mod e2e;
 mod harness;
+mod hot;
 mod ingest;
 mod registry;
+mod tls;
