@@ -263,7 +263,7 @@ async fn write_loop(
     max_group: usize,
     keep_collectors: Vec<String>,
 ) {
-    let keep = move |record: &Record| keep_collectors.iter().any(|c| *c == record.collector);
+    let keep = move |record: &Record| keep_collectors.contains(&record.collector);
     let mut cache = SeriesCache::default();
     let mut jobs: Vec<Job> = Vec::with_capacity(max_group);
     while rx.recv_many(&mut jobs, max_group).await > 0 {
