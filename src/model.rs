@@ -163,8 +163,13 @@ impl Sample {
     }
 
     /// The labels as canonical JSON (keys sorted), the form series are keyed by.
-    pub fn labels_json(&self) -> String {
-        serde_json::to_string(&self.labels).expect("a map of strings always serialises")
+    pub fn labels_json(&self) -> std::borrow::Cow<'static, str> {
+        if self.labels.is_empty() {
+            return std::borrow::Cow::Borrowed("{}");
+        }
+        serde_json::to_string(&self.labels)
+            .expect("a map of strings always serialises")
+            .into()
     }
 
     fn validate(&self, field: &str) -> Result<(), InvalidInput> {

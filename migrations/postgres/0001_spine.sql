@@ -26,9 +26,8 @@ CREATE TABLE api_tokens (
 CREATE TABLE ingest_streams (
     node        TEXT NOT NULL,
     instance    TEXT NOT NULL,
-    last_seq    BIGINT NOT NULL,
+    last_seq    BIGINT NOT NULL,    -- gaps = last_seq - batches: numbers below it never stored
     batches     BIGINT NOT NULL,
-    gaps        BIGINT NOT NULL,    -- sequence numbers skipped and not (yet) filled
     dropped     BIGINT NOT NULL,    -- batches the agent reports it dropped from a full spool
     first_seen  BIGINT NOT NULL,
     last_seen   BIGINT NOT NULL,

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 
 use flate2::Compression;
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -100,7 +100,7 @@ pub enum InflateError {
 /// refused after reading at most `limit + 1` bytes of output, never inflated whole).
 pub fn inflate_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
     let mut out = Vec::with_capacity((compressed.len() * 4).min(limit));
-    GzDecoder::new(compressed)
+    MultiGzDecoder::new(compressed)
         .take(limit as u64 + 1)
         .read_to_end(&mut out)?;
     if out.len() > limit {
@@ -164,6 +164,16 @@ mod tests {
         assert!(compressed);
         assert!(gz.len() < big.len());
         assert_eq!(inflate_bounded(&gz, 10_000).unwrap(), big);
+    }
+
+    #[test]
+    fn concatenated_gzip_members_inflate_whole() {
+        let (mut first, _) = encode(&[b'a'; 2000]);
+        let (second, _) = encode(&[b'b'; 2000]);
+        first.extend_from_slice(&second);
+        let out = inflate_bounded(&first, 10_000).unwrap();
+        assert_eq!(out.len(), 4000);
+        assert_eq!(out[3999], b'b');
     }
 
     #[test]

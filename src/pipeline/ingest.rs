@@ -34,7 +34,7 @@ pub struct RawBatch {
 /// Why a batch was refused. Each kind maps to one HTTP status (see docs/wire.md).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// 401: unknown node, bad signature, timestamp outside the window, missing headers.
+    /// 401: missing node header, unknown node, bad signature, timestamp outside the window.
     #[error("{0}")]
     Unauthorized(String),
     /// 403: the node may not send from this address.
@@ -180,28 +180,36 @@ impl Ingest {
                 wire::INSTANCE_MAX
             )));
         }
+        // Canonical decimal only: the signature covers the number as printed, so `007` or `+7`
+        // would verify differently from what the client signed.
         let seq: u64 = raw
             .seq
             .parse()
             .ok()
-            .filter(|s| *s >= 1 && *s <= i64::MAX as u64)
+            .filter(|s: &u64| *s >= 1 && *s <= i64::MAX as u64 && s.to_string() == raw.seq)
             .ok_or_else(|| {
                 IngestError::BadRequest(format!(
-                    "header {} must be a positive integer",
+                    "header {} must be a positive integer in plain decimal",
                     wire::HEADER_SEQ
                 ))
             })?;
-        let timestamp_ms: i64 = raw.timestamp_ms.parse().map_err(|_| {
-            IngestError::Unauthorized(format!(
-                "header {} must be milliseconds since the Unix epoch",
-                wire::HEADER_TIMESTAMP
-            ))
-        })?;
+        let timestamp_ms: i64 = raw
+            .timestamp_ms
+            .parse()
+            .ok()
+            .filter(|t: &i64| t.to_string() == raw.timestamp_ms)
+            .ok_or_else(|| {
+                IngestError::Unauthorized(format!(
+                    "header {} must be milliseconds since the Unix epoch",
+                    wire::HEADER_TIMESTAMP
+                ))
+            })?;
         let skew = self.config.clock_skew.as_millis() as i64;
-        if (timestamp_ms - now_ms).abs() > skew {
+        // abs_diff: a hostile timestamp like i64::MIN must not overflow.
+        if timestamp_ms.abs_diff(now_ms) > skew as u64 {
             return Err(IngestError::Unauthorized(format!(
                 "the batch timestamp is {} s away from the controller's clock (at most {} s allowed): check the clocks (NTP)",
-                (timestamp_ms - now_ms) / 1000,
+                timestamp_ms.saturating_sub(now_ms) / 1000,
                 skew / 1000
             )));
         }
@@ -238,6 +246,12 @@ impl Ingest {
 
 /// Parses and validates a batch body; the error names the field.
 pub fn decode(body: &[u8]) -> Result<BatchBody, IngestError> {
+    // serde would also read a struct from a JSON array; a batch is an object, nothing else.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(IngestError::BadRequest(
+            "the body must be a JSON object with a `records` array".into(),
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let parsed: BatchBody = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -269,7 +283,13 @@ async fn write_loop(
     while rx.recv_many(&mut jobs, max_group).await > 0 {
         let (batches, replies): (Vec<IngestBatch>, Vec<_>) =
             jobs.drain(..).map(|j| (j.batch, j.reply)).unzip();
+        let started = std::time::Instant::now();
         let result = write_with_retry(&durable, &batches, &keep, &mut cache).await;
+        tracing::debug!(
+            batches = batches.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group written"
+        );
         for (i, (batch, reply)) in batches.into_iter().zip(replies).enumerate() {
             let answer = match &result {
                 Ok(outcomes) => Ok((outcomes[i], batch.body.records)),

@@ -46,9 +46,13 @@ pub async fn ingest(
     let body = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;
-    let gzip = match headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()) {
-        None | Some(b"identity") => false,
-        Some(b"gzip") => true,
+    // Content codings are case-insensitive (RFC 9110 §8.4.1).
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or_default().trim().to_ascii_lowercase());
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip") => true,
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

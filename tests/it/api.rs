@@ -113,3 +113,47 @@ both_backends!(
     queries_are_validated,
     health_and_readiness,
 );
+
+async fn retention_deletes_old_history_and_keeps_new(backend: Backend) {
+    let env = Env::new(backend).await;
+    let mut config = env.controller_config();
+    config.nodes = vec![node("web1", KEY, &[])];
+    config.retention.samples = std::time::Duration::from_secs(86_400);
+    config.retention.records = std::time::Duration::from_secs(86_400);
+    config.retention.sweep_interval = std::time::Duration::from_millis(200);
+    let ctl = InProcess::start(config).await;
+    let client = ctl.client();
+    let now = fleet::timefmt::now_ms();
+    for (seq, age_ms) in [(1, 3 * 86_400_000), (2, 0)] {
+        let mut body = crate::harness::body_with_samples(seq, 1);
+        body.records[0].ts = now - age_ms;
+        // A record without samples is kept as a document, under the same retention.
+        body.records.push(fleet::model::Record {
+            collector: "notes".into(),
+            ts: now - age_ms,
+            data: serde_json::json!({ "seq": seq }),
+            samples: vec![],
+        });
+        let batch = Batch::new("web1", KEY, seq).body(serde_json::to_vec(&body).unwrap());
+        assert_eq!(client.send(&batch).await.0, 200);
+    }
+    let store = ctl.store.clone();
+    let series = store.series("web1", Some("test.m0")).await.unwrap();
+    crate::harness::eventually(
+        std::time::Duration::from_secs(10),
+        "the old sample to be purged",
+        || async {
+            let points = store.points(series[0].id, 0, i64::MAX, 100).await.unwrap();
+            (points.len() == 1).then_some(())
+        },
+    )
+    .await;
+    let points = store.points(series[0].id, 0, i64::MAX, 100).await.unwrap();
+    assert_eq!(points[0].1, 2.0, "the new sample stays");
+    let records = store.records("web1", "notes", 10).await.unwrap();
+    assert_eq!(records.len(), 1, "the old record document is purged");
+    assert_eq!(records[0].1["seq"], 2);
+    ctl.stop().await;
+}
+
+both_backends!(retention_deletes_old_history_and_keeps_new);

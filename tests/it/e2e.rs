@@ -61,6 +61,14 @@ impl ControllerProcess {
             process.log_text()
         );
     }
+
+    /// SIGKILL: what it acknowledged must already be durable.
+    fn kill(&mut self) {
+        self.process
+            .take()
+            .expect("the controller is running")
+            .kill();
+    }
 }
 
 fn enroll(env: &Env, name: &str) -> String {
@@ -157,7 +165,7 @@ async fn controller_outage_loses_nothing(backend: Backend) {
     )
     .await;
 
-    controller.stop();
+    controller.kill();
     // The agent keeps collecting into its spool while the controller is away.
     eventually(
         Duration::from_secs(15),

@@ -166,6 +166,20 @@ async fn refused_batches_change_nothing(backend: Backend) {
         assert!(reply["error"].as_str().unwrap().contains("clock"));
     }
 
+    // Regression (found writing docs/wire.md): an extreme timestamp must not overflow the
+    // window check, and non-canonical numbers are refused rather than verified differently.
+    let mut extreme = Batch::new("web1", KEY, 1);
+    extreme.timestamp_ms = i64::MIN;
+    assert_eq!(client.send(&extreme).await.0, 401);
+    extreme.timestamp_ms = i64::MAX;
+    assert_eq!(client.send(&extreme).await.0, 401);
+
+    // A JSON array is not a batch, even one serde could read as a struct.
+    let (status, _) = client
+        .send(&Batch::new("web1", KEY, 1).body("[1,0,[]]"))
+        .await;
+    assert_eq!(status, 400);
+
     // Malformed JSON.
     let (status, reply) = client
         .send(&Batch::new("web1", KEY, 1).body("{\"records\": ["))
