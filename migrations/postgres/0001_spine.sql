@@ -1,16 +1,18 @@
+-- Text keys use the "C" collation: byte order compares several times faster than a locale
+-- collation in the b-trees every ingest write walks, and names are ASCII anyway.
 -- The spine: enrolled nodes, operator tokens, the ingest ledger, history.
 -- Times are milliseconds since the Unix epoch (BIGINT) in both backends.
 
 CREATE TABLE nodes (
-    name        TEXT PRIMARY KEY,
-    key         TEXT NOT NULL,
-    allow       TEXT NOT NULL,      -- JSON array of CIDRs; empty: any address
-    labels      TEXT NOT NULL,      -- JSON object
+    name        TEXT COLLATE "C" PRIMARY KEY,
+    key         TEXT COLLATE "C" NOT NULL,
+    allow       TEXT COLLATE "C" NOT NULL,      -- JSON array of CIDRs; empty: any address
+    labels      TEXT COLLATE "C" NOT NULL,      -- JSON object
     created_at  BIGINT NOT NULL
 );
 
 CREATE TABLE node_status (
-    name        TEXT PRIMARY KEY,
+    name        TEXT COLLATE "C" PRIMARY KEY,
     last_seen   BIGINT NOT NULL,
     interval_ms BIGINT NOT NULL,
     vitals      TEXT,               -- JSON, from the newest batch that carried them
@@ -18,14 +20,14 @@ CREATE TABLE node_status (
 );
 
 CREATE TABLE api_tokens (
-    hash        TEXT PRIMARY KEY,   -- hex SHA-256 of the token; the token itself is never stored
-    label       TEXT NOT NULL,
+    hash        TEXT COLLATE "C" PRIMARY KEY,   -- hex SHA-256 of the token; the token itself is never stored
+    label       TEXT COLLATE "C" NOT NULL,
     created_at  BIGINT NOT NULL
 );
 
 CREATE TABLE ingest_streams (
-    node        TEXT NOT NULL,
-    instance    TEXT NOT NULL,
+    node        TEXT COLLATE "C" NOT NULL,
+    instance    TEXT COLLATE "C" NOT NULL,
     last_seq    BIGINT NOT NULL,    -- gaps = last_seq - batches: numbers below it never stored
     batches     BIGINT NOT NULL,
     dropped     BIGINT NOT NULL,    -- batches the agent reports it dropped from a full spool
@@ -35,8 +37,8 @@ CREATE TABLE ingest_streams (
 );
 
 CREATE TABLE batches (
-    node        TEXT NOT NULL,
-    instance    TEXT NOT NULL,
+    node        TEXT COLLATE "C" NOT NULL,
+    instance    TEXT COLLATE "C" NOT NULL,
     seq         BIGINT NOT NULL,
     sent_at     BIGINT NOT NULL,
     received_at BIGINT NOT NULL,
@@ -48,25 +50,31 @@ CREATE INDEX batches_received_at ON batches (received_at);
 
 CREATE TABLE series (
     id          BIGSERIAL PRIMARY KEY,
-    node        TEXT NOT NULL,
-    collector   TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    labels      TEXT NOT NULL,      -- canonical JSON object, keys sorted
+    node        TEXT COLLATE "C" NOT NULL,
+    collector   TEXT COLLATE "C" NOT NULL,
+    name        TEXT COLLATE "C" NOT NULL,
+    labels      TEXT COLLATE "C" NOT NULL,      -- canonical JSON object, keys sorted
     UNIQUE (node, name, labels)
 );
 
+-- One row per record: the record's samples packed as (series_id i64 LE, value f64 LE) pairs,
+-- sorted by series_id. A row per sample made every write cost a b-tree insert per sample (and,
+-- ordered by series, a page rewrite per series per commit); packed, a batch of 50 samples is one
+-- insert at the end of its node's range. Reading one series decodes its collector's rows in the
+-- time range.
 CREATE TABLE samples (
-    series_id   BIGINT NOT NULL,
+    node        TEXT COLLATE "C" NOT NULL,
+    collector   TEXT COLLATE "C" NOT NULL,
     ts          BIGINT NOT NULL,
-    value       DOUBLE PRECISION NOT NULL
+    points      BYTEA NOT NULL
 );
-CREATE INDEX samples_series_ts ON samples (series_id, ts);
+CREATE INDEX samples_node_collector_ts ON samples (node, collector, ts);
 
 CREATE TABLE records (
-    node        TEXT NOT NULL,
-    collector   TEXT NOT NULL,
+    node        TEXT COLLATE "C" NOT NULL,
+    collector   TEXT COLLATE "C" NOT NULL,
     ts          BIGINT NOT NULL,
-    data        TEXT NOT NULL
+    data        TEXT COLLATE "C" NOT NULL
 );
 CREATE INDEX records_node_collector_ts ON records (node, collector, ts);
 CREATE INDEX records_ts ON records (ts);
@@ -77,7 +85,7 @@ CREATE TABLE events (
     node        TEXT,
     service     TEXT,
     level       BIGINT NOT NULL,
-    message     TEXT NOT NULL,
-    fields      TEXT NOT NULL
+    message     TEXT COLLATE "C" NOT NULL,
+    fields      TEXT COLLATE "C" NOT NULL
 );
 CREATE INDEX events_ts ON events (ts);

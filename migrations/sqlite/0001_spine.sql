@@ -55,12 +55,18 @@ CREATE TABLE series (
     UNIQUE (node, name, labels)
 );
 
+-- One row per record: the record's samples packed as (series_id i64 LE, value f64 LE) pairs,
+-- sorted by series_id. A row per sample made every write cost a b-tree insert per sample (and,
+-- ordered by series, a page rewrite per series per commit); packed, a batch of 50 samples is one
+-- insert at the end of its node's range. Reading one series decodes its collector's rows in the
+-- time range.
 CREATE TABLE samples (
-    series_id   BIGINT NOT NULL,
+    node        TEXT NOT NULL,
+    collector   TEXT NOT NULL,
     ts          BIGINT NOT NULL,
-    value       DOUBLE PRECISION NOT NULL
+    points      BLOB NOT NULL
 );
-CREATE INDEX samples_series_ts ON samples (series_id, ts);
+CREATE INDEX samples_node_collector_ts ON samples (node, collector, ts);
 
 CREATE TABLE records (
     node        TEXT NOT NULL,

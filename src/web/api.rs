@@ -203,7 +203,7 @@ pub async fn node_metrics(
     for series in state.durable.series(&name, Some(&metric)).await? {
         let points: Vec<(String, f64)> = state
             .durable
-            .points(series.id, from, to, limit)
+            .points(&series, from, to, limit)
             .await?
             .into_iter()
             .map(|(ts, v)| (rfc3339(ts), v))

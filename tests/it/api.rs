@@ -143,12 +143,12 @@ async fn retention_deletes_old_history_and_keeps_new(backend: Backend) {
         std::time::Duration::from_secs(10),
         "the old sample to be purged",
         || async {
-            let points = store.points(series[0].id, 0, i64::MAX, 100).await.unwrap();
+            let points = store.points(&series[0], 0, i64::MAX, 100).await.unwrap();
             (points.len() == 1).then_some(())
         },
     )
     .await;
-    let points = store.points(series[0].id, 0, i64::MAX, 100).await.unwrap();
+    let points = store.points(&series[0], 0, i64::MAX, 100).await.unwrap();
     assert_eq!(points[0].1, 2.0, "the new sample stays");
     let records = store.records("web1", "notes", 10).await.unwrap();
     assert_eq!(records.len(), 1, "the old record document is purged");
