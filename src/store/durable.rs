@@ -231,7 +231,7 @@ fn pack_points(mut points: Vec<(i64, f64)>) -> Vec<u8> {
 
 /// The value of `series_id` in a packed row, if the record had it.
 fn find_point(packed: &[u8], series_id: i64) -> Result<Option<f64>, StoreError> {
-    if packed.len() % 16 != 0 {
+    if !packed.len().is_multiple_of(16) {
         return Err(StoreError::Corrupt(format!(
             "a packed sample row is {} bytes, not a multiple of 16",
             packed.len()
