@@ -126,6 +126,15 @@ impl SeriesCache {
         self.ids.get(node)?.get(name)?.get(labels).copied()
     }
 
+    fn absorb(&mut self, other: SeriesCache) {
+        for (node, names) in other.ids {
+            let mine = self.ids.entry(node).or_default();
+            for (name, labels) in names {
+                mine.entry(name).or_default().extend(labels);
+            }
+        }
+    }
+
     fn insert(&mut self, node: String, name: String, labels: String, id: i64) {
         self.ids
             .entry(node)
@@ -296,6 +305,10 @@ impl Durable {
                         // pread copies, keep a group write from going to the file page by page.
                         conn.execute("PRAGMA cache_size = -65536").await?;
                         conn.execute("PRAGMA mmap_size = 268435456").await?;
+                        // Checkpoints run in the background (see `checkpoint_loop`), not inside
+                        // whichever commit crossed the WAL threshold: that commit's batches
+                        // would wait for the whole checkpoint and its fsyncs.
+                        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                     }
                     Ok(())
                 })
@@ -308,7 +321,10 @@ impl Durable {
                 source,
             })?;
         match backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+            Backend::Sqlite => {
+                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                tokio::spawn(checkpoint_loop(pool.clone()));
+            }
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
         Ok(Self { pool, backend })
@@ -585,8 +601,48 @@ impl Durable {
         )
         .await?;
 
-        // 4. Samples (series ids from the cache, new series created here) and records.
-        let mut new_series: Vec<(String, String, String, i64)> = Vec::new();
+        // 4. Series: the ones not cached are created (or found) in one statement.
+        let mut missing: BTreeMap<(&str, &str, std::borrow::Cow<'static, str>), &str> =
+            BTreeMap::new();
+        for batch in &stored {
+            let node = batch.node.as_str();
+            for record in &batch.body.records {
+                for sample in &record.samples {
+                    let labels = sample.labels_json();
+                    if cache.get(node, &sample.name, &labels).is_none() {
+                        missing.insert((node, sample.name.as_str(), labels), &record.collector);
+                    }
+                }
+            }
+        }
+        let missing: Vec<_> = missing.into_iter().collect();
+        let mut fresh = SeriesCache::default();
+        let created = self
+            .insert_rows(
+                &mut tx,
+                "INSERT INTO series (node, collector, name, labels) VALUES",
+                4,
+                " ON CONFLICT (node, name, labels) DO UPDATE SET collector = excluded.collector \
+                 RETURNING id, node, name, labels",
+                &missing,
+                |q, ((node, name, labels), collector)| {
+                    q.bind(*node)
+                        .bind(*collector)
+                        .bind(*name)
+                        .bind(labels.as_ref())
+                },
+            )
+            .await?;
+        for row in &created {
+            fresh.insert(
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(0)?,
+            );
+        }
+
+        // 5. Samples, packed one row per record, and the records kept as documents.
         let mut packed: Vec<(&str, &str, i64, Vec<u8>)> = Vec::new();
         let mut records: Vec<(&str, &str, i64, String)> = Vec::new();
         for batch in &stored {
@@ -595,37 +651,15 @@ impl Durable {
                 let mut points: Vec<(i64, f64)> = Vec::with_capacity(record.samples.len());
                 for sample in &record.samples {
                     let labels = sample.labels_json();
-                    let id = match cache.get(node, &sample.name, &labels) {
-                        Some(id) => id,
-                        None => match new_series
-                            .iter()
-                            .find(|(n, m, l, _)| n == node && *m == sample.name && *l == labels)
-                        {
-                            Some((.., id)) => *id,
-                            None => {
-                                let row = sqlx::query(
-                                    "INSERT INTO series (node, collector, name, labels) \
-                                     VALUES ($1, $2, $3, $4) \
-                                     ON CONFLICT (node, name, labels) \
-                                     DO UPDATE SET collector = excluded.collector RETURNING id",
-                                )
-                                .bind(node)
-                                .bind(&record.collector)
-                                .bind(&sample.name)
-                                .bind(labels.as_ref())
-                                .fetch_one(&mut *tx)
-                                .await?;
-                                let id: i64 = row.try_get(0)?;
-                                new_series.push((
-                                    node.to_owned(),
-                                    sample.name.clone(),
-                                    labels.into_owned(),
-                                    id,
-                                ));
-                                id
-                            }
-                        },
-                    };
+                    let id = cache
+                        .get(node, &sample.name, &labels)
+                        .or_else(|| fresh.get(node, &sample.name, &labels))
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "series {} {} of node {node} was neither found nor created",
+                                sample.name, labels
+                            ))
+                        })?;
                     points.push((id, sample.value));
                 }
                 if !points.is_empty() {
@@ -665,9 +699,7 @@ impl Durable {
 
         tx.commit().await?;
         // Only now do the new series exist for everyone; a rolled-back id must never be cached.
-        for (node, name, labels, id) in new_series {
-            cache.insert(node, name, labels, id);
-        }
+        cache.absorb(fresh);
         Ok(outcomes)
     }
 
@@ -867,6 +899,28 @@ impl Durable {
             .execute(&self.pool)
             .await?;
         Ok(deleted)
+    }
+}
+
+/// Copies the SQLite WAL back into the database every second, beside the writer rather than
+/// in its way (PASSIVE never blocks it). Ends when the pool is closed.
+async fn checkpoint_loop(pool: AnyPool) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_all(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(cause = %err, "SQLite checkpoint failed; retrying in 1 s");
+        }
     }
 }
 
