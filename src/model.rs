@@ -24,6 +24,10 @@ pub mod limits {
     pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
     /// Most samples in one batch, over all its records.
     pub const SAMPLES_PER_BATCH_MAX: usize = 20_000;
+    /// Most distinct series (metric name and label set) one node may create: a runaway label
+    /// (a request id as a label value, say) must not grow the store without end. Samples of
+    /// series past the limit are dropped and counted.
+    pub const SERIES_PER_NODE_MAX: usize = 10_000;
 }
 
 /// Why a name or a value was refused. The message names the offending field.

@@ -279,6 +279,7 @@ async fn write_loop(
 ) {
     let keep = move |record: &Record| keep_collectors.contains(&record.collector);
     let mut cache = SeriesCache::default();
+    let mut refused_reported = 0;
     let mut jobs: Vec<Job> = Vec::with_capacity(max_group);
     while rx.recv_many(&mut jobs, max_group).await > 0 {
         let (batches, replies): (Vec<IngestBatch>, Vec<_>) =
@@ -290,6 +291,14 @@ async fn write_loop(
             elapsed_us = started.elapsed().as_micros() as u64,
             "group written"
         );
+        if cache.refused > refused_reported {
+            tracing::warn!(
+                samples = cache.refused - refused_reported,
+                limit = crate::model::limits::SERIES_PER_NODE_MAX,
+                "samples dropped: their node reached the series limit (a label with unbounded values?)"
+            );
+            refused_reported = cache.refused;
+        }
         for (i, (batch, reply)) in batches.into_iter().zip(replies).enumerate() {
             let answer = match &result {
                 Ok(outcomes) => Ok((outcomes[i], batch.body.records)),

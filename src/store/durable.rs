@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use crate::model::{BatchBody, Node, NodeName, NodeSource, Vitals};
+use crate::model::{BatchBody, Node, NodeName, NodeSource, Vitals, limits};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,23 +119,33 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q
 #[derive(Debug, Default)]
 pub struct SeriesCache {
     ids: HashMap<String, HashMap<String, HashMap<String, i64>>>,
+    /// Series known per node, for [`limits::SERIES_PER_NODE_MAX`].
+    per_node: HashMap<String, usize>,
+    /// Samples dropped because their node reached the series limit.
+    pub refused: u64,
 }
 
 impl SeriesCache {
+    fn count(&self, node: &str) -> usize {
+        self.per_node.get(node).copied().unwrap_or(0)
+    }
+
     fn get(&self, node: &str, name: &str, labels: &str) -> Option<i64> {
         self.ids.get(node)?.get(name)?.get(labels).copied()
     }
 
     fn absorb(&mut self, other: SeriesCache) {
         for (node, names) in other.ids {
-            let mine = self.ids.entry(node).or_default();
             for (name, labels) in names {
-                mine.entry(name).or_default().extend(labels);
+                for (labels, id) in labels {
+                    self.insert(node.clone(), name.clone(), labels, id);
+                }
             }
         }
     }
 
     fn insert(&mut self, node: String, name: String, labels: String, id: i64) {
+        *self.per_node.entry(node.clone()).or_default() += 1;
         self.ids
             .entry(node)
             .or_default()
@@ -609,7 +619,9 @@ impl Durable {
             for record in &batch.body.records {
                 for sample in &record.samples {
                     let labels = sample.labels_json();
-                    if cache.get(node, &sample.name, &labels).is_none() {
+                    if cache.get(node, &sample.name, &labels).is_none()
+                        && cache.count(node) + missing.len() < limits::SERIES_PER_NODE_MAX
+                    {
                         missing.insert((node, sample.name.as_str(), labels), &record.collector);
                     }
                 }
@@ -651,16 +663,13 @@ impl Durable {
                 let mut points: Vec<(i64, f64)> = Vec::with_capacity(record.samples.len());
                 for sample in &record.samples {
                     let labels = sample.labels_json();
-                    let id = cache
+                    match cache
                         .get(node, &sample.name, &labels)
                         .or_else(|| fresh.get(node, &sample.name, &labels))
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!(
-                                "series {} {} of node {node} was neither found nor created",
-                                sample.name, labels
-                            ))
-                        })?;
-                    points.push((id, sample.value));
+                    {
+                        Some(id) => points.push((id, sample.value)),
+                        None => cache.refused += 1,
+                    }
                 }
                 if !points.is_empty() {
                     packed.push((node, &record.collector, record.ts, pack_points(points)));

@@ -275,3 +275,29 @@ both_backends!(
     source_outside_the_allowlist_is_forbidden,
     source_inside_the_allowlist_is_accepted,
 );
+
+async fn series_per_node_are_bounded(backend: Backend) {
+    let env = Env::new(backend).await;
+    let mut config = env.controller_config();
+    config.nodes = vec![node("web1", KEY, &[])];
+    let ctl = InProcess::start(config).await;
+    let limit = fleet::model::limits::SERIES_PER_NODE_MAX;
+    let mut batch = Batch::new("web1", KEY, 1);
+    // One series more than allowed, in one batch (a label gone wild).
+    batch.body = serde_json::to_vec(&body_with_samples(1, limit + 1)).unwrap();
+    batch.gzip = true;
+    let (status, reply) = ctl.client().send(&batch).await;
+    assert_eq!(status, 200, "{reply}");
+    let series = ctl.store.series("web1", None).await.unwrap();
+    assert_eq!(series.len(), limit, "no series past the limit");
+    // Known series keep being stored.
+    let known = series.iter().find(|s| s.name == "test.m0").unwrap().clone();
+    let mut next = Batch::new("web1", KEY, 2);
+    next.body = serde_json::to_vec(&body_with_samples(2, 1)).unwrap();
+    assert_eq!(ctl.client().send(&next).await.0, 200);
+    let points = ctl.store.points(&known, 0, i64::MAX, 10).await.unwrap();
+    assert_eq!(points.len(), 2);
+    ctl.stop().await;
+}
+
+both_backends!(series_per_node_are_bounded);
