@@ -9,7 +9,7 @@ use fleet::store::Durable;
 use fleet::store::durable::LedgerEntry;
 
 use crate::both_backends;
-use crate::harness::{Backend, Env, Process, eventually, free_port, run_fleet};
+use crate::harness::{Backend, Env, Process, enroll, eventually, free_port};
 
 /// A controller process on a fixed port (so it can be restarted on the same address).
 struct ControllerProcess {
@@ -69,17 +69,6 @@ impl ControllerProcess {
             .expect("the controller is running")
             .kill();
     }
-}
-
-fn enroll(env: &Env, name: &str) -> String {
-    let mut args = vec!["node".to_owned(), "add".to_owned(), name.to_owned()];
-    args.extend(env.store_flags());
-    let (ok, out, err) = run_fleet(&args);
-    assert!(ok, "{err}");
-    out.lines()
-        .find_map(|l| l.strip_prefix("key: "))
-        .expect("node add prints the key")
-        .to_owned()
 }
 
 fn agent_args(

@@ -496,3 +496,15 @@ pub async fn wait_healthy(url: &str) {
     )
     .await
 }
+
+/// Enrolls a node with `fleet node add` against this env's store; returns its key.
+pub fn enroll(env: &Env, name: &str) -> String {
+    let mut args = vec!["node".to_owned(), "add".to_owned(), name.to_owned()];
+    args.extend(env.store_flags());
+    let (ok, out, err) = run_fleet(&args);
+    assert!(ok, "{err}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .expect("node add prints the key")
+        .to_owned()
+}

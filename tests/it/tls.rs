@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Backend, Env, InProcess, Process, eventually, run_fleet};
+use crate::harness::{Backend, Env, InProcess, Process, enroll, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_delivers_over_https_to_a_controller_it_verifies() {
@@ -16,15 +16,7 @@ async fn agent_delivers_over_https_to_a_controller_it_verifies() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
 
-    let mut args = vec!["node".to_owned(), "add".to_owned(), "tls1".to_owned()];
-    args.extend(env.store_flags());
-    let (ok, out, err) = run_fleet(&args);
-    assert!(ok, "{err}");
-    let key = out
-        .lines()
-        .find_map(|l| l.strip_prefix("key: "))
-        .unwrap()
-        .to_owned();
+    let key = enroll(&env, "tls1");
 
     let mut config = env.controller_config();
     config.tls_cert = Some(cert_path.clone());
