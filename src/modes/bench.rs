@@ -52,7 +52,31 @@ pub struct IngestBenchArgs {
 
 struct Started {
     child: tokio::process::Child,
+    /// The Redis key prefix the started controller used: removed at the end.
+    redis_prefix: String,
     _dir: tempfile::TempDir,
+}
+
+/// Deletes every Redis key under `prefix` (the hot rings of a started controller).
+async fn remove_redis_keys(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url).context("the Redis URL is not valid")?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .context("timed out connecting to Redis")??;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await?;
+    for chunk in keys.chunks(500) {
+        redis::cmd("DEL")
+            .arg(chunk)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A result of one simulated agent.
@@ -112,9 +136,18 @@ pub async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     let (url, mut started) = match &args.controller {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
+            let redis_prefix = format!("fleet-bench-{run_id}:");
             let (url, child) =
-                start_controller(&args, &database_url, dir.path().to_owned()).await?;
-            (url, Some(Started { child, _dir: dir }))
+                start_controller(&args, &database_url, dir.path().to_owned(), &redis_prefix)
+                    .await?;
+            (
+                url,
+                Some(Started {
+                    child,
+                    redis_prefix,
+                    _dir: dir,
+                }),
+            )
         }
     };
     let client = reqwest::Client::builder()
@@ -259,6 +292,9 @@ pub async fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
             rustix::process::Signal::TERM,
         );
         let _ = tokio::time::timeout(Duration::from_secs(15), started.child.wait()).await;
+        if let Some(redis) = &args.redis_url {
+            remove_redis_keys(redis, &started.redis_prefix).await?;
+        }
     } else {
         for (name, _) in &nodes {
             store.remove_node(name.as_str()).await?;
@@ -291,6 +327,7 @@ async fn start_controller(
     args: &IngestBenchArgs,
     database_url: &str,
     data_dir: PathBuf,
+    redis_prefix: &str,
 ) -> anyhow::Result<(String, tokio::process::Child)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -311,9 +348,7 @@ async fn start_controller(
         .kill_on_drop(true);
     if let Some(redis) = &args.redis_url {
         command.arg("--redis-url").arg(redis);
-        command
-            .arg("--redis-prefix")
-            .arg(format!("fleet-bench-{port}:"));
+        command.arg("--redis-prefix").arg(redis_prefix);
     }
     let child = command.spawn().context("cannot start the controller")?;
     let url = format!("http://127.0.0.1:{port}");

@@ -2,6 +2,7 @@
 //! `fleet` processes. See harness.rs for how each test isolates itself.
 
 mod api;
+mod bench;
 mod deploy;
 mod e2e;
 mod harness;
