@@ -86,8 +86,26 @@ impl Ingest {
         hot: Arc<HotStore>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.max_group * 4);
-        let keep = retention.record_collectors.clone();
-        let writer = tokio::spawn(write_loop(durable, rx, config.max_group, keep));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        // SQLite takes one writer at a time, so one task. PostgreSQL commits groups side by
+        // side: while one waits for its WAL flush the next is already writing, which keeps a
+        // slow fsync from holding every batch behind it. Rows are always touched in key order
+        // (sorted maps), so concurrent groups cannot deadlock.
+        let writers = match durable.backend() {
+            crate::store::durable::Backend::Sqlite => 1,
+            crate::store::durable::Backend::Postgres => 2,
+        };
+        let tasks = tokio_util::task::TaskTracker::new();
+        for _ in 0..writers {
+            tasks.spawn(write_loop(
+                durable.clone(),
+                rx.clone(),
+                config.max_group,
+                retention.record_collectors.clone(),
+            ));
+        }
+        tasks.close();
+        let writer = tokio::spawn(async move { tasks.wait().await });
         (
             Self {
                 config,
@@ -268,12 +286,12 @@ pub fn decode(body: &[u8]) -> Result<BatchBody, IngestError> {
     Ok(parsed)
 }
 
-/// The writer: takes what is queued (up to `max_group` batches), writes it in one transaction,
-/// then answers each batch. One writer per controller: SQLite allows one writer anyway, and
-/// grouping gives PostgreSQL the same benefit of few commits.
+/// A writer: takes what is queued (up to `max_group` batches), writes it in one transaction,
+/// then answers each batch. Grouping turns many small commits into few (see `Ingest::start` for
+/// how many writers run).
 async fn write_loop(
     durable: Durable,
-    mut rx: mpsc::Receiver<Job>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     max_group: usize,
     keep_collectors: Vec<String>,
 ) {
@@ -281,7 +299,8 @@ async fn write_loop(
     let mut cache = SeriesCache::default();
     let mut refused_reported = 0;
     let mut jobs: Vec<Job> = Vec::with_capacity(max_group);
-    while rx.recv_many(&mut jobs, max_group).await > 0 {
+    // The lock is held only while taking a group, not while writing it.
+    while rx.lock().await.recv_many(&mut jobs, max_group).await > 0 {
         let (batches, replies): (Vec<IngestBatch>, Vec<_>) =
             jobs.drain(..).map(|j| (j.batch, j.reply)).unzip();
         let started = std::time::Instant::now();
