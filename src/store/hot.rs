@@ -20,6 +20,9 @@ use crate::model::Record;
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long Redis is skipped after a failure.
 const REDIS_BACKOFF_MS: i64 = 2_000;
+/// Most rings (distinct collector names) one node may have in memory: an enrolled node sending a
+/// new collector name with every record must not grow the controller without end.
+pub const RINGS_PER_NODE_MAX: usize = 256;
 
 /// Why the hot store could not answer a read.
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +142,19 @@ impl MemoryRing {
     fn push(&self, node: &str, entries: Vec<(&str, String)>) {
         let mut rings = self.rings.lock().expect("hot ring lock poisoned");
         for (collector, entry) in entries {
-            let ring = rings
-                .entry((node.to_owned(), collector.to_owned()))
-                .or_default();
+            let key = (node.to_owned(), collector.to_owned());
+            if !rings.contains_key(&key)
+                && rings.keys().filter(|(n, _)| n == node).count() >= RINGS_PER_NODE_MAX
+            {
+                tracing::warn!(
+                    node,
+                    collector,
+                    limit = RINGS_PER_NODE_MAX,
+                    "node has too many collectors for the hot ring; record kept durably only"
+                );
+                continue;
+            }
+            let ring = rings.entry(key).or_default();
             ring.push_front(entry);
             ring.truncate(self.capacity);
         }
@@ -254,6 +267,29 @@ mod tests {
             data: serde_json::json!({"n": ts}),
             samples: vec![],
         }
+    }
+
+    #[tokio::test]
+    async fn a_node_has_a_bounded_number_of_rings() {
+        let hot = HotStore::memory(2);
+        for i in 0..RINGS_PER_NODE_MAX + 5 {
+            hot.push("web1", &[record(&format!("c{i}"), 1)]).await;
+        }
+        hot.push("web2", &[record("c0", 1)]).await;
+        let HotStore::Memory(ring) = &hot else {
+            unreachable!("made in memory")
+        };
+        {
+            let rings = ring.rings.lock().unwrap();
+            assert_eq!(
+                rings.keys().filter(|(n, _)| n == "web1").count(),
+                RINGS_PER_NODE_MAX
+            );
+            assert!(rings.contains_key(&("web2".to_owned(), "c0".to_owned())));
+        }
+        // An existing ring keeps taking records.
+        hot.push("web1", &[record("c0", 2)]).await;
+        assert_eq!(hot.recent("web1", "c0", 5).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@ use crate::config::{IngestConfig, StatusConfig};
 use crate::pipeline::{Ingest, Registry};
 use crate::store::{Durable, HotStore};
 
+/// Most ingest requests handled at once.
+pub const INGEST_CONCURRENCY: usize = 256;
+
 /// What every handler may use.
 pub struct AppState {
     pub ingest: Ingest,
@@ -67,7 +70,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::require_operator,
         ));
     Router::new()
-        .route("/api/v1/ingest", post(ingest::ingest))
+        .route(
+            "/api/v1/ingest",
+            // Each request may hold a 1 MiB body and its 8 MiB inflation: past this many at
+            // once, further requests wait their turn instead of growing memory.
+            post(ingest::ingest)
+                .layer(tower::limit::ConcurrencyLimitLayer::new(INGEST_CONCURRENCY)),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(operator)
