@@ -76,8 +76,8 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Starts the single writer task that turns queued batches into grouped transactions. It
-    /// stops when the last `Ingest` is dropped, after writing what was queued.
+    /// Starts the writer tasks that turn queued batches into grouped transactions. They stop
+    /// when the last `Ingest` is dropped, after writing what was queued.
     pub fn start(
         config: IngestConfig,
         retention: &RetentionConfig,

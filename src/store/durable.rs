@@ -114,8 +114,9 @@ pub struct Series {
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// Series ids already known to exist, so the hot path does not ask the database each time.
-/// Owned by the single ingest writer. Nested by node, name and labels so a lookup borrows and
-/// allocates nothing.
+/// Each ingest writer owns one (on PostgreSQL two writers may each learn a series; the upsert
+/// gives both the same id). Nested by node, name and labels so a lookup borrows and allocates
+/// nothing.
 #[derive(Debug, Default)]
 pub struct SeriesCache {
     ids: HashMap<String, HashMap<String, HashMap<String, i64>>>,
@@ -209,19 +210,19 @@ fn values_sql(backend: Backend, prefix: &str, columns: usize, rows: usize) -> St
 /// a query borrow the rows it binds instead of copying them.
 fn statement_text(
     backend: Backend,
-    prefix: &str,
+    prefix: &'static str,
     columns: usize,
     rows: usize,
-    suffix: &str,
+    suffix: &'static str,
 ) -> &'static str {
-    type Shapes = HashMap<(Backend, String, usize, usize, String), &'static str>;
+    type Shapes = HashMap<(Backend, &'static str, usize, usize, &'static str), &'static str>;
     static SHAPES: std::sync::OnceLock<std::sync::Mutex<Shapes>> = std::sync::OnceLock::new();
     let mut shapes = SHAPES
         .get_or_init(Default::default)
         .lock()
         .expect("statement cache lock poisoned");
     shapes
-        .entry((backend, prefix.to_owned(), columns, rows, suffix.to_owned()))
+        .entry((backend, prefix, columns, rows, suffix))
         .or_insert_with(|| {
             let mut sql = values_sql(backend, prefix, columns, rows);
             sql.push_str(suffix);
@@ -310,9 +311,9 @@ impl Durable {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        // Sample inserts land all over the (series_id, ts) index: a page cache
-                        // that holds the hot part of it, and memory-mapped reads instead of
-                        // pread copies, keep a group write from going to the file page by page.
+                        // A page cache that holds the hot ends of the indexes, and memory-mapped
+                        // reads instead of pread copies: measured, group writes read far fewer
+                        // pages from the file.
                         conn.execute("PRAGMA cache_size = -65536").await?;
                         conn.execute("PRAGMA mmap_size = 268435456").await?;
                         // Checkpoints run in the background (see `checkpoint_loop`), not inside
@@ -614,6 +615,8 @@ impl Durable {
         // 4. Series: the ones not cached are created (or found) in one statement.
         let mut missing: BTreeMap<(&str, &str, std::borrow::Cow<'static, str>), &str> =
             BTreeMap::new();
+        // Every sample's labels as JSON, in walk order, so step 5 does not serialise them again.
+        let mut labels_in_order = Vec::new();
         for batch in &stored {
             let node = batch.node.as_str();
             for record in &batch.body.records {
@@ -622,8 +625,12 @@ impl Durable {
                     if cache.get(node, &sample.name, &labels).is_none()
                         && cache.count(node) + missing.len() < limits::SERIES_PER_NODE_MAX
                     {
-                        missing.insert((node, sample.name.as_str(), labels), &record.collector);
+                        missing.insert(
+                            (node, sample.name.as_str(), labels.clone()),
+                            &record.collector,
+                        );
                     }
+                    labels_in_order.push(labels);
                 }
             }
         }
@@ -657,12 +664,15 @@ impl Durable {
         // 5. Samples, packed one row per record, and the records kept as documents.
         let mut packed: Vec<(&str, &str, i64, Vec<u8>)> = Vec::new();
         let mut records: Vec<(&str, &str, i64, String)> = Vec::new();
+        let mut labels_in_order = labels_in_order.into_iter();
         for batch in &stored {
             let node = batch.node.as_str();
             for record in &batch.body.records {
                 let mut points: Vec<(i64, f64)> = Vec::with_capacity(record.samples.len());
                 for sample in &record.samples {
-                    let labels = sample.labels_json();
+                    let labels = labels_in_order
+                        .next()
+                        .expect("one labels entry per sample, walked in the same order");
                     match cache
                         .get(node, &sample.name, &labels)
                         .or_else(|| fresh.get(node, &sample.name, &labels))
@@ -717,9 +727,9 @@ impl Durable {
     async fn insert_rows<'r, T>(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        prefix: &str,
+        prefix: &'static str,
         columns: usize,
-        suffix: &str,
+        suffix: &'static str,
         rows: &'r [T],
         bind: impl Fn(AnyQuery<'r>, &'r T) -> AnyQuery<'r>,
     ) -> Result<Vec<AnyRow>, StoreError> {
@@ -812,7 +822,9 @@ impl Durable {
             .collect()
     }
 
-    /// Points of one series in `[from, to]`, the newest `limit` of them, oldest first.
+    /// Points of one series in `[from, to]`, oldest first, from the newest `limit` records of its
+    /// collector (a record without this series, a mount that came and went say, yields no point,
+    /// so fewer than `limit` points may come back).
     pub async fn points(
         &self,
         series: &Series,

@@ -141,10 +141,12 @@ async fn retention_deletes_old_history_and_keeps_new(backend: Backend) {
     let series = store.series("web1", Some("test.m0")).await.unwrap();
     crate::harness::eventually(
         std::time::Duration::from_secs(10),
-        "the old sample to be purged",
+        "the old sample and the old record to be purged",
+        // One sweep deletes samples, then the ledger, then records: wait for the whole sweep.
         || async {
             let points = store.points(&series[0], 0, i64::MAX, 100).await.unwrap();
-            (points.len() == 1).then_some(())
+            let records = store.records("web1", "notes", 10).await.unwrap();
+            (points.len() == 1 && records.len() == 1).then_some(())
         },
     )
     .await;

@@ -132,8 +132,22 @@ fn assert_complete_and_in_order(ledger: &[LedgerEntry], last: i64) {
     }
 }
 
-async fn store_of(env: &Env) -> Durable {
-    env.store().await
+/// Waits until the store holds at least `n` batches of `node`.
+async fn wait_for_batches(store: &Durable, node: &str, n: usize) {
+    eventually(Duration::from_secs(15), "batches to arrive", || async {
+        (store.ledger(node).await.unwrap().len() >= n).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the agent's spool holds at least `n` unsent batches.
+async fn wait_for_spool(agent_dir: &Path, n: usize) {
+    eventually(
+        Duration::from_secs(15),
+        "the agent to spool a backlog",
+        || async { (spooled(agent_dir) >= n).then_some(()) },
+    )
+    .await;
 }
 
 async fn controller_outage_loses_nothing(backend: Backend) {
@@ -146,22 +160,12 @@ async fn controller_outage_loses_nothing(backend: Backend) {
         &agent_args(&controller.url(), "n1", &key, &agent_dir, &[]),
         &env.dir.path().join("agent.log"),
     );
-    let store = store_of(&env).await;
-    eventually(
-        Duration::from_secs(15),
-        "the first batches to arrive",
-        || async { (store.ledger("n1").await.unwrap().len() >= 3).then_some(()) },
-    )
-    .await;
+    let store = env.store().await;
+    wait_for_batches(&store, "n1", 3).await;
 
     controller.kill();
     // The agent keeps collecting into its spool while the controller is away.
-    eventually(
-        Duration::from_secs(15),
-        "the agent to spool a backlog",
-        || async { (spooled(&agent_dir) >= 8).then_some(()) },
-    )
-    .await;
+    wait_for_spool(&agent_dir, 8).await;
     let outage_last = last_seq(&agent_dir);
     controller.start().await;
     eventually(Duration::from_secs(20), "the backlog to drain", || async {
@@ -201,20 +205,10 @@ async fn agent_killed_while_controller_down_delivers_its_spool_exactly_once(back
     let agent_dir = env.dir.path().join("agent");
     let args = agent_args(&controller.url(), "n2", &key, &agent_dir, &[]);
     let mut agent = Process::spawn(&args, &env.dir.path().join("agent-1.log"));
-    let store = store_of(&env).await;
-    eventually(
-        Duration::from_secs(15),
-        "the first batches to arrive",
-        || async { (store.ledger("n2").await.unwrap().len() >= 2).then_some(()) },
-    )
-    .await;
+    let store = env.store().await;
+    wait_for_batches(&store, "n2", 2).await;
     controller.stop();
-    eventually(
-        Duration::from_secs(15),
-        "a backlog in the spool",
-        || async { (spooled(&agent_dir) >= 5).then_some(()) },
-    )
-    .await;
+    wait_for_spool(&agent_dir, 5).await;
     agent.kill();
     let spooled_before_kill = spooled(&agent_dir);
     let killed_at = last_seq(&agent_dir);
@@ -279,7 +273,7 @@ async fn a_full_spool_drops_the_oldest_and_says_so(backend: Backend) {
     })
     .await;
     controller.start().await;
-    let store = store_of(&env).await;
+    let store = env.store().await;
     let streams = eventually(Duration::from_secs(20), "drops to be reported", || async {
         let streams = store.ingest_streams("n3").await.unwrap();
         streams
