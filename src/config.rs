@@ -78,6 +78,10 @@ pub struct ControllerConfig {
     pub status: StatusConfig,
     /// Nodes whitelisted in this file (in addition to those enrolled with `fleet node add`).
     pub nodes: Vec<StaticNode>,
+    pub commands: CommandQueueConfig,
+    /// NATS: when `url` is set, commands travel over JetStream (and agents may send telemetry
+    /// over it); otherwise agents long-poll the controller over HTTP.
+    pub nats: NatsConfig,
 }
 
 impl Default for ControllerConfig {
@@ -97,6 +101,8 @@ impl Default for ControllerConfig {
             hot: HotConfig::default(),
             status: StatusConfig::default(),
             nodes: Vec::new(),
+            commands: CommandQueueConfig::default(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -205,6 +211,108 @@ impl Default for StatusConfig {
     }
 }
 
+/// The controller's command queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandQueueConfig {
+    /// How often deadlines are checked (redelivery, time-outs, expiry).
+    #[serde(deserialize_with = "de_duration")]
+    pub sweep_interval: Duration,
+    /// How long past a command's own timeout the controller waits for the node's answer before
+    /// it redelivers (or, with no retries left, declares it timed out).
+    #[serde(deserialize_with = "de_duration")]
+    pub grace: Duration,
+    /// Longest an agent's poll for commands is held open.
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_max: Duration,
+}
+
+impl Default for CommandQueueConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval: Duration::from_secs(1),
+            grace: Duration::from_secs(5),
+            poll_max: Duration::from_secs(25),
+        }
+    }
+}
+
+/// A NATS server and how to log in to it. Shared by the controller, the agent and `fleet send`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://host:4222` (or `tls://…`). Unset: no NATS.
+    pub url: Option<String>,
+    /// First token of every subject, and the stem of stream and consumer names.
+    pub prefix: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// An nkey seed (`SU…`) to sign the server's challenge with.
+    pub nkey: Option<String>,
+    /// PEM CA certificate for `tls://` servers, instead of the system roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Longest a command waits in the stream for its node (the stream's max age).
+    #[serde(deserialize_with = "de_duration")]
+    pub max_ttl: Duration,
+    /// Agent only: send telemetry batches over NATS instead of HTTP.
+    pub telemetry: bool,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: "fleet".into(),
+            user: None,
+            password: None,
+            token: None,
+            nkey: None,
+            ca_cert: None,
+            max_ttl: Duration::from_secs(7 * 86_400),
+            telemetry: false,
+        }
+    }
+}
+
+/// What commands a node accepts (its local policy) and how it runs them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentCommandsConfig {
+    /// Receive commands at all.
+    pub enabled: bool,
+    /// Operator public keys (`ed25519:…`, from `fleet operator keygen`) whose signed commands
+    /// this node runs. Empty: it runs none.
+    pub trusted_keys: Vec<String>,
+    /// Methods this node accepts.
+    pub methods: Vec<String>,
+    /// Argv patterns `CLICommand` may run (see `executor::policy`). Empty: none.
+    pub allow: Vec<String>,
+    /// Run any argv. Like Zabbix's `system.run`: only for nodes where that is wanted.
+    pub allow_any: bool,
+    /// Output kept per stream; beyond it the result is marked truncated.
+    pub max_output_bytes: usize,
+    /// How long one long-poll for commands waits (HTTP bus).
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_timeout: Duration,
+}
+
+impl Default for AgentCommandsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trusted_keys: Vec::new(),
+            methods: ["CLICommand", "TextLogging", "SayHello", "ErrorLog", "Echo"]
+                .map(str::to_owned)
+                .to_vec(),
+            allow: Vec::new(),
+            allow_any: false,
+            max_output_bytes: crate::command::limits::OUTPUT_DEFAULT_BYTES,
+            poll_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 /// A node whitelisted in the controller's config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +351,10 @@ pub struct AgentConfig {
     pub request_timeout: Duration,
     /// Per-collector settings; collectors not listed run with defaults if they autoload.
     pub collectors: BTreeMap<CollectorKind, CollectorConfig>,
+    /// Which commands this node runs.
+    pub commands: AgentCommandsConfig,
+    /// NATS: when `url` is set, commands come over JetStream instead of the HTTP long-poll.
+    pub nats: NatsConfig,
 }
 
 impl Default for AgentConfig {
@@ -257,6 +369,8 @@ impl Default for AgentConfig {
             spool_max_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             collectors: BTreeMap::new(),
+            commands: AgentCommandsConfig::default(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -317,6 +431,14 @@ impl AgentConfig {
                 self.interval
             );
         }
+        if self.commands.max_output_bytes > crate::command::limits::OUTPUT_MAX_BYTES {
+            anyhow::bail!(
+                "commands.max_output_bytes {} is over the limit of {}",
+                self.commands.max_output_bytes,
+                crate::command::limits::OUTPUT_MAX_BYTES
+            );
+        }
+        crate::executor::Policy::from_config(&self.commands).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }

@@ -14,7 +14,9 @@
 
 pub mod bus;
 pub mod collectors;
+pub mod command;
 pub mod config;
+pub mod executor;
 pub mod model;
 pub mod modes;
 pub mod pipeline;

@@ -1,0 +1,286 @@
+//! Running one accepted command: an argv as a child process (its own process group, stdin
+//! closed, output captured up to a limit, killed with its whole group at the timeout), or one of
+//! the built-in methods.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::command::{Command, CommandReport, CommandResult, CommandState, Method};
+
+/// Runs `command` (already checked against the policy) and says how it ended.
+pub async fn run(
+    command: &Command,
+    node: &str,
+    event_log: &Path,
+    max_output: usize,
+) -> CommandReport {
+    let started = Instant::now();
+    let (state, mut result) = match command.method {
+        Method::CliCommand => {
+            run_argv(
+                &command.args,
+                Duration::from_millis(command.timeout_ms),
+                max_output,
+            )
+            .await
+        }
+        Method::Echo => (
+            CommandState::Succeeded,
+            CommandResult {
+                exit_code: Some(0),
+                stdout: command.args.join(" "),
+                ..Default::default()
+            },
+        ),
+        Method::SayHello => (
+            CommandState::Succeeded,
+            CommandResult {
+                exit_code: Some(0),
+                stdout: format!("hello from {node}, fleet {}", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            },
+        ),
+        Method::TextLogging | Method::ErrorLog => {
+            let level = if command.method == Method::ErrorLog {
+                "ERROR"
+            } else {
+                "INFO"
+            };
+            match append_event(event_log, level, &command.args.join(" ")) {
+                Ok(()) => (
+                    CommandState::Succeeded,
+                    CommandResult {
+                        exit_code: Some(0),
+                        ..Default::default()
+                    },
+                ),
+                Err(err) => (
+                    CommandState::Failed,
+                    CommandResult {
+                        error: Some(format!(
+                            "cannot append to the event log {}: {err}",
+                            event_log.display()
+                        )),
+                        ..Default::default()
+                    },
+                ),
+            }
+        }
+    };
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    CommandReport {
+        id: command.id.clone(),
+        state,
+        result: Some(result),
+    }
+}
+
+/// The node's local event log grows to this size, then rotates to `events.log.1`.
+const EVENT_LOG_MAX: u64 = 16 * 1024 * 1024;
+
+fn append_event(path: &Path, level: &str, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > EVENT_LOG_MAX) {
+        std::fs::rename(path, path.with_extension("log.1"))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let line = format!(
+        "{} {level} {}\n",
+        crate::timefmt::rfc3339(crate::timefmt::now_ms()),
+        text.replace('\n', " ")
+    );
+    file.write_all(line.as_bytes())
+}
+
+async fn run_argv(
+    argv: &[String],
+    timeout: Duration,
+    max_output: usize,
+) -> (CommandState, CommandResult) {
+    let mut child = match tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => {
+            return (
+                CommandState::Failed,
+                CommandResult {
+                    error: Some(format!("cannot start {:?}: {err}", argv[0])),
+                    ..Default::default()
+                },
+            );
+        }
+    };
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let work = async {
+        let (out, err, status) = tokio::join!(
+            read_bounded(stdout, max_output),
+            read_bounded(stderr, max_output),
+            child.wait()
+        );
+        (out, err, status)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(((stdout, out_cut), (stderr, err_cut), status)) => {
+            let status = match status {
+                Ok(status) => status,
+                Err(err) => {
+                    return (
+                        CommandState::Failed,
+                        CommandResult {
+                            error: Some(format!("cannot wait for {:?}: {err}", argv[0])),
+                            ..Default::default()
+                        },
+                    );
+                }
+            };
+            let exit_code = status.code().or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                status.signal().map(|s| 128 + s)
+            });
+            let state = if status.success() {
+                CommandState::Succeeded
+            } else {
+                CommandState::Failed
+            };
+            (
+                state,
+                CommandResult {
+                    exit_code,
+                    stdout,
+                    stderr,
+                    truncated: out_cut || err_cut,
+                    ..Default::default()
+                },
+            )
+        }
+        Err(_) => {
+            // The whole group: a shell's children must not outlive the timeout.
+            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill().await;
+            (
+                CommandState::TimedOut,
+                CommandResult {
+                    error: Some(format!(
+                        "killed after the timeout of {}",
+                        humantime::format_duration(timeout)
+                    )),
+                    ..Default::default()
+                },
+            )
+        }
+    }
+}
+
+/// Reads a stream to its end, keeping the first `max` bytes: the child must never block on a
+/// full pipe because its output is over the limit.
+async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize) -> (String, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut truncated = false;
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len());
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    if truncated {
+        // Lossy decoding of a cut multi-byte character may add a replacement char; keep the
+        // limit a limit.
+        while text.len() > max {
+            text.pop();
+        }
+    }
+    (text, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn captures_output_and_exit_code() {
+        let (state, r) = run_argv(
+            &argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(5),
+            1024,
+        )
+        .await;
+        assert_eq!(state, CommandState::Failed);
+        assert_eq!(r.exit_code, Some(3));
+        assert_eq!(r.stdout, "out\n");
+        assert_eq!(r.stderr, "err\n");
+        assert!(!r.truncated);
+    }
+
+    #[tokio::test]
+    async fn output_over_the_limit_is_cut_and_marked() {
+        let (state, r) = run_argv(
+            &argv(&["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"]),
+            Duration::from_secs(5),
+            1000,
+        )
+        .await;
+        assert_eq!(state, CommandState::Succeeded);
+        assert_eq!(r.stdout.len(), 1000);
+        assert!(r.truncated);
+    }
+
+    #[tokio::test]
+    async fn a_hung_command_and_its_children_are_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let started = Instant::now();
+        let (state, r) = run_argv(
+            &argv(&["sh", "-c", &script]),
+            Duration::from_millis(300),
+            1024,
+        )
+        .await;
+        assert_eq!(state, CommandState::TimedOut);
+        assert!(r.error.unwrap().contains("timeout"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "a child of the timed-out command survived");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_does_not_exist_fails_with_the_reason() {
+        let (state, r) = run_argv(
+            &argv(&["/nonexistent/program"]),
+            Duration::from_secs(1),
+            1024,
+        )
+        .await;
+        assert_eq!(state, CommandState::Failed);
+        assert!(r.error.unwrap().contains("cannot start"));
+    }
+}
