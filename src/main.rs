@@ -49,6 +49,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Send commands or events to nodes and print their results.
+    Send(Box<fleet::modes::send::SendArgs>),
+    /// Operator signing keys.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
     /// Load generators that measure the system.
     Bench {
         #[command(subcommand)]
@@ -192,6 +199,20 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum OperatorCommand {
+    /// Create an operator key pair: FILE (secret, mode 0600) and FILE.pub. List the public key
+    /// in each node's `[commands] trusted_keys`; sign with `fleet send --signing-key FILE`.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, default_value = "operator.key")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Simulate agents sending batches; print throughput, latency, and loss read back from the store.
     Ingest(fleet::modes::bench::IngestBenchArgs),
@@ -234,7 +255,7 @@ fn main() -> std::process::ExitCode {
         .context("cannot start the async runtime")
         .and_then(|rt| rt.block_on(dispatch(cli.command)));
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
@@ -265,9 +286,22 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Runs one mode; returns the process exit status.
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Controller(args) => run_controller(args).await,
+        Command::Send(args) => return fleet::modes::send::run(*args).await,
+        Command::Operator {
+            command: OperatorCommand::Keygen { out, force },
+        } => {
+            let public = fleet::modes::send::keygen(&out, force)?;
+            println!("{public}");
+            eprintln!(
+                "secret key in {} (keep it safe); public key in {}.pub: list it in each node's [commands] trusted_keys",
+                out.display(),
+                out.display()
+            );
+        }
+        Command::Controller(args) => run_controller(args).await?,
         Command::Agent(args) => {
             let mut config: AgentConfig = match &args.config {
                 Some(path) => config::load_toml(path)?,
@@ -294,7 +328,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(v) = args.spool_max_bytes {
                 config.spool_max_bytes = v;
             }
-            fleet::modes::agent::run(config, shutdown_on_signals()).await
+            fleet::modes::agent::run(config, shutdown_on_signals()).await?
         }
         Command::Node { command } => {
             let out = match command {
@@ -321,19 +355,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
             };
             print!("{out}");
-            Ok(())
         }
         Command::Token {
             command: TokenCommand::Create { label, store },
         } => {
             let token = fleet::modes::token::create(&store.load()?, &label).await?;
             println!("{token}");
-            Ok(())
         }
         Command::Bench {
             command: BenchCommand::Ingest(args),
-        } => fleet::modes::bench::ingest(args).await,
+        } => fleet::modes::bench::ingest(args).await?,
     }
+    Ok(0)
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {

@@ -33,6 +33,24 @@ pub struct HttpSender {
     interval_ms: u64,
 }
 
+/// The agent's HTTP client: `timeout` per request unless a request sets its own, and
+/// `ca_cert` (PEM) instead of the system roots when given.
+pub fn agent_client(ca_cert: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(2)
+        .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().context("cannot build the HTTP client")
+}
+
 impl HttpSender {
     /// `ca_cert`: verify the controller against this PEM CA instead of the system roots.
     pub fn new(
@@ -48,20 +66,8 @@ impl HttpSender {
         let url = base
             .join("api/v1/ingest")
             .with_context(|| format!("cannot build the ingest URL from {controller:?}"))?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(1)
-            .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = ca_cert {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-            builder = builder.tls_certs_only(certs);
-        }
         Ok(Self {
-            client: builder.build().context("cannot build the HTTP client")?,
+            client: agent_client(ca_cert, timeout)?,
             url,
             node: node.to_owned(),
             key: key.to_owned(),
@@ -133,4 +139,119 @@ impl HttpSender {
             _ => SendOutcome::Retry(format!("{status}: {message}")),
         }
     }
+}
+
+/// The agent's end of the HTTP command bus: long-polls `GET /api/v1/agent/commands` and posts
+/// reports to `POST /api/v1/agent/reports`, both signed with the node key.
+pub struct HttpCommandSource {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    node: String,
+    key: String,
+    poll_timeout: Duration,
+}
+
+impl HttpCommandSource {
+    pub fn new(
+        controller: &str,
+        node: &str,
+        key: &str,
+        ca_cert: Option<&Path>,
+        request_timeout: Duration,
+        poll_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: agent_client(ca_cert, request_timeout)?,
+            base: reqwest::Url::parse(controller)
+                .with_context(|| format!("controller URL {controller:?} is not a URL"))?,
+            node: node.to_owned(),
+            key: key.to_owned(),
+            poll_timeout,
+        })
+    }
+
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        let ts = crate::timefmt::now_ms();
+        let what = format!("{method} {path}");
+        let signature = wire::sign_agent(self.key.as_bytes(), &self.node, &what, ts, &body);
+        let mut url = self
+            .base
+            .join(path.trim_start_matches('/'))
+            .with_context(|| format!("cannot build a URL for {path}"))?;
+        if !query.is_empty() {
+            url.set_query(Some(query));
+        }
+        Ok(self
+            .client
+            .request(method, url)
+            .header(wire::HEADER_NODE, &self.node)
+            .header(wire::HEADER_TIMESTAMP, ts.to_string())
+            .header(wire::HEADER_SIGNATURE, signature)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body))
+    }
+}
+
+async fn error_text(response: reqwest::Response) -> String {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or(text);
+    format!("{status}: {message}")
+}
+
+impl super::commands::CommandSource for HttpCommandSource {
+    type Receipt = ();
+
+    async fn fetch(&self) -> anyhow::Result<Vec<(crate::command::Command, ())>> {
+        #[derive(serde::Deserialize)]
+        struct Polled {
+            commands: Vec<crate::command::Command>,
+        }
+        let path = crate::web::commands::AGENT_POLL_PATH;
+        let response = self
+            .signed(
+                reqwest::Method::GET,
+                path,
+                &format!("wait_ms={}", self.poll_timeout.as_millis()),
+                Vec::new(),
+            )?
+            .timeout(self.poll_timeout + Duration::from_secs(10))
+            .send()
+            .await
+            .context("cannot reach the controller to poll for commands")?;
+        if !response.status().is_success() {
+            anyhow::bail!("the controller refused the poll: {}", error_text(response).await);
+        }
+        let polled: Polled = response
+            .json()
+            .await
+            .context("the controller's answer to a poll is not the expected JSON")?;
+        Ok(polled.commands.into_iter().map(|c| (c, ())).collect())
+    }
+
+    async fn report(&self, reports: &[crate::command::CommandReport]) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&serde_json::json!({ "reports": reports }))
+            .expect("reports serialise");
+        let path = crate::web::commands::AGENT_REPORTS_PATH;
+        let response = self
+            .signed(reqwest::Method::POST, path, "", body)?
+            .send()
+            .await
+            .context("cannot reach the controller to report")?;
+        if !response.status().is_success() {
+            anyhow::bail!("the controller refused a report: {}", error_text(response).await);
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, _receipt: ()) {}
 }

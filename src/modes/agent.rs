@@ -44,6 +44,28 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         config.ca_cert.as_deref(),
         config.request_timeout,
     )?;
+    let commands = if config.commands.enabled {
+        let executor = Arc::new(crate::executor::Executor::open(
+            &config.node,
+            &config.commands,
+            &config.data_dir,
+        )?);
+        let source = Arc::new(crate::bus::http::HttpCommandSource::new(
+            &config.controller,
+            &config.node,
+            &config.key,
+            config.ca_cert.as_deref(),
+            config.request_timeout,
+            config.commands.poll_timeout,
+        )?);
+        Some(tokio::spawn(crate::bus::commands::run(
+            source,
+            executor,
+            shutdown.clone(),
+        )))
+    } else {
+        None
+    };
     let wake = Arc::new(Notify::new());
     let stop_sending = CancellationToken::new();
     let sending = tokio::spawn(send_loop(
@@ -71,6 +93,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     stop_sending.cancel();
     let _ = sending.await;
+    if let Some(commands) = commands {
+        let _ = commands.await;
+    }
     let left = spool.lock().expect("spool lock poisoned").len();
     tracing::info!(spooled = left, "agent stopped");
     result

@@ -84,6 +84,13 @@ pub async fn start(
         durable.clone(),
         hot.clone(),
     );
+    let commands = Arc::new(crate::pipeline::CommandQueue::new(
+        durable.clone(),
+        registry.clone(),
+        config.commands.clone(),
+        config.ingest.clock_skew,
+        None,
+    ));
     let state = Arc::new(AppState {
         ingest,
         ingest_limits: config.ingest.clone(),
@@ -91,6 +98,7 @@ pub async fn start(
         durable: durable.clone(),
         hot,
         status: config.status.clone(),
+        commands: commands.clone(),
     });
 
     let background = tokio_util::task::TaskTracker::new();
@@ -105,6 +113,7 @@ pub async fn start(
         config.retention.clone(),
         shutdown.clone(),
     ));
+    background.spawn(commands.sweep_loop(shutdown.clone()));
     background.close();
 
     let listener = std::net::TcpListener::bind(config.listen)

@@ -5,4 +5,5 @@ pub mod agent;
 pub mod bench;
 pub mod controller;
 pub mod node;
+pub mod send;
 pub mod token;

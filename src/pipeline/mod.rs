@@ -1,11 +1,14 @@
 //! The one pipeline data goes through, whatever path it came in by:
 //! verify → decode → store (durable, then hot) → (later: fan out, evaluate rules).
 //!
-//! [`registry`] says who may send; [`ingest`] runs the steps for signed batches. The pipeline
+//! [`registry`] says who may send; [`ingest`] runs the steps for signed batches; [`commands`]
+//! is the command queue (submit → deliver → report → final state, deadlines). The pipeline
 //! knows stores and the wire format, never HTTP: `web/` adapts requests to it.
 
+pub mod commands;
 pub mod ingest;
 pub mod registry;
 
+pub use commands::{CommandError, CommandQueue};
 pub use ingest::{Ingest, IngestError, IngestReply, RawBatch};
 pub use registry::Registry;

@@ -4,7 +4,7 @@
 //!
 //! Readers take a cheap snapshot (`Arc`); nothing here blocks ingest on the database.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -32,7 +32,8 @@ pub fn new_node_key() -> String {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub nodes: HashMap<String, Node>,
-    token_hashes: HashSet<String>,
+    /// Token hash → the token's label (who it belongs to, for the audit log).
+    token_hashes: HashMap<String, String>,
 }
 
 impl Snapshot {
@@ -42,7 +43,12 @@ impl Snapshot {
 
     /// Whether `token` is a valid operator token.
     pub fn token_valid(&self, token: &str) -> bool {
-        self.token_hashes.contains(&token_hash(token))
+        self.operator(token).is_some()
+    }
+
+    /// The label of a valid operator token: who is acting, for the audit log.
+    pub fn operator(&self, token: &str) -> Option<&str> {
+        self.token_hashes.get(&token_hash(token)).map(String::as_str)
     }
 
     pub fn has_tokens(&self) -> bool {
@@ -91,8 +97,13 @@ impl Registry {
                 },
             );
         }
-        let mut token_hashes: HashSet<String> = store.token_hashes().await?.into_iter().collect();
-        token_hashes.extend(self.static_token_hashes.iter().cloned());
+        let mut token_hashes: HashMap<String, String> =
+            store.token_hashes().await?.into_iter().collect();
+        token_hashes.extend(
+            self.static_token_hashes
+                .iter()
+                .map(|h| (h.clone(), "config api_tokens".to_owned())),
+        );
         *self.current.write().expect("registry lock poisoned") = Arc::new(Snapshot {
             nodes,
             token_hashes,

@@ -341,6 +341,10 @@ impl Durable {
         Ok(Self { pool, backend })
     }
 
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -452,14 +456,15 @@ impl Durable {
         Ok(())
     }
 
-    pub async fn token_hashes(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT hash FROM api_tokens")
+    /// Every token hash with its label.
+    pub async fn token_hashes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT hash, label FROM api_tokens")
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
             .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     // ---- ingest ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 //! Stores know nothing about HTTP, the wire format or signatures: they take verified, typed
 //! values. The durable store is the truth; the hot store is a cache of the newest records.
 
+pub mod commands;
 pub mod durable;
 pub mod hot;
 

@@ -29,10 +29,21 @@ pub async fn require_operator(
             StatusCode::UNAUTHORIZED,
             "missing operator token: send `Authorization: Bearer <token>` (see `fleet token create`)",
         )),
-        Some(token) if state.registry.snapshot().token_valid(token) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::new(
+        Some(token) => match state.registry.snapshot().operator(token) {
+            Some(label) => {
+                let operator = Operator(format!("token {label:?}"));
+                let mut request = request;
+                request.extensions_mut().insert(operator);
+                Ok(next.run(request).await)
+            }
+            None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "the operator token is not valid",
-        )),
+                "the operator token is not valid",
+            )),
+        },
     }
 }
+
+/// Who made an authenticated operator request (the token's label), for the audit log.
+#[derive(Debug, Clone)]
+pub struct Operator(pub String);

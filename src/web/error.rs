@@ -61,3 +61,17 @@ impl From<IngestError> for ApiError {
         Self::new(status, err.to_string())
     }
 }
+
+impl From<crate::pipeline::CommandError> for ApiError {
+    fn from(err: crate::pipeline::CommandError) -> Self {
+        use crate::pipeline::CommandError;
+        let status = match err {
+            CommandError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CommandError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            CommandError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CommandError::NotFound(_) => StatusCode::NOT_FOUND,
+            CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, err.to_string())
+    }
+}

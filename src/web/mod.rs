@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod commands;
 pub mod error;
 pub mod ingest;
 
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::config::{IngestConfig, StatusConfig};
-use crate::pipeline::{Ingest, Registry};
+use crate::pipeline::{CommandQueue, Ingest, Registry};
 use crate::store::{Durable, HotStore};
 
 /// Most ingest requests handled at once.
@@ -30,6 +31,7 @@ pub struct AppState {
     pub durable: Durable,
     pub hot: Arc<HotStore>,
     pub status: StatusConfig,
+    pub commands: Arc<CommandQueue>,
 }
 
 /// `Query<T>` whose rejection (an unknown parameter, a wrong type) is a JSON [`ApiError`] like
@@ -65,6 +67,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/nodes/{node}/recent/{collector}",
             get(api::node_recent),
         )
+        .route(
+            "/api/v1/commands",
+            get(commands::list_commands).post(commands::submit),
+        )
+        .route("/api/v1/commands/wait", post(commands::wait_many))
+        .route("/api/v1/commands/{id}", get(commands::get_command))
+        .route("/api/v1/commands/{id}/cancel", post(commands::cancel))
+        .route("/api/v1/errors", get(commands::errors))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_operator,
@@ -77,11 +87,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(ingest::ingest)
                 .layer(tower::limit::ConcurrencyLimitLayer::new(INGEST_CONCURRENCY)),
         )
+        .route(commands::AGENT_POLL_PATH, get(commands::agent_poll))
+        .route(commands::AGENT_REPORTS_PATH, post(commands::agent_reports))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(operator)
-        // The ingest handler bounds its own body; the default 2 MiB cap must not answer first
-        // with a different message.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // Bounds the `Bytes` bodies of the command routes. Ingest reads a raw `Body`, which
+        // this does not touch, and bounds it itself (with its own message and limit).
+        .layer(axum::extract::DefaultBodyLimit::max(commands::BODY_MAX))
         .with_state(state)
 }

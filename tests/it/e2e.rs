@@ -12,16 +12,16 @@ use crate::both_backends;
 use crate::harness::{Backend, Env, Process, enroll, eventually, free_port};
 
 /// A controller process on a fixed port (so it can be restarted on the same address).
-struct ControllerProcess {
-    port: u16,
-    args: Vec<String>,
+pub(crate) struct ControllerProcess {
+    pub(crate) port: u16,
+    pub(crate) args: Vec<String>,
     dir: PathBuf,
     process: Option<Process>,
     starts: usize,
 }
 
 impl ControllerProcess {
-    fn new(env: &Env) -> Self {
+    pub(crate) fn new(env: &Env) -> Self {
         let port = free_port();
         let mut args = vec![
             "controller".to_owned(),
@@ -42,18 +42,18 @@ impl ControllerProcess {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    async fn start(&mut self) {
+    pub(crate) async fn start(&mut self) {
         self.starts += 1;
         let log = self.dir.join(format!("controller-{}.log", self.starts));
         self.process = Some(Process::spawn(&self.args, &log));
         crate::harness::wait_healthy(&self.url()).await;
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let mut process = self.process.take().expect("the controller is running");
         assert!(
             process.terminate(),
@@ -63,7 +63,7 @@ impl ControllerProcess {
     }
 
     /// SIGKILL: what it acknowledged must already be durable.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.process
             .take()
             .expect("the controller is running")

@@ -3,6 +3,7 @@
 
 mod api;
 mod bench;
+mod commands;
 mod deploy;
 mod e2e;
 mod harness;

@@ -1,0 +1,212 @@
+//! The command bus, agent side: one trait ([`CommandSource`]) with two backends (the HTTP
+//! long-poll in `bus::http`, JetStream in `bus::nats`), and the loop that feeds what arrives to
+//! the executor and carries its reports back.
+//!
+//! Order: commands to this node run one at a time in the order delivered, unless a command
+//! asks to run in parallel. A report is retried until the far end has stored it, and only then
+//! is the delivery settled (on NATS: acknowledged, so the stream stops redelivering).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{Command, CommandReport, CommandState};
+use crate::executor::Executor;
+
+/// Where an agent's commands come from and where its reports go.
+pub trait CommandSource: Send + Sync + 'static {
+    /// What settles one delivery once its report is stored (a JetStream message to ack).
+    type Receipt: Send + 'static;
+
+    /// Waits for the next commands (a long-poll or a pull); may return none.
+    fn fetch(&self) -> impl Future<Output = anyhow::Result<Vec<(Command, Self::Receipt)>>> + Send;
+
+    /// Hands reports over; `Ok` only once the far end has them durably.
+    fn report(&self, reports: &[CommandReport]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The delivery is done with.
+    fn settle(&self, receipt: Self::Receipt) -> impl Future<Output = ()> + Send;
+}
+
+/// A command that is still running after this long is reported `running` (a quick one just
+/// reports its outcome: one message instead of two).
+const RUNNING_REPORT_AFTER: Duration = Duration::from_millis(500);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// Most reports sent in one message.
+const REPORTS_PER_MESSAGE: usize = 256;
+
+struct Outgoing<R> {
+    report: CommandReport,
+    receipt: Option<R>,
+}
+
+/// Runs the agent's command loop until `shutdown`.
+pub async fn run<S: CommandSource>(
+    source: Arc<S>,
+    executor: Arc<Executor>,
+    shutdown: CancellationToken,
+) {
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing<S::Receipt>>();
+    // Results from before a restart (or whose acknowledgement was lost) go first.
+    for report in executor.unacknowledged() {
+        let _ = out_tx.send(Outgoing {
+            report,
+            receipt: None,
+        });
+    }
+    let reporter = tokio::spawn(report_loop(
+        source.clone(),
+        executor.clone(),
+        out_rx,
+        shutdown.clone(),
+    ));
+    let (seq_tx, mut seq_rx) = mpsc::unbounded_channel::<(Command, S::Receipt)>();
+    let sequential = {
+        let executor = executor.clone();
+        let out_tx = out_tx.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = seq_rx.recv() => next,
+                };
+                let Some((command, receipt)) = next else {
+                    return;
+                };
+                handle(&executor, command, receipt, &out_tx).await;
+            }
+        })
+    };
+
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let fetched = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            fetched = source.fetch() => fetched,
+        };
+        match fetched {
+            Ok(deliveries) => {
+                backoff = BACKOFF_MIN;
+                for (command, receipt) in deliveries {
+                    if !executor.accept(&command.id) {
+                        // Already queued or running here: its report follows from that copy.
+                        continue;
+                    }
+                    if command.parallel {
+                        let executor = executor.clone();
+                        let out_tx = out_tx.clone();
+                        tokio::spawn(async move {
+                            handle(&executor, command, receipt, &out_tx).await;
+                        });
+                    } else {
+                        let _ = seq_tx.send((command, receipt));
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(cause = %format!("{err:#}"), retry_in_ms = backoff.as_millis() as u64, "cannot fetch commands");
+                let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    sequential.abort();
+    let _ = reporter.await;
+}
+
+async fn handle<R: Send + 'static>(
+    executor: &Executor,
+    command: Command,
+    receipt: R,
+    out: &mpsc::UnboundedSender<Outgoing<R>>,
+) {
+    let id = command.id.clone();
+    let finished = Arc::new(AtomicBool::new(false));
+    let on_start = {
+        let finished = finished.clone();
+        let out = out.clone();
+        let id = id.clone();
+        move || {
+            tokio::spawn(async move {
+                tokio::time::sleep(RUNNING_REPORT_AFTER).await;
+                if !finished.load(Ordering::SeqCst) {
+                    let _ = out.send(Outgoing {
+                        report: CommandReport {
+                            id,
+                            state: CommandState::Running,
+                            result: None,
+                        },
+                        receipt: None,
+                    });
+                }
+            });
+        }
+    };
+    let report = executor.handle(command, on_start).await;
+    finished.store(true, Ordering::SeqCst);
+    let _ = out.send(Outgoing {
+        report,
+        receipt: Some(receipt),
+    });
+}
+
+async fn report_loop<S: CommandSource>(
+    source: Arc<S>,
+    executor: Arc<Executor>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing<S::Receipt>>,
+    shutdown: CancellationToken,
+) {
+    let mut batch: Vec<Outgoing<S::Receipt>> = Vec::new();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if batch.is_empty() {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                first = rx.recv() => first,
+            };
+            match first {
+                Some(o) => batch.push(o),
+                None => return,
+            }
+        }
+        while batch.len() < REPORTS_PER_MESSAGE {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let reports: Vec<CommandReport> = batch.iter().map(|o| o.report.clone()).collect();
+        match source.report(&reports).await {
+            Ok(()) => {
+                backoff = BACKOFF_MIN;
+                for o in batch.drain(..) {
+                    if o.report.state.is_terminal() {
+                        executor.acknowledged(&o.report.id);
+                    }
+                    if let Some(receipt) = o.receipt {
+                        source.settle(receipt).await;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(cause = %format!("{err:#}"), reports = reports.len(), "cannot deliver command reports; retrying");
+                let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}

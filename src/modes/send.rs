@@ -1,0 +1,558 @@
+//! `fleet send`: builds commands (from flags or a steward message file), signs them with the
+//! operator key, submits them through the controller's API (or straight onto NATS), waits for
+//! the results and prints them. Also `--status ID` and `--cancel ID`, and `fleet operator
+//! keygen`. Wiring and presentation only: signing is `command`, the queue is the controller's.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::command::{self, Command, CommandState, Kind, Method, OperatorKey};
+use crate::config::parse_duration;
+use crate::pipeline::commands::Submission;
+use crate::store::commands::CommandRecord;
+
+/// Exit status when the wait ended before every command was settled (EX_TEMPFAIL).
+pub const EXIT_PENDING: u8 = 75;
+/// Exit status of a command that timed out (as `timeout(1)`).
+pub const EXIT_TIMED_OUT: u8 = 124;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SendArgs {
+    /// Target node.
+    #[arg(long, conflicts_with_all = ["nodes", "all", "label"])]
+    pub node: Option<String>,
+    /// Target nodes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Every enrolled node.
+    #[arg(long)]
+    pub all: bool,
+    /// Nodes with this label (key=value); repeat to require several.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::model::parse_label)]
+    pub label: Vec<(String, String)>,
+    /// Send an event (EventACK) instead of a command (CommandACK).
+    #[arg(long)]
+    pub event: bool,
+    /// Do not wait for a result (CommandNACK / EventNACK): done once the node has it.
+    #[arg(long)]
+    pub nack: bool,
+    /// Method: CLICommand, TextLogging, SayHello, ErrorLog, Echo [default: CLICommand; TextLogging with --event].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Longest one attempt may run on the node.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Redeliveries when no answer comes within the timeout (never re-executions).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// How long the command may wait for a node that is offline.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Let it run beside other commands on the node instead of in order.
+    #[arg(long)]
+    pub parallel: bool,
+    /// Print the id(s) and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Longest to wait for results [default: timeout × (retries + 1) + 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Show a command's state and result instead of sending.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["cancel", "file"])]
+    pub status: Option<String>,
+    /// Cancel a command that no node has taken yet.
+    #[arg(long, value_name = "ID", conflicts_with = "file")]
+    pub cancel: Option<String>,
+    /// Send the messages of a steward message file (JSON array with toNode, data,
+    /// commandOrEvent, method, timeout, retries).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Controller base URL.
+    #[arg(long, env = "FLEET_CONTROLLER")]
+    pub controller: Option<String>,
+    /// Operator API token.
+    #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Operator key file (from `fleet operator keygen`) to sign commands with.
+    #[arg(long, env = "FLEET_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// PEM CA certificate to verify the controller (or a tls:// NATS server) with.
+    #[arg(long, env = "FLEET_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Talk to NATS directly instead of the controller's API.
+    #[arg(long, env = "FLEET_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// First token of NATS subjects.
+    #[arg(long, env = "FLEET_NATS_PREFIX", default_value = "fleet")]
+    pub nats_prefix: String,
+    /// The command (CLICommand: program and arguments) or the event's text.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// Runs `fleet send` and returns the process exit status.
+pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    if let Some(id) = &args.status {
+        let api = Api::new(&args)?;
+        let value = api.get(&format!("api/v1/commands/{id}")).await?;
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            return Ok(0);
+        }
+        let record: CommandRecord = serde_json::from_value(value.clone())
+            .context("the controller's answer is not a command")?;
+        print_one(&mut out, &record)?;
+        if let Some(log) = value["log"].as_array() {
+            for entry in log {
+                writeln!(
+                    out,
+                    "  {}  {:<10} {}",
+                    entry["ts"].as_str().unwrap_or(""),
+                    entry["state"].as_str().unwrap_or(""),
+                    entry["detail"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+        return Ok(0);
+    }
+    if let Some(id) = &args.cancel {
+        let api = Api::new(&args)?;
+        let value = api
+            .post(&format!("api/v1/commands/{id}/cancel"), &serde_json::json!({}))
+            .await?;
+        writeln!(out, "{id}: {}", value["state"].as_str().unwrap_or("cancelled"))?;
+        return Ok(0);
+    }
+
+    let key = load_signing_key(args.signing_key.as_deref())?;
+    let submissions = if let Some(file) = &args.file {
+        from_steward_file(file, &key, args.ttl, args.parallel)?
+    } else {
+        let targets = targets(&args).await?;
+        let kind = match (args.event, args.nack) {
+            (false, false) => Kind::CommandAck,
+            (false, true) => Kind::CommandNack,
+            (true, false) => Kind::EventAck,
+            (true, true) => Kind::EventNack,
+        };
+        let method = match &args.method {
+            Some(m) => Method::parse(m).map_err(|e| anyhow::anyhow!("--method: {}", e.problem))?,
+            None if args.event => Method::TextLogging,
+            None => Method::CliCommand,
+        };
+        if method == Method::CliCommand && args.args.is_empty() {
+            bail!("nothing to run: put the command after `--`, e.g. `fleet send --node web1 -- uname -a`");
+        }
+        targets
+            .iter()
+            .map(|node| Submission {
+                command: build(
+                    &key,
+                    node,
+                    kind,
+                    method,
+                    args.args.clone(),
+                    args.timeout,
+                    args.ttl,
+                    args.parallel,
+                ),
+                retries: args.retries,
+            })
+            .collect()
+    };
+    if submissions.is_empty() {
+        bail!("no node matches: check --nodes, --all or --label against `fleet node list`");
+    }
+    let wait = args.wait.unwrap_or_else(|| {
+        let longest = submissions
+            .iter()
+            .map(|s| Duration::from_millis(s.command.timeout_ms) * (s.retries + 1))
+            .max()
+            .unwrap_or_default();
+        longest + Duration::from_secs(30)
+    });
+    let ids: Vec<String> = submissions.iter().map(|s| s.command.id.clone()).collect();
+
+    let records = if let Some(url) = &args.nats_url {
+        let _ = url;
+        bail!("--nats-url is not built yet")
+    } else {
+        let api = Api::new(&args)?;
+        api.post(
+            "api/v1/commands",
+            &serde_json::json!({ "commands": submissions }),
+        )
+        .await?;
+        if args.no_wait {
+            Vec::new()
+        } else {
+            api.wait(&ids, wait).await?
+        }
+    };
+    if args.no_wait {
+        for id in &ids {
+            writeln!(out, "{id}")?;
+        }
+        return Ok(0);
+    }
+    report(&mut out, &ids, &records, args.json)
+}
+
+/// Prints the results and works out the exit status.
+fn report(
+    out: &mut impl Write,
+    ids: &[String],
+    records: &[CommandRecord],
+    json: bool,
+) -> anyhow::Result<u8> {
+    let by_id: BTreeMap<&str, &CommandRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let pending = ids.iter().filter(|id| {
+        by_id
+            .get(id.as_str())
+            .is_none_or(|r| !crate::pipeline::commands::settled(r))
+    });
+    let pending_count = pending.count();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(records)?)?;
+    } else if ids.len() == 1 {
+        if let Some(r) = by_id.get(ids[0].as_str()) {
+            if let Some(result) = &r.result {
+                out.write_all(result.stdout.as_bytes())?;
+                std::io::stderr().write_all(result.stderr.as_bytes())?;
+            }
+            eprintln!("{}", one_line(r));
+        }
+    } else {
+        writeln!(out, "{:<24} {:<10} {:>5} {:>8}  OUTPUT", "NODE", "STATE", "EXIT", "MS")?;
+        for id in ids {
+            if let Some(r) = by_id.get(id.as_str()) {
+                let result = r.result.as_ref();
+                let text = result
+                    .map(|x| {
+                        x.error
+                            .clone()
+                            .unwrap_or_else(|| x.stdout.lines().next().unwrap_or("").to_owned())
+                    })
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:<24} {:<10} {:>5} {:>8}  {}",
+                    r.node,
+                    r.state.as_str(),
+                    result
+                        .and_then(|x| x.exit_code)
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    result.map(|x| x.duration_ms.to_string()).unwrap_or_default(),
+                    text
+                )?;
+            }
+        }
+    }
+    if pending_count > 0 {
+        eprintln!(
+            "{pending_count} command(s) not settled yet; they stay queued until their TTL. Follow with `fleet send --status ID`: {}",
+            ids.iter()
+                .filter(|id| by_id.get(id.as_str()).is_none_or(|r| !r.state.is_terminal()))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        return Ok(EXIT_PENDING);
+    }
+    if ids.len() == 1 {
+        return Ok(by_id.get(ids[0].as_str()).map_or(1, |r| exit_status(r)));
+    }
+    Ok(if records.iter().all(|r| exit_status(r) == 0) {
+        0
+    } else {
+        1
+    })
+}
+
+fn exit_status(r: &CommandRecord) -> u8 {
+    match r.state {
+        CommandState::Succeeded => 0,
+        // NACK kinds: done once delivered.
+        CommandState::Delivered | CommandState::Running | CommandState::Queued => 0,
+        CommandState::TimedOut => EXIT_TIMED_OUT,
+        CommandState::Failed => match r.result.as_ref().and_then(|x| x.exit_code) {
+            Some(code) if (1..=255).contains(&code) => code as u8,
+            _ => 1,
+        },
+        CommandState::Expired | CommandState::Cancelled => 1,
+    }
+}
+
+fn one_line(r: &CommandRecord) -> String {
+    let result = r.result.as_ref();
+    let mut line = format!("{}: {}", r.node, r.state);
+    if let Some(code) = result.and_then(|x| x.exit_code) {
+        line.push_str(&format!(", exit {code}"));
+    }
+    if let Some(x) = result {
+        line.push_str(&format!(", {} ms", x.duration_ms));
+        if x.truncated {
+            line.push_str(", output truncated");
+        }
+        if let Some(e) = &x.error {
+            line.push_str(&format!(": {e}"));
+        }
+    }
+    line.push_str(&format!(" ({} attempt(s), id {})", r.attempts, r.id));
+    line
+}
+
+fn print_one(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
+    writeln!(out, "{} {} {} {:?}", r.id, r.kind, r.method, r.args)?;
+    writeln!(out, "  {}", one_line(r))?;
+    writeln!(out, "  sent by {} via {} at {}", r.sent_by, r.via, r.created_at)?;
+    if let Some(result) = &r.result {
+        if !result.stdout.is_empty() {
+            writeln!(out, "  stdout: {}", result.stdout.trim_end())?;
+        }
+        if !result.stderr.is_empty() {
+            writeln!(out, "  stderr: {}", result.stderr.trim_end())?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds and signs one command.
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    key: &OperatorKey,
+    node: &str,
+    kind: Kind,
+    method: Method,
+    args: Vec<String>,
+    timeout: Duration,
+    ttl: Duration,
+    parallel: bool,
+) -> Command {
+    let mut c = Command {
+        id: command::new_id(),
+        node: node.to_owned(),
+        kind,
+        method,
+        args,
+        timeout_ms: timeout.as_millis() as u64,
+        not_after_ms: crate::timefmt::now_ms() + ttl.as_millis() as i64,
+        parallel,
+        key: String::new(),
+        signature: String::new(),
+    };
+    key.sign(&mut c);
+    c
+}
+
+/// Reads the operator key file.
+pub fn load_signing_key(path: Option<&Path>) -> anyhow::Result<OperatorKey> {
+    let path = path.context(
+        "no operator key: pass --signing-key FILE or set FLEET_SIGNING_KEY (make one with `fleet operator keygen`)",
+    )?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the operator key {}", path.display()))?;
+    OperatorKey::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// One message of a steward message file.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StewardMessage {
+    to_node: Option<String>,
+    #[serde(default)]
+    to_nodes: Vec<String>,
+    #[serde(default)]
+    data: Vec<String>,
+    command_or_event: String,
+    method: String,
+    /// Seconds.
+    timeout: Option<u64>,
+    retries: Option<u32>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+fn from_steward_file(
+    path: &Path,
+    key: &OperatorKey,
+    ttl: Duration,
+    parallel: bool,
+) -> anyhow::Result<Vec<Submission>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let messages: Vec<StewardMessage> = serde_path_to_error::deserialize(de).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {} at {}",
+            path.display(),
+            e.inner(),
+            e.path()
+        )
+    })?;
+    let mut submissions = Vec::new();
+    for (i, m) in messages.into_iter().enumerate() {
+        let at = |e: String| anyhow::anyhow!("{}: message {i}: {e}", path.display());
+        if !m.other.is_empty() {
+            eprintln!(
+                "note: {}: message {i}: ignoring fields fleet does not use: {}",
+                path.display(),
+                m.other.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let kind = Kind::parse(&m.command_or_event).map_err(|e| at(e.problem))?;
+        let method = Method::parse(&m.method).map_err(|e| at(e.problem))?;
+        let nodes: Vec<String> = m.to_node.into_iter().chain(m.to_nodes).collect();
+        if nodes.is_empty() {
+            return Err(at("no toNode".into()));
+        }
+        let timeout = Duration::from_secs(m.timeout.unwrap_or(30).max(1));
+        for node in nodes {
+            submissions.push(Submission {
+                command: build(key, &node, kind, method, m.data.clone(), timeout, ttl, parallel),
+                retries: m.retries.unwrap_or(3),
+            });
+        }
+    }
+    Ok(submissions)
+}
+
+/// The target nodes of a send: named, or resolved through the controller.
+async fn targets(args: &SendArgs) -> anyhow::Result<Vec<String>> {
+    if let Some(node) = &args.node {
+        return Ok(vec![node.clone()]);
+    }
+    if !args.nodes.is_empty() {
+        return Ok(args.nodes.clone());
+    }
+    if !args.all && args.label.is_empty() {
+        bail!("no target: pass --node NAME, --nodes a,b,c, --all or --label key=value");
+    }
+    let api = Api::new(args).context("--all and --label look nodes up through the controller")?;
+    let value = api.get("api/v1/nodes").await?;
+    let nodes = value["nodes"].as_array().cloned().unwrap_or_default();
+    Ok(nodes
+        .iter()
+        .filter(|n| {
+            args.label
+                .iter()
+                .all(|(k, v)| n["labels"][k].as_str() == Some(v.as_str()))
+        })
+        .filter_map(|n| n["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The controller's API, as an operator.
+struct Api {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    token: String,
+}
+
+impl Api {
+    fn new(args: &SendArgs) -> anyhow::Result<Self> {
+        let controller = args.controller.as_deref().context(
+            "no controller: pass --controller URL or set FLEET_CONTROLLER (or use --nats-url)",
+        )?;
+        let token = args
+            .api_token
+            .clone()
+            .context("no operator token: pass --api-token or set FLEET_API_TOKEN")?;
+        let mut base = reqwest::Url::parse(controller)
+            .with_context(|| format!("controller URL {controller:?} is not a URL"))?;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(Self {
+            client: crate::bus::http::agent_client(args.ca_cert.as_deref(), Duration::from_secs(90))?,
+            base,
+            token,
+        })
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("cannot reach the controller")?;
+        let status = response.status();
+        let value: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!(
+                "the controller answered {status}: {}",
+                value["error"].as_str().unwrap_or("(no reason given)")
+            );
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.call(self.client.get(self.base.join(path)?)).await
+    }
+
+    async fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.call(self.client.post(self.base.join(path)?).json(body))
+            .await
+    }
+
+    /// Long-polls until every id is settled or `wait` passes.
+    async fn wait(&self, ids: &[String], wait: Duration) -> anyhow::Result<Vec<CommandRecord>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let step = left.min(Duration::from_secs(25));
+            let value = self
+                .post(
+                    "api/v1/commands/wait",
+                    &serde_json::json!({ "ids": ids, "wait": format!("{}ms", step.as_millis()) }),
+                )
+                .await?;
+            let records: Vec<CommandRecord> = serde_json::from_value(value["commands"].clone())
+                .context("the controller's answer is not a list of commands")?;
+            let done = records.iter().all(crate::pipeline::commands::settled);
+            if done || tokio::time::Instant::now() >= deadline {
+                return Ok(records);
+            }
+        }
+    }
+}
+
+/// `fleet operator keygen`: writes a new key file (mode 0600) and `FILE.pub`, and returns the
+/// public key to list in nodes' `[commands] trusted_keys`.
+pub fn keygen(path: &Path, force: bool) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = OperatorKey::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .create_new(!force)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (it may exist already: pass --force to replace it)",
+                path.display()
+            )
+        })?;
+    file.write_all(key.secret_text().as_bytes())?;
+    file.sync_all()?;
+    let public = key.public();
+    let pub_path = PathBuf::from(format!("{}.pub", path.display()));
+    std::fs::write(&pub_path, format!("{public}\n"))
+        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    Ok(public)
+}

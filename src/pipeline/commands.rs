@@ -1,0 +1,490 @@
+//! The one path commands take through the controller: submit (check, store durably, wake the
+//! node's poll or put it on the NATS stream) → deliver → reports from the node → final state,
+//! with a sweeper for deadlines (redelivery, time-outs, TTL expiry).
+//!
+//! Every way in (the REST API, `fleet send --nats-url` seen on the stream, the dashboard later)
+//! calls [`CommandQueue::submit`] or [`CommandQueue::record_seen`]; every report (HTTP or NATS)
+//! goes through [`CommandQueue::report`]. The queue knows nothing of HTTP. It does not decide
+//! what a node may run: the node does (`executor::policy`); the controller checks only the
+//! shape, that the signature is sound, and that the node exists.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::wire;
+use crate::command::{self, CENTRAL, Command, CommandReport, CommandResult, CommandState, Method};
+use crate::config::CommandQueueConfig;
+use crate::pipeline::registry::Registry;
+use crate::store::commands::{CommandRecord, NewCommand};
+use crate::store::{Durable, StoreError};
+
+/// Why a submission or an agent request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the store could not take it, retry later: {0}")]
+    Unavailable(#[from] StoreError),
+}
+
+/// Something that puts stored commands where nodes fetch them: the NATS stream. The HTTP bus
+/// needs none (agents poll the store).
+pub trait Dispatch: Send + Sync {
+    /// Publishes commands durably; returns the ids the broker acknowledged.
+    fn publish<'a>(
+        &'a self,
+        commands: &'a [Command],
+    ) -> futures::future::BoxFuture<'a, Vec<String>>;
+}
+
+/// One command of a submission.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    pub command: Command,
+    /// Redeliveries when no answer comes within the timeout.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+pub struct CommandQueue {
+    durable: Durable,
+    registry: Arc<Registry>,
+    config: CommandQueueConfig,
+    /// Node → wakes its pending long-poll when a command for it is stored.
+    polls: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Ids whose state changed, for waiting senders.
+    changes: broadcast::Sender<String>,
+    dispatch: Option<Arc<dyn Dispatch>>,
+    clock_skew: Duration,
+}
+
+impl CommandQueue {
+    pub fn new(
+        durable: Durable,
+        registry: Arc<Registry>,
+        config: CommandQueueConfig,
+        clock_skew: Duration,
+        dispatch: Option<Arc<dyn Dispatch>>,
+    ) -> Self {
+        Self {
+            durable,
+            registry,
+            config,
+            polls: Mutex::new(HashMap::new()),
+            changes: broadcast::channel(4096).0,
+            dispatch,
+            clock_skew,
+        }
+    }
+
+    fn grace_ms(&self) -> i64 {
+        self.config.grace.as_millis() as i64
+    }
+
+    /// Checks, stores (durably, before any id is reported back) and dispatches commands.
+    /// Returns, per command, whether it was new; a resubmitted id is stored once.
+    pub async fn submit(
+        &self,
+        submissions: Vec<Submission>,
+        sent_by: &str,
+        via: &'static str,
+    ) -> Result<Vec<bool>, CommandError> {
+        if submissions.is_empty() {
+            return Err(CommandError::BadRequest("no commands given".into()));
+        }
+        if submissions.len() > command::limits::SUBMISSION_MAX {
+            return Err(CommandError::BadRequest(format!(
+                "{} commands in one submission; the limit is {}",
+                submissions.len(),
+                command::limits::SUBMISSION_MAX
+            )));
+        }
+        let now = crate::timefmt::now_ms();
+        let mut snapshot = self.registry.snapshot();
+        let unknown = |snap: &crate::pipeline::registry::Snapshot| {
+            submissions
+                .iter()
+                .any(|s| s.command.node != CENTRAL && snap.node(&s.command.node).is_none())
+        };
+        if unknown(&snapshot) {
+            // Enrolled since the last refresh, perhaps: look again before refusing.
+            self.registry.refresh(&self.durable).await?;
+            snapshot = self.registry.snapshot();
+        }
+        for (i, s) in submissions.iter().enumerate() {
+            let c = &s.command;
+            let at = |e: String| CommandError::BadRequest(format!("commands[{i}]: {e}"));
+            c.validate().map_err(|e| at(e.to_string()))?;
+            c.verify_signature().map_err(at)?;
+            if c.node != CENTRAL && snapshot.node(&c.node).is_none() {
+                return Err(CommandError::NotFound(format!(
+                    "commands[{i}]: node {} is not enrolled; see `fleet node list`",
+                    c.node
+                )));
+            }
+            if c.not_after_ms < now {
+                return Err(at("its TTL has already run out (not_after is past)".into()));
+            }
+            if c.not_after_ms - now > command::limits::TTL_MAX_MS as i64 {
+                return Err(at(format!(
+                    "a TTL over {} days",
+                    command::limits::TTL_MAX_MS / 86_400_000
+                )));
+            }
+            if s.retries > command::limits::RETRIES_MAX {
+                return Err(at(format!(
+                    "retries {} is over the limit of {}",
+                    s.retries,
+                    command::limits::RETRIES_MAX
+                )));
+            }
+        }
+        let new: Vec<NewCommand> = submissions
+            .into_iter()
+            .map(|s| NewCommand {
+                sent_by: format!("{sent_by}, key {}", short_key(&s.command.key)),
+                command: s.command,
+                retries: s.retries,
+                via,
+            })
+            .collect();
+        let inserted = self.durable.insert_commands(&new, now).await?;
+        let mut to_publish = Vec::new();
+        for (n, fresh) in new.iter().zip(&inserted) {
+            if !fresh {
+                continue;
+            }
+            let c = &n.command;
+            if c.node == CENTRAL {
+                self.run_central(c).await?;
+            } else {
+                self.wake(&c.node);
+                to_publish.push(c.clone());
+            }
+            let _ = self.changes.send(c.id.clone());
+        }
+        self.publish(&to_publish).await;
+        Ok(inserted)
+    }
+
+    /// Records a command seen on the NATS stream that did not come through this controller
+    /// (`fleet send --nats-url`), so the audit log has every command whichever path it took.
+    pub async fn record_seen(&self, command: Command) -> Result<(), CommandError> {
+        command
+            .validate()
+            .map_err(|e| CommandError::BadRequest(e.to_string()))?;
+        command
+            .verify_signature()
+            .map_err(CommandError::BadRequest)?;
+        let id = command.id.clone();
+        let new = NewCommand {
+            sent_by: format!("key {}", short_key(&command.key)),
+            command,
+            // Retries are the sender's to make on NATS; the controller only watches.
+            retries: 0,
+            via: "nats",
+        };
+        let now = crate::timefmt::now_ms();
+        let inserted = self.durable.insert_commands(&[new], now).await?;
+        if inserted[0] {
+            self.durable.mark_published(&[id.clone()], now).await?;
+            let _ = self.changes.send(id);
+        }
+        Ok(())
+    }
+
+    /// Puts commands on the NATS stream (when there is one); those the broker did not take stay
+    /// unpublished and the sweeper tries again.
+    async fn publish(&self, commands: &[Command]) {
+        let Some(dispatch) = &self.dispatch else {
+            return;
+        };
+        if commands.is_empty() {
+            return;
+        }
+        let published = dispatch.publish(commands).await;
+        if let Err(err) = self
+            .durable
+            .mark_published(&published, crate::timefmt::now_ms())
+            .await
+        {
+            tracing::warn!(cause = %err, "cannot mark commands as published; they will be published again (the stream drops the duplicates)");
+        }
+    }
+
+    /// The controller's own methods (`central`): the event log, the error log, presence, echo.
+    async fn run_central(&self, c: &Command) -> Result<(), CommandError> {
+        let report = match c.method {
+            Method::CliCommand => CommandReport {
+                id: c.id.clone(),
+                state: CommandState::Failed,
+                result: Some(CommandResult {
+                    error: Some("refused: the controller runs no commands; address a node".into()),
+                    ..Default::default()
+                }),
+            },
+            _ => CommandReport {
+                id: c.id.clone(),
+                state: CommandState::Succeeded,
+                result: Some(CommandResult {
+                    exit_code: Some(0),
+                    stdout: match c.method {
+                        Method::Echo => c.args.join(" "),
+                        Method::SayHello => {
+                            format!("hello from the controller, fleet {}", env!("CARGO_PKG_VERSION"))
+                        }
+                        _ => String::new(),
+                    },
+                    ..Default::default()
+                }),
+            },
+        };
+        self.apply(CENTRAL, &report).await
+    }
+
+    /// A node's poll for commands: returns at once when some are queued, else waits up to
+    /// `wait` for one to arrive.
+    pub async fn poll(&self, node: &str, wait: Duration) -> Result<Vec<Command>, CommandError> {
+        let wait = wait.min(self.config.poll_max);
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self
+            .polls
+            .lock()
+            .expect("poll lock poisoned")
+            .entry(node.to_owned())
+            .or_default()
+            .clone();
+        loop {
+            let woken = notify.notified();
+            let commands = self
+                .durable
+                .take_deliverable(node, crate::timefmt::now_ms(), self.grace_ms(), 256)
+                .await?;
+            if !commands.is_empty() {
+                for c in &commands {
+                    let _ = self.changes.send(c.id.clone());
+                }
+                return Ok(commands);
+            }
+            // Another controller (shared PostgreSQL) may queue for this node without waking
+            // us: look again every second.
+            let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    fn wake(&self, node: &str) {
+        if let Some(n) = self.polls.lock().expect("poll lock poisoned").get(node) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Applies reports from `node`.
+    pub async fn report(&self, node: &str, reports: &[CommandReport]) -> Result<(), CommandError> {
+        for (i, r) in reports.iter().enumerate() {
+            r.validate()
+                .map_err(|e| CommandError::BadRequest(format!("reports[{i}]: {e}")))?;
+        }
+        for r in reports {
+            self.apply(node, r).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, node: &str, report: &CommandReport) -> Result<(), CommandError> {
+        let now = crate::timefmt::now_ms();
+        let Some(applied) = self
+            .durable
+            .apply_report(node, report, self.grace_ms(), now)
+            .await?
+        else {
+            return Ok(());
+        };
+        let _ = self.changes.send(report.id.clone());
+        if !report.state.is_terminal() {
+            return Ok(());
+        }
+        let fields = serde_json::json!({"command": report.id, "method": applied.method});
+        let text = applied.args.join(" ");
+        let error = report.result.as_ref().and_then(|r| r.error.clone());
+        if report.state == CommandState::Succeeded {
+            match applied.method {
+                Method::TextLogging => {
+                    self.durable
+                        .add_event(now, Some(&applied.node), 1, &text, &fields, "event")
+                        .await?
+                }
+                Method::ErrorLog => {
+                    self.durable
+                        .add_event(now, Some(&applied.node), 4, &text, &fields, "error")
+                        .await?
+                }
+                _ => {}
+            }
+        } else if let Some(error) = error {
+            // Refusals, commands that could not start, interruptions: the central error log.
+            let message = format!("{} {}: {error}", applied.method, report.id);
+            self.durable
+                .add_event(now, Some(&applied.node), 4, &message, &fields, "error")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every one of `ids` is settled (final, or for NACK kinds handed to the node)
+    /// or `wait` passes; returns their records either way.
+    pub async fn wait_settled(
+        &self,
+        ids: &[String],
+        wait: Duration,
+    ) -> Result<Vec<CommandRecord>, CommandError> {
+        let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
+        let mut changes = self.changes.subscribe();
+        let mut records: HashMap<String, CommandRecord> = HashMap::new();
+        loop {
+            for id in ids {
+                if records.get(id).is_some_and(settled) {
+                    continue;
+                }
+                match self.durable.command(id).await? {
+                    Some(r) => {
+                        records.insert(id.clone(), r);
+                    }
+                    None => return Err(CommandError::NotFound(format!("no command {id}"))),
+                }
+            }
+            if records.values().all(settled) || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            // Wake on any change (or each second, for changes made by another controller).
+            let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+            loop {
+                tokio::select! {
+                    changed = changes.recv() => match changed {
+                        Ok(id) if records.contains_key(&id) => break,
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    },
+                    _ = tokio::time::sleep_until(recheck) => break,
+                }
+            }
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| records.remove(id))
+            .collect())
+    }
+
+    /// Cancels a command no node has taken yet.
+    pub async fn cancel(&self, id: &str, by: &str) -> Result<CommandState, CommandError> {
+        let state = self
+            .durable
+            .cancel_command(id, by, crate::timefmt::now_ms())
+            .await?
+            .ok_or_else(|| CommandError::NotFound(format!("no command {id}")))?;
+        let _ = self.changes.send(id.to_owned());
+        Ok(state)
+    }
+
+    /// Checks a signed agent request: enrolled node, allowed source, clock window, HMAC.
+    pub fn authenticate_agent(
+        &self,
+        node: &str,
+        source: Option<IpAddr>,
+        what: &str,
+        timestamp: &str,
+        body: &[u8],
+        signature: &str,
+    ) -> Result<(), CommandError> {
+        let snapshot = self.registry.snapshot();
+        let entry = snapshot.node(node).ok_or_else(|| {
+            CommandError::Unauthorized(format!("node {node:?} is not enrolled"))
+        })?;
+        if let Some(source) = source
+            && !entry.allows(source)
+        {
+            return Err(CommandError::Forbidden(format!(
+                "node {node} may not connect from {source}"
+            )));
+        }
+        let ts: i64 = timestamp.parse().map_err(|_| {
+            CommandError::Unauthorized(format!(
+                "header {} must be Unix milliseconds",
+                wire::HEADER_TIMESTAMP
+            ))
+        })?;
+        if ts.abs_diff(crate::timefmt::now_ms()) > self.clock_skew.as_millis() as u64 {
+            return Err(CommandError::Unauthorized(format!(
+                "the request's timestamp is more than {} off the controller's clock; check the node's clock (NTP)",
+                humantime::format_duration(self.clock_skew)
+            )));
+        }
+        if !wire::verify_agent(entry.key.as_bytes(), node, what, ts, body, signature) {
+            return Err(CommandError::Unauthorized(
+                "bad signature: check the node's key".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the deadline sweeper (and, with NATS, republishes what the broker did not take)
+    /// until `shutdown`.
+    pub async fn sweep_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.config.sweep_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.durable.sweep_commands(crate::timefmt::now_ms()).await {
+                Ok(swept) => {
+                    for s in swept {
+                        tracing::info!(id = %s.id, node = %s.node, state = %s.state, "command deadline passed");
+                        if s.state == CommandState::Queued {
+                            self.wake(&s.node);
+                        }
+                        let _ = self.changes.send(s.id);
+                    }
+                }
+                Err(err) => tracing::warn!(cause = %err, "command sweep failed; retrying"),
+            }
+            if self.dispatch.is_some() {
+                match self.durable.unpublished_commands(1000).await {
+                    Ok(commands) => self.publish(&commands).await,
+                    Err(err) => tracing::warn!(cause = %err, "cannot read unpublished commands"),
+                }
+            }
+        }
+    }
+}
+
+/// Settled: nothing more will happen unless the node answers late. NACK kinds are settled once
+/// the node has them.
+pub fn settled(r: &CommandRecord) -> bool {
+    r.state.is_terminal() || (!r.kind.wants_result() && r.state != CommandState::Queued)
+}
+
+/// The first hex digits of a public key, to name a signer briefly.
+pub fn short_key(key: &str) -> String {
+    let hex = key.strip_prefix("ed25519:").unwrap_or(key);
+    format!("ed25519:{}", &hex[..hex.len().min(16)])
+}

@@ -1,0 +1,533 @@
+//! The durable command queue: commands and their states, the audit trail of every transition
+//! (`command_log`), and the central error log (events of category `error`).
+//!
+//! Every state change is one conditional `UPDATE … WHERE state IN (…)`, so several controllers
+//! on one PostgreSQL never move a command twice, and a terminal state is never left (except
+//! `timed_out`, which the node's own late report corrects).
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::durable::{Durable, StoreError};
+use crate::command::{Command, CommandReport, CommandResult, CommandState, Kind, Method};
+
+/// A command as submitted, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub command: Command,
+    pub retries: u32,
+    pub sent_by: String,
+    /// `api` or `nats`: the path it came in by.
+    pub via: &'static str,
+}
+
+/// A stored command and what became of it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub node: String,
+    pub kind: Kind,
+    pub method: Method,
+    pub args: Vec<String>,
+    pub parallel: bool,
+    pub state: CommandState,
+    pub attempts: i64,
+    pub retries: i64,
+    pub timeout_ms: i64,
+    pub not_after: String,
+    pub sent_by: String,
+    pub via: String,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub result: Option<CommandResult>,
+}
+
+/// One line of a command's audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandLogEntry {
+    pub ts: String,
+    pub state: String,
+    pub detail: String,
+}
+
+/// One change the sweeper made.
+#[derive(Debug, Clone)]
+pub struct Swept {
+    pub id: String,
+    pub node: String,
+    pub state: CommandState,
+}
+
+/// A stored report's effect, for the caller's follow-ups (events, error log).
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub node: String,
+    pub method: Method,
+    pub args: Vec<String>,
+}
+
+/// An entry of the central error log or the event log.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventEntry {
+    pub id: i64,
+    pub ts: String,
+    pub node: Option<String>,
+    pub level: i64,
+    pub message: String,
+    pub fields: serde_json::Value,
+}
+
+const COLUMNS: &str = "id, node, kind, method, envelope, state, attempts, retries, timeout_ms, \
+     not_after, sent_by, via, created_at, delivered_at, started_at, finished_at, result";
+
+fn time(ms: i64) -> String {
+    crate::timefmt::rfc3339(ms)
+}
+
+fn record_from_row(row: &AnyRow) -> Result<CommandRecord, StoreError> {
+    let envelope: String = row.try_get(4)?;
+    let command: Command = serde_json::from_str(&envelope)
+        .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?;
+    let state: String = row.try_get(5)?;
+    let result: Option<String> = row.try_get(16)?;
+    Ok(CommandRecord {
+        id: row.try_get(0)?,
+        node: row.try_get(1)?,
+        kind: command.kind,
+        method: command.method,
+        args: command.args,
+        parallel: command.parallel,
+        state: CommandState::parse(&state)
+            .map_err(|e| StoreError::Corrupt(format!("command state: {e}")))?,
+        attempts: row.try_get(6)?,
+        retries: row.try_get(7)?,
+        timeout_ms: row.try_get(8)?,
+        not_after: time(row.try_get(9)?),
+        sent_by: row.try_get(10)?,
+        via: row.try_get(11)?,
+        created_at: time(row.try_get(12)?),
+        delivered_at: row.try_get::<Option<i64>, _>(13)?.map(time),
+        started_at: row.try_get::<Option<i64>, _>(14)?.map(time),
+        finished_at: row.try_get::<Option<i64>, _>(15)?.map(time),
+        result: result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("command result: {e}")))?,
+    })
+}
+
+impl Durable {
+    /// Stores new commands (queued) with their first audit line, in one transaction. Returns,
+    /// per command, whether it was new (a resubmitted id changes nothing).
+    pub async fn insert_commands(
+        &self,
+        commands: &[NewCommand],
+        now_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut inserted = Vec::with_capacity(commands.len());
+        for new in commands {
+            let c = &new.command;
+            let envelope = serde_json::to_string(c).expect("commands serialise");
+            let done = sqlx::query(
+                "INSERT INTO commands (id, node, kind, method, envelope, retries, timeout_ms, \
+                 not_after, sent_by, via, created_at, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued') \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&c.id)
+            .bind(&c.node)
+            .bind(c.kind.as_str())
+            .bind(c.method.as_str())
+            .bind(envelope)
+            .bind(i64::from(new.retries))
+            .bind(c.timeout_ms as i64)
+            .bind(c.not_after_ms)
+            .bind(&new.sent_by)
+            .bind(new.via)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            let is_new = done.rows_affected() == 1;
+            if is_new {
+                log(
+                    &mut tx,
+                    &c.id,
+                    now_ms,
+                    "queued",
+                    &format!("sent by {} via {}", new.sent_by, new.via),
+                )
+                .await?;
+            }
+            inserted.push(is_new);
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Hands out up to `limit` queued commands of `node`, oldest first, marking them delivered
+    /// (one more attempt, a deadline of timeout + `grace`). Returns their signed envelopes.
+    pub async fn take_deliverable(
+        &self,
+        node: &str,
+        now_ms: i64,
+        grace_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Command>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = sqlx::query(
+            "UPDATE commands SET state = 'delivered', attempts = attempts + 1, \
+             delivered_at = $2, \
+             deadline = CASE WHEN kind IN ('CommandACK', 'EventACK') THEN $2 + timeout_ms + $3 ELSE NULL END \
+             WHERE state = 'queued' AND node = $1 AND id IN \
+             (SELECT id FROM commands WHERE node = $1 AND state = 'queued' AND not_after >= $2 \
+              ORDER BY id LIMIT $4) \
+             RETURNING id, envelope, attempts",
+        )
+        .bind(node)
+        .bind(now_ms)
+        .bind(grace_ms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut commands = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let envelope: String = row.try_get(1)?;
+            let attempts: i64 = row.try_get(2)?;
+            log(
+                &mut tx,
+                &id,
+                now_ms,
+                "delivered",
+                &format!("attempt {attempts}"),
+            )
+            .await?;
+            commands.push(
+                serde_json::from_str(&envelope)
+                    .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?,
+            );
+        }
+        tx.commit().await?;
+        commands.sort_by(|a: &Command, b| a.id.cmp(&b.id));
+        Ok(commands)
+    }
+
+    /// Applies a node's report. `running` moves a queued or delivered command on; an outcome
+    /// ends it (and corrects a `timed_out` the controller declared while the node was
+    /// silent). Returns `None` when the report changed nothing (already final, or not this
+    /// node's command).
+    pub async fn apply_report(
+        &self,
+        node: &str,
+        report: &CommandReport,
+        grace_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<Applied>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let row = if report.state == CommandState::Running {
+            sqlx::query(
+                "UPDATE commands SET state = 'running', started_at = $3, \
+                 delivered_at = COALESCE(delivered_at, $3), \
+                 attempts = CASE WHEN state = 'queued' THEN attempts + 1 ELSE attempts END, \
+                 deadline = CASE WHEN kind IN ('CommandACK', 'EventACK') THEN $3 + timeout_ms + $4 ELSE NULL END \
+                 WHERE id = $1 AND node = $2 AND state IN ('queued', 'delivered') \
+                 RETURNING envelope",
+            )
+            .bind(&report.id)
+            .bind(node)
+            .bind(now_ms)
+            .bind(grace_ms)
+            .fetch_optional(&mut *tx)
+            .await?
+        } else {
+            let result = report
+                .result
+                .as_ref()
+                .map(|r| serde_json::to_string(r).expect("results serialise"));
+            sqlx::query(
+                "UPDATE commands SET state = $3, result = $4, finished_at = $5, deadline = NULL, \
+                 delivered_at = COALESCE(delivered_at, $5) \
+                 WHERE id = $1 AND node = $2 \
+                 AND state IN ('queued', 'delivered', 'running', 'timed_out') \
+                 RETURNING envelope",
+            )
+            .bind(&report.id)
+            .bind(node)
+            .bind(report.state.as_str())
+            .bind(result)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let envelope: String = row.try_get(0)?;
+        let command: Command = serde_json::from_str(&envelope)
+            .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?;
+        let detail = match report.result.as_ref() {
+            Some(r) => match (&r.error, r.exit_code) {
+                (Some(e), _) => e.clone(),
+                (None, Some(code)) => format!("exit code {code} after {} ms", r.duration_ms),
+                (None, None) => String::new(),
+            },
+            None => String::new(),
+        };
+        log(&mut tx, &report.id, now_ms, report.state.as_str(), &detail).await?;
+        tx.commit().await?;
+        Ok(Some(Applied {
+            node: command.node,
+            method: command.method,
+            args: command.args,
+        }))
+    }
+
+    /// Moves commands whose time is up: queued past `not_after` → expired; delivered or
+    /// running past their deadline → queued again while retries remain, else timed out.
+    pub async fn sweep_commands(&self, now_ms: i64) -> Result<Vec<Swept>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut swept = Vec::new();
+        let statements: [(&str, CommandState, &str); 3] = [
+            (
+                "UPDATE commands SET state = 'expired', finished_at = $1 \
+                 WHERE state = 'queued' AND not_after < $1 RETURNING id, node",
+                CommandState::Expired,
+                "the node did not take it before its TTL ran out",
+            ),
+            (
+                "UPDATE commands SET state = 'timed_out', finished_at = $1, deadline = NULL \
+                 WHERE state IN ('delivered', 'running') AND deadline < $1 \
+                 AND attempts > retries RETURNING id, node",
+                CommandState::TimedOut,
+                "no answer from the node within the timeout, and no retries left",
+            ),
+            (
+                "UPDATE commands SET state = 'queued', deadline = NULL, published = 0 \
+                 WHERE state IN ('delivered', 'running') AND deadline < $1 \
+                 AND attempts <= retries AND not_after >= $1 RETURNING id, node",
+                CommandState::Queued,
+                "no answer from the node within the timeout: delivering again",
+            ),
+        ];
+        for (sql, state, detail) in statements {
+            let rows = sqlx::query(sql).bind(now_ms).fetch_all(&mut *tx).await?;
+            for row in &rows {
+                let id: String = row.try_get(0)?;
+                log(&mut tx, &id, now_ms, state.as_str(), detail).await?;
+                swept.push(Swept {
+                    id,
+                    node: row.try_get(1)?,
+                    state,
+                });
+            }
+        }
+        // Past their TTL with retries left: nothing more can run.
+        let rows = sqlx::query(
+            "UPDATE commands SET state = 'timed_out', finished_at = $1, deadline = NULL \
+             WHERE state IN ('delivered', 'running') AND deadline < $1 RETURNING id, node",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            log(
+                &mut tx,
+                &id,
+                now_ms,
+                "timed_out",
+                "no answer from the node, and its TTL ran out",
+            )
+            .await?;
+            swept.push(Swept {
+                id,
+                node: row.try_get(1)?,
+                state: CommandState::TimedOut,
+            });
+        }
+        tx.commit().await?;
+        Ok(swept)
+    }
+
+    /// Cancels a command that no node has taken yet. Returns the state it is in afterwards.
+    pub async fn cancel_command(
+        &self,
+        id: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Option<CommandState>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE commands SET state = 'cancelled', finished_at = $2 \
+             WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            log(&mut tx, id, now_ms, "cancelled", &format!("cancelled by {by}")).await?;
+        }
+        tx.commit().await?;
+        Ok(self.command(id).await?.map(|c| c.state))
+    }
+
+    /// Queued commands not yet put on the NATS stream (new, or queued again for redelivery).
+    pub async fn unpublished_commands(&self, limit: i64) -> Result<Vec<Command>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT envelope FROM commands WHERE state = 'queued' AND published = 0 \
+             ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let envelope: String = row.try_get(0)?;
+                serde_json::from_str(&envelope)
+                    .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))
+            })
+            .collect()
+    }
+
+    /// Marks commands as on the NATS stream. They stay queued (the node may be offline for
+    /// hours) until the node reports that it took them; the attempt's deadline starts then.
+    pub async fn mark_published(&self, ids: &[String], now_ms: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE commands SET published = 1 WHERE id = $1 AND state = 'queued'")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            log(&mut tx, id, now_ms, "published", "on the NATS command stream").await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM commands WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    /// Commands, newest first, optionally of one node and in one state.
+    pub async fn commands(
+        &self,
+        node: Option<&str>,
+        state: Option<CommandState>,
+        limit: i64,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM commands WHERE ($1 IS NULL OR node = $1) \
+             AND ($2 IS NULL OR state = $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(node)
+        .bind(state.map(|s| s.as_str()))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// A command's audit trail, oldest first.
+    pub async fn command_log(&self, id: &str) -> Result<Vec<CommandLogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ts, state, detail FROM command_log WHERE command_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CommandLogEntry {
+                    ts: time(row.try_get(0)?),
+                    state: row.try_get(1)?,
+                    detail: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends to the event log (`category` `event`) or the central error log (`error`).
+    pub async fn add_event(
+        &self,
+        ts_ms: i64,
+        node: Option<&str>,
+        level: i64,
+        message: &str,
+        fields: &serde_json::Value,
+        category: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (ts, node, level, message, fields, category) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(ts_ms)
+        .bind(node)
+        .bind(level)
+        .bind(message)
+        .bind(fields.to_string())
+        .bind(category)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Entries of one category, newest first.
+    pub async fn events_of(
+        &self,
+        category: &str,
+        node: Option<&str>,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<EventEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, ts, node, level, message, fields FROM events \
+             WHERE category = $1 AND ts >= $2 AND ($3 IS NULL OR node = $3) \
+             ORDER BY ts DESC, id DESC LIMIT $4",
+        )
+        .bind(category)
+        .bind(since_ms)
+        .bind(node)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let fields: String = row.try_get(5)?;
+                Ok(EventEntry {
+                    id: row.try_get(0)?,
+                    ts: time(row.try_get(1)?),
+                    node: row.try_get(2)?,
+                    level: row.try_get(3)?,
+                    message: row.try_get(4)?,
+                    fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect()
+    }
+}
+
+async fn log(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    ts: i64,
+    state: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO command_log (command_id, ts, state, detail) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(ts)
+        .bind(state)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,525 @@
+//! Command and control over the HTTP bus, with real processes: `fleet controller`, `fleet agent`
+//! and `fleet send`. Exactly-once is judged by side effects on disk (a file each run appends
+//! to), never by what the processes say.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Proc;
+use std::time::Duration;
+
+use fleet::command::{CommandState, Kind, Method, OperatorKey};
+use fleet::pipeline::commands::Submission;
+
+use crate::both_backends;
+use crate::e2e::ControllerProcess;
+use crate::harness::{Backend, Env, FLEET, Process, enroll, eventually};
+
+pub(crate) const TOKEN: &str = "fleet_test_operator_token_for_commands";
+
+/// A controller process, an operator key, and helpers to run agents and `fleet send`.
+pub(crate) struct Rig {
+    pub env: Env,
+    pub controller: ControllerProcess,
+    pub key_file: PathBuf,
+    pub key: OperatorKey,
+}
+
+impl Rig {
+    pub async fn new(backend: Backend) -> Self {
+        let env = Env::new(backend).await;
+        let config = env.dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            "[commands]\nsweep_interval = \"100ms\"\ngrace = \"1s\"\n",
+        )
+        .unwrap();
+        let mut controller = ControllerProcess::new(&env);
+        controller.args.extend([
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--api-token".to_owned(),
+            TOKEN.to_owned(),
+        ]);
+        controller.start().await;
+        let key_file = env.dir.path().join("operator.key");
+        let (ok, out, err) = crate::harness::run_fleet(&[
+            "operator".into(),
+            "keygen".into(),
+            "--out".into(),
+            key_file.display().to_string(),
+        ]);
+        assert!(ok, "{err}");
+        let key = OperatorKey::parse(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+        assert_eq!(out.trim(), key.public());
+        Self {
+            env,
+            controller,
+            key_file,
+            key,
+        }
+    }
+
+    /// Writes an agent config trusting this rig's key, allowing `allow`.
+    pub fn agent_config(&self, node: &str, allow: &[&str], extra: &str) -> PathBuf {
+        let path = self.env.dir.path().join(format!("agent-{node}.toml"));
+        let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "interval = \"1h\"\n[commands]\ntrusted_keys = [{:?}]\nallow = [{}]\npoll_timeout = \"5s\"\n{extra}",
+                self.key.public(),
+                allow.join(", ")
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    pub fn agent_dir(&self, node: &str) -> PathBuf {
+        self.env.dir.path().join(format!("agent-{node}"))
+    }
+
+    pub fn start_agent(&self, node: &str, key: &str, config: &Path, run: usize) -> Process {
+        let args: Vec<String> = [
+            "agent",
+            "--config",
+            &config.display().to_string(),
+            "--controller",
+            &self.controller.url(),
+            "--node",
+            node,
+            "--key",
+            key,
+            "--data-dir",
+            &self.agent_dir(node).display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        Process::spawn(
+            &args,
+            &self.env.dir.path().join(format!("agent-{node}-{run}.log")),
+        )
+    }
+
+    /// Runs `fleet send` with this rig's controller, token and key; returns (exit code,
+    /// stdout, stderr).
+    pub fn send(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Proc::new(FLEET)
+            .arg("send")
+            .args(args)
+            .env("FLEET_CONTROLLER", self.controller.url())
+            .env("FLEET_API_TOKEN", TOKEN)
+            .env("FLEET_SIGNING_KEY", &self.key_file)
+            .env_remove("FLEET_NATS_URL")
+            .output()
+            .expect("run fleet send");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    pub async fn api_get(&self, path: &str) -> serde_json::Value {
+        let response = self
+            .client()
+            .get(format!("{}{path}", self.controller.url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Submits signed commands through the API; returns the status and the answer.
+    pub async fn submit(&self, submissions: &[Submission]) -> (u16, serde_json::Value) {
+        let response = self
+            .client()
+            .post(format!("{}/api/v1/commands", self.controller.url()))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "commands": submissions }))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        eventually(Duration::from_secs(30), &format!("{id} to be {state}"), || async {
+            let v = self.api_get(&format!("/api/v1/commands/{id}?wait=2s")).await;
+            (v["state"] == state).then_some(v)
+        })
+        .await
+    }
+
+    pub fn command(&self, node: &str, method: Method, args: &[&str]) -> Submission {
+        Submission {
+            command: fleet::modes::send::build(
+                &self.key,
+                node,
+                Kind::CommandAck,
+                method,
+                args.iter().map(|s| s.to_string()).collect(),
+                Duration::from_secs(10),
+                Duration::from_secs(3600),
+                false,
+            ),
+            retries: 2,
+        }
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+both_backends!(a_command_runs_once_and_the_sender_gets_its_output_and_status);
+
+async fn a_command_runs_once_and_the_sender_gets_its_output_and_status(backend: Backend) {
+    let rig = Rig::new(backend).await;
+    let key = enroll(&rig.env, "web1");
+    let marker = rig.env.dir.path().join("ran");
+    let script = format!("echo ran >> {}; echo hello; echo oops >&2; exit 3", marker.display());
+    let config = rig.agent_config("web1", &["sh -c *"], "");
+    let _agent = rig.start_agent("web1", &key, &config, 1);
+
+    let (code, out, err) = rig.send(&["--node", "web1", "--", "sh", "-c", &script]);
+    assert_eq!(code, 3, "the command's exit status: {err}");
+    assert_eq!(out, "hello\n");
+    assert!(err.starts_with("oops\n"), "{err}");
+    assert!(err.contains("web1: failed, exit 3"), "{err}");
+    assert_eq!(lines(&marker), vec!["ran"]);
+
+    // The audit log has it, with who sent it and every transition.
+    let list = rig.api_get("/api/v1/commands?node=web1").await;
+    let record = &list["commands"][0];
+    assert_eq!(record["state"], "failed");
+    assert_eq!(record["result"]["exit_code"], 3);
+    assert!(
+        record["sent_by"].as_str().unwrap().contains("config api_tokens"),
+        "{record}"
+    );
+    let id = record["id"].as_str().unwrap();
+    let full = rig.api_get(&format!("/api/v1/commands/{id}")).await;
+    let states: Vec<&str> = full["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"));
+    assert!(states.contains(&"delivered"), "{states:?}");
+    assert_eq!(states.last(), Some(&"failed"));
+
+    // Status and JSON output.
+    let (code, out, _) = rig.send(&["--status", id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("failed, exit 3"), "{out}");
+    let (code, out, _) = rig.send(&["--node", "web1", "--json", "--method", "Echo", "--", "a", "b"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[0]["result"]["stdout"], "a b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_offline_runs_the_command_when_it_comes_back() {
+    let mut rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "late");
+    let marker = rig.env.dir.path().join("ran");
+    let (code, out, err) = rig.send(&[
+        "--node",
+        "late",
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo once >> {}", marker.display()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_owned();
+    assert_eq!(rig.api_get(&format!("/api/v1/commands/{id}")).await["state"], "queued");
+
+    // The controller restarts while the command waits: nothing is lost.
+    rig.controller.stop();
+    rig.controller.start().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let config = rig.agent_config("late", &["sh -c *"], "");
+    let _agent = rig.start_agent("late", &key, &config, 1);
+    let done = rig.wait_state(&id, "succeeded").await;
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(lines(&marker), vec!["once"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_are_reported_logged_and_not_run() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "strict");
+    let marker = rig.env.dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let config = rig.agent_config(
+        "strict",
+        &["uname -a"],
+        "methods = [\"CLICommand\", \"Echo\"]\n",
+    );
+    let _agent = rig.start_agent("strict", &key, &config, 1);
+
+    // Unsigned or wrongly signed: the controller refuses it outright.
+    let mut unsigned = rig.command("strict", Method::CliCommand, &["sh", "-c", &touch]);
+    unsigned.command.signature = String::new();
+    let (status, body) = rig.submit(&[unsigned]).await;
+    assert_eq!(status, 400, "{body}");
+    let mut tampered = rig.command("strict", Method::CliCommand, &["uname", "-a"]);
+    tampered.command.args = vec!["sh".into(), "-c".into(), touch.clone()];
+    let (status, body) = rig.submit(&[tampered]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("signature"), "{body}");
+
+    // Signed by a key the node does not trust; a method it does not allow; an argv outside
+    // its allow-list: delivered, refused by the node, reported, logged centrally.
+    let stranger = OperatorKey::generate();
+    let mut untrusted = rig.command("strict", Method::CliCommand, &["uname", "-a"]);
+    stranger.sign(&mut untrusted.command);
+    let method = rig.command("strict", Method::TextLogging, &["hello"]);
+    let argv = rig.command("strict", Method::CliCommand, &["sh", "-c", &touch]);
+    let allowed = rig.command("strict", Method::CliCommand, &["uname", "-a"]);
+    let all = [untrusted, method, argv, allowed];
+    let (status, body) = rig.submit(&all).await;
+    assert_eq!(status, 201, "{body}");
+    let reasons = ["not among", "not allowed", "allow-list"];
+    for (s, reason) in all.iter().zip(reasons) {
+        let v = rig.wait_state(&s.command.id, "failed").await;
+        let error = v["result"]["error"].as_str().unwrap();
+        assert!(error.starts_with("refused: ") && error.contains(reason), "{error}");
+    }
+    let ok = rig.wait_state(&all[3].command.id, "succeeded").await;
+    assert!(ok["result"]["stdout"].as_str().unwrap().contains("Linux"));
+    assert!(!marker.exists(), "a refused command ran");
+    let errors = rig.api_get("/api/v1/errors?node=strict").await;
+    assert_eq!(errors["errors"].as_array().unwrap().len(), 3, "{errors}");
+
+    // Unknown node, expired TTL: refused at the controller.
+    let (status, _) = rig
+        .submit(&[rig.command("nosuchnode", Method::Echo, &[])])
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_retries_and_ttl() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "slow");
+    let config = rig.agent_config("slow", &["sleep *"], "");
+    let mut agent = rig.start_agent("slow", &key, &config, 1);
+
+    // A hung command is killed at its timeout on the node.
+    let (code, _, err) = rig.send(&["--node", "slow", "--timeout", "500ms", "--", "sleep", "30"]);
+    assert_eq!(code, 124, "{err}");
+    assert!(err.contains("timed_out"), "{err}");
+
+    // A node that takes a command and never answers: redelivered `retries` times, then timed out.
+    agent.kill();
+    let ghost = rig.command("slow", Method::Echo, &["x"]);
+    let mut ghost = ghost;
+    ghost.retries = 1;
+    ghost.command = fleet::modes::send::build(
+        &rig.key,
+        "slow",
+        Kind::CommandAck,
+        Method::Echo,
+        vec!["x".into()],
+        Duration::from_millis(200),
+        Duration::from_secs(3600),
+        false,
+    );
+    let (status, _) = rig.submit(std::slice::from_ref(&ghost)).await;
+    assert_eq!(status, 201);
+    let poll = |_: ()| async {
+        let ts = fleet::timefmt::now_ms();
+        let path = "/api/v1/agent/commands";
+        let sig = fleet::bus::wire::sign_agent(key.as_bytes(), "slow", &format!("GET {path}"), ts, b"");
+        let v: serde_json::Value = rig
+            .client()
+            .get(format!("{}{path}?wait_ms=100", rig.controller.url()))
+            .header("x-fleet-node", "slow")
+            .header("x-fleet-timestamp", ts.to_string())
+            .header("x-fleet-signature", sig)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["commands"].as_array().unwrap().len()
+    };
+    assert_eq!(poll(()).await, 1);
+    // Not answered within 200 ms + 1 s grace: delivered again.
+    let again = eventually(Duration::from_secs(10), "a redelivery", || async {
+        let n = poll(()).await;
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(again, 1);
+    let v = rig.wait_state(&ghost.command.id, "timed_out").await;
+    assert_eq!(v["attempts"], 2);
+
+    // A command whose node never returns expires at its TTL.
+    let mut short = rig.command("slow", Method::Echo, &[]);
+    short.command = fleet::modes::send::build(
+        &rig.key,
+        "slow",
+        Kind::CommandAck,
+        Method::Echo,
+        vec![],
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+        false,
+    );
+    rig.submit(std::slice::from_ref(&short)).await;
+    let v = rig.wait_state(&short.command.id, "expired").await;
+    assert_eq!(v["attempts"], 0);
+
+    // Cancel: only before delivery.
+    let queued = rig.command("slow", Method::Echo, &[]);
+    rig.submit(std::slice::from_ref(&queued)).await;
+    let (code, out, err) = rig.send(&["--cancel", &queued.command.id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"));
+    let (code, _, err) = rig.send(&["--cancel", &ghost.command.id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("only a queued command"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_before_its_report_is_acknowledged_delivers_it_after_restart() {
+    let mut rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "crashy");
+    let marker = rig.env.dir.path().join("ran");
+    let config = rig.agent_config("crashy", &["sh -c *"], "");
+    let mut agent = rig.start_agent("crashy", &key, &config, 1);
+
+    // The command runs for a second; the controller goes away meanwhile, so the report cannot
+    // be acknowledged; the agent is killed with the result only in its journal.
+    let slow = rig.command(
+        "crashy",
+        Method::CliCommand,
+        &["sh", "-c", &format!("echo x >> {}; sleep 1; echo done", marker.display())],
+    );
+    rig.submit(std::slice::from_ref(&slow)).await;
+    eventually(Duration::from_secs(10), "the command to start", || async {
+        marker.exists().then_some(())
+    })
+    .await;
+    rig.controller.kill();
+    let journal = rig.agent_dir("crashy").join("commands/commands.journal");
+    eventually(Duration::from_secs(10), "the result in the journal", || async {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .contains("\"stdout\":\"done\\n\"")
+            .then_some(())
+    })
+    .await;
+    agent.kill();
+    rig.controller.start().await;
+    let _agent = rig.start_agent("crashy", &key, &config, 2);
+    let v = rig.wait_state(&slow.command.id, "succeeded").await;
+    assert_eq!(v["result"]["stdout"], "done\n");
+    assert_eq!(lines(&marker), vec!["x"], "ran exactly once");
+
+    // Killed while the command runs: reported interrupted after restart, never run again.
+    let marker2 = rig.env.dir.path().join("ran2");
+    let killer = rig.command(
+        "crashy",
+        Method::CliCommand,
+        &["sh", "-c", &format!("echo y >> {}; sleep 30", marker2.display())],
+    );
+    rig.submit(std::slice::from_ref(&killer)).await;
+    eventually(Duration::from_secs(10), "the second command to start", || async {
+        marker2.exists().then_some(())
+    })
+    .await;
+    drop(_agent);
+    let _agent = rig.start_agent("crashy", &key, &config, 3);
+    let v = rig.wait_state(&killer.command.id, "failed").await;
+    assert!(
+        v["result"]["error"].as_str().unwrap().starts_with("interrupted"),
+        "{v}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(lines(&marker2), vec!["y"], "never run again");
+    let errors = rig.api_get("/api/v1/errors?node=crashy").await;
+    assert!(errors["errors"][0]["message"].as_str().unwrap().contains("interrupted"));
+}
+
+both_backends!(a_thousand_commands_to_ten_nodes_run_once_each_in_order);
+
+async fn a_thousand_commands_to_ten_nodes_run_once_each_in_order(backend: Backend) {
+    let rig = Rig::new(backend).await;
+    let mut agents = Vec::new();
+    let nodes: Vec<String> = (0..10).map(|i| format!("n{i}.example")).collect();
+    for node in &nodes {
+        let key = enroll(&rig.env, node);
+        let config = rig.agent_config(node, &[], "");
+        agents.push(rig.start_agent(node, &key, &config, 1));
+    }
+    // 100 per node, interleaved across nodes, in 4 submissions.
+    let mut all = Vec::new();
+    for i in 0..100 {
+        for node in &nodes {
+            all.push(rig.command(node, Method::TextLogging, &[&format!("{i}")]));
+        }
+    }
+    for chunk in all.chunks(250) {
+        let (status, body) = rig.submit(chunk).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let ids: Vec<String> = all.iter().map(|s| s.command.id.clone()).collect();
+    eventually(Duration::from_secs(120), "all 1000 to succeed", || async {
+        let response = rig
+            .client()
+            .post(format!("{}/api/v1/commands/wait", rig.controller.url()))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "ids": ids, "wait": "5s" }))
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = response.json().await.unwrap();
+        let done = v["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["state"] == "succeeded")
+            .count();
+        (done == 1000).then_some(())
+    })
+    .await;
+    for node in &nodes {
+        let log = lines(&rig.agent_dir(node).join("events.log"));
+        let numbers: Vec<String> = log
+            .iter()
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+            .collect();
+        let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        assert_eq!(numbers, expected, "{node}: each once, in the order sent");
+    }
+    let list = rig.api_get("/api/v1/commands?state=succeeded&limit=1000").await;
+    assert_eq!(list["commands"].as_array().unwrap().len(), 1000);
+    assert!(
+        list["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["attempts"] == 1)
+    );
+    let _ = CommandState::Succeeded;
+}
