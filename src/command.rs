@@ -200,14 +200,21 @@ impl Command {
         if ulid::Ulid::from_string(&self.id).is_err() {
             return Err(InvalidInput::new(
                 "id",
-                format!("{:?} is not a ULID (26 Crockford base-32 characters)", self.id),
+                format!(
+                    "{:?} is not a ULID (26 Crockford base-32 characters)",
+                    self.id
+                ),
             ));
         }
         NodeName::parse(&self.node).map_err(|e| InvalidInput::new("node", e.problem))?;
         if self.args.len() > limits::ARGS_MAX {
             return Err(InvalidInput::new(
                 "args",
-                format!("has {} arguments; the limit is {}", self.args.len(), limits::ARGS_MAX),
+                format!(
+                    "has {} arguments; the limit is {}",
+                    self.args.len(),
+                    limits::ARGS_MAX
+                ),
             ));
         }
         let bytes: usize = self.args.iter().map(String::len).sum();
@@ -229,7 +236,10 @@ impl Command {
         if self.timeout_ms == 0 || self.timeout_ms > limits::TIMEOUT_MAX_MS {
             return Err(InvalidInput::new(
                 "timeout",
-                format!("must be between 1 ms and {} h", limits::TIMEOUT_MAX_MS / 3_600_000),
+                format!(
+                    "must be between 1 ms and {} h",
+                    limits::TIMEOUT_MAX_MS / 3_600_000
+                ),
             ));
         }
         if self.key.len() > 128 || self.signature.len() > 256 {
@@ -242,8 +252,8 @@ impl Command {
     /// trusts that key.
     pub fn verify_signature(&self) -> Result<(), String> {
         let public = parse_public_key(&self.key)?;
-        let signature = hex::decode(&self.signature)
-            .map_err(|_| "the signature is not hex".to_owned())?;
+        let signature =
+            hex::decode(&self.signature).map_err(|_| "the signature is not hex".to_owned())?;
         UnparsedPublicKey::new(&ED25519, public)
             .verify(&self.signed_bytes(), &signature)
             .map_err(|_| "the signature does not match the command".to_owned())
@@ -314,7 +324,9 @@ pub fn parse_public_key(text: &str) -> Result<Vec<u8>, String> {
         .ok_or_else(|| format!("{text:?} is not an ed25519 public key (`ed25519:<64 hex>`)"))?;
     match hex::decode(hex_key) {
         Ok(bytes) if bytes.len() == 32 => Ok(bytes),
-        _ => Err(format!("{text:?} is not an ed25519 public key (`ed25519:<64 hex>`)")),
+        _ => Err(format!(
+            "{text:?} is not an ed25519 public key (`ed25519:<64 hex>`)"
+        )),
     }
 }
 

@@ -406,12 +406,23 @@ impl AgentConfig {
 
     /// Checks what serde cannot: required fields and their forms.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.controller.is_empty() {
+        if self.nats.telemetry && self.nats.url.is_none() {
+            anyhow::bail!("nats.telemetry needs nats.url (or --nats-url)");
+        }
+        let needs_controller = !(self.nats.url.is_some() && self.nats.telemetry);
+        if needs_controller && self.controller.is_empty() {
             anyhow::bail!(
                 "no controller URL: pass --controller https://HOST:7070 or set `controller` in the config"
             );
         }
         let url = reqwest::Url::parse(&self.controller)
+            .or_else(|e| {
+                if needs_controller {
+                    Err(e)
+                } else {
+                    reqwest::Url::parse("http://unused.invalid")
+                }
+            })
             .with_context(|| format!("controller URL {:?} is not a URL", self.controller))?;
         if !matches!(url.scheme(), "http" | "https") {
             anyhow::bail!(

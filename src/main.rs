@@ -118,6 +118,12 @@ struct ControllerArgs {
     /// Also run an agent for this host, enrolled automatically (quick start).
     #[arg(long)]
     local_agent: bool,
+    /// Carry commands over NATS JetStream (and take telemetry from it): nats://host:4222.
+    #[arg(long, env = "FLEET_NATS_URL")]
+    nats_url: Option<String>,
+    /// First token of NATS subjects and stem of stream names [default: fleet].
+    #[arg(long, env = "FLEET_NATS_PREFIX")]
+    nats_prefix: Option<String>,
 }
 
 #[derive(Args)]
@@ -146,6 +152,15 @@ struct AgentArgs {
     /// Largest size of the unsent spool in bytes; the oldest batches are dropped (and counted) past it [default: 64 MiB].
     #[arg(long, env = "FLEET_SPOOL_MAX_BYTES")]
     spool_max_bytes: Option<u64>,
+    /// Take commands from NATS JetStream instead of long-polling the controller: nats://host:4222.
+    #[arg(long, env = "FLEET_NATS_URL")]
+    nats_url: Option<String>,
+    /// First token of NATS subjects [default: fleet].
+    #[arg(long, env = "FLEET_NATS_PREFIX")]
+    nats_prefix: Option<String>,
+    /// Send telemetry over NATS too (needs --nats-url).
+    #[arg(long)]
+    nats_telemetry: bool,
 }
 
 #[derive(Subcommand)]
@@ -328,6 +343,15 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             if let Some(v) = args.spool_max_bytes {
                 config.spool_max_bytes = v;
             }
+            if let Some(v) = args.nats_url {
+                config.nats.url = Some(v);
+            }
+            if let Some(v) = args.nats_prefix {
+                config.nats.prefix = v;
+            }
+            if args.nats_telemetry {
+                config.nats.telemetry = true;
+            }
             fleet::modes::agent::run(config, shutdown_on_signals()).await?
         }
         Command::Node { command } => {
@@ -388,6 +412,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.api_token {
         config.api_tokens.push(v);
+    }
+    if let Some(v) = args.nats_url {
+        config.nats.url = Some(v);
+    }
+    if let Some(v) = args.nats_prefix {
+        config.nats.prefix = v;
     }
     let shutdown = shutdown_on_signals();
     let data_dir = config.data_dir.clone();

@@ -33,6 +33,20 @@ pub struct HttpSender {
     interval_ms: u64,
 }
 
+/// The body for a spooled batch: the records, wrapped with what is known at send time.
+pub fn frame(interval_ms: u64, records_json: &[u8], dropped_batches: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(records_json.len() + 64);
+    body.extend_from_slice(
+        format!(
+            "{{\"interval_ms\":{interval_ms},\"dropped_batches\":{dropped_batches},\"records\":"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(records_json);
+    body.push(b'}');
+    body
+}
+
 /// The agent's HTTP client: `timeout` per request unless a request sets its own, and
 /// `ca_cert` (PEM) instead of the system roots when given.
 pub fn agent_client(ca_cert: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
@@ -75,19 +89,9 @@ impl HttpSender {
         })
     }
 
-    /// The body for a spooled batch: the records, wrapped with what is known at send time.
+    /// The body for a spooled batch (see [`frame`]).
     pub fn frame(&self, records_json: &[u8], dropped_batches: u64) -> Vec<u8> {
-        let mut body = Vec::with_capacity(records_json.len() + 64);
-        body.extend_from_slice(
-            format!(
-                "{{\"interval_ms\":{},\"dropped_batches\":{},\"records\":",
-                self.interval_ms, dropped_batches
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(records_json);
-        body.push(b'}');
-        body
+        frame(self.interval_ms, records_json, dropped_batches)
     }
 
     /// Signs and sends one batch.
@@ -229,7 +233,10 @@ impl super::commands::CommandSource for HttpCommandSource {
             .await
             .context("cannot reach the controller to poll for commands")?;
         if !response.status().is_success() {
-            anyhow::bail!("the controller refused the poll: {}", error_text(response).await);
+            anyhow::bail!(
+                "the controller refused the poll: {}",
+                error_text(response).await
+            );
         }
         let polled: Polled = response
             .json()
@@ -248,7 +255,10 @@ impl super::commands::CommandSource for HttpCommandSource {
             .await
             .context("cannot reach the controller to report")?;
         if !response.status().is_success() {
-            anyhow::bail!("the controller refused a report: {}", error_text(response).await);
+            anyhow::bail!(
+                "the controller refused a report: {}",
+                error_text(response).await
+            );
         }
         Ok(())
     }

@@ -6,5 +6,27 @@
 
 pub mod commands;
 pub mod http;
+pub mod nats;
 pub mod spool;
 pub mod wire;
+
+/// How an agent's batches leave: HTTP to the controller, or NATS requests.
+pub enum BatchSender {
+    Http(http::HttpSender),
+    Nats(nats::NatsBatchSender),
+}
+
+impl BatchSender {
+    pub async fn send(
+        &self,
+        instance: &str,
+        seq: u64,
+        dropped_batches: u64,
+        records_json: &[u8],
+    ) -> http::SendOutcome {
+        match self {
+            BatchSender::Http(s) => s.send(instance, seq, dropped_batches, records_json).await,
+            BatchSender::Nats(s) => s.send(instance, seq, dropped_batches, records_json).await,
+        }
+    }
+}

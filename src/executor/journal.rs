@@ -242,17 +242,15 @@ fn apply_line(entries: &mut HashMap<String, Entry>, line: &[u8]) {
     };
     if let Some(json) = line.strip_prefix("S ") {
         // A command line or a compacted one: both have id and not_after_ms.
-        if let Ok(started) = serde_json::from_str::<StartedLine>(json)
-            .or_else(|_| serde_json::from_str::<Command>(json).map(|c| StartedLine {
+        if let Ok(started) = serde_json::from_str::<StartedLine>(json).or_else(|_| {
+            serde_json::from_str::<Command>(json).map(|c| StartedLine {
                 id: c.id,
                 not_after_ms: c.not_after_ms,
-            }))
-        {
-            entries
-                .entry(started.id)
-                .or_insert(Entry::Started {
-                    not_after_ms: started.not_after_ms,
-                });
+            })
+        }) {
+            entries.entry(started.id).or_insert(Entry::Started {
+                not_after_ms: started.not_after_ms,
+            });
         }
     } else if let Some(json) = line.strip_prefix("R ") {
         if let Ok(finished) = serde_json::from_str::<Finished>(json) {

@@ -49,7 +49,10 @@ impl Executor {
                 Some(Entry::Started { not_after_ms }) => *not_after_ms,
                 _ => continue,
             };
-            tracing::warn!(id, "a command was interrupted by a restart; it is reported failed and will not run again");
+            tracing::warn!(
+                id,
+                "a command was interrupted by a restart; it is reported failed and will not run again"
+            );
             journal.record_result(not_after_ms, &interrupted(&id))?;
         }
         Ok(Self {
@@ -209,8 +212,7 @@ fn interrupted(id: &str) -> CommandReport {
         state: CommandState::Failed,
         result: Some(CommandResult {
             error: Some(
-                "interrupted: the agent stopped while the command ran; it was not run again"
-                    .into(),
+                "interrupted: the agent stopped while the command ran; it was not run again".into(),
             ),
             ..Default::default()
         }),

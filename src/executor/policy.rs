@@ -103,8 +103,7 @@ fn word_matches(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last)
-    {
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
@@ -134,8 +133,14 @@ mod tests {
         assert!(!m("uname -a", "uname"));
         assert!(m("systemctl restart *", "systemctl restart nginx"));
         assert!(!m("systemctl restart *", "systemctl stop nginx"));
-        assert!(m("systemctl restart nginx@*.service", "systemctl restart nginx@a.service"));
-        assert!(!m("systemctl restart nginx@*.service", "systemctl restart nginx@a.socket"));
+        assert!(m(
+            "systemctl restart nginx@*.service",
+            "systemctl restart nginx@a.service"
+        ));
+        assert!(!m(
+            "systemctl restart nginx@*.service",
+            "systemctl restart nginx@a.socket"
+        ));
         assert!(m("uptime ...", "uptime"));
         assert!(m("uptime ...", "uptime -p -s"));
         assert!(!m("uptime ...", "uptim -p"));

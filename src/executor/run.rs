@@ -269,7 +269,10 @@ mod tests {
         assert!(r.error.unwrap().contains("timeout"));
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(!marker.exists(), "a child of the timed-out command survived");
+        assert!(
+            !marker.exists(),
+            "a child of the timed-out command survived"
+        );
     }
 
     #[tokio::test]

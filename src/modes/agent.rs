@@ -10,7 +10,9 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::BatchSender;
 use crate::bus::http::{HttpSender, SendOutcome};
+use crate::bus::nats::{NatsBatchSender, NatsCommandSource};
 use crate::bus::spool::Spool;
 use crate::collectors::Scheduled;
 use crate::config::AgentConfig;
@@ -36,33 +38,51 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         "agent starting"
     );
     let spool = Arc::new(Mutex::new(spool));
-    let sender = HttpSender::new(
-        &config.controller,
-        &config.node,
-        &config.key,
-        config.interval,
-        config.ca_cert.as_deref(),
-        config.request_timeout,
-    )?;
+    let sender = if config.nats.url.is_some() && config.nats.telemetry {
+        BatchSender::Nats(
+            NatsBatchSender::connect(&config.nats, &config.node, &config.key, config.interval)
+                .await?,
+        )
+    } else {
+        BatchSender::Http(HttpSender::new(
+            &config.controller,
+            &config.node,
+            &config.key,
+            config.interval,
+            config.ca_cert.as_deref(),
+            config.request_timeout,
+        )?)
+    };
     let commands = if config.commands.enabled {
         let executor = Arc::new(crate::executor::Executor::open(
             &config.node,
             &config.commands,
             &config.data_dir,
         )?);
-        let source = Arc::new(crate::bus::http::HttpCommandSource::new(
-            &config.controller,
-            &config.node,
-            &config.key,
-            config.ca_cert.as_deref(),
-            config.request_timeout,
-            config.commands.poll_timeout,
-        )?);
-        Some(tokio::spawn(crate::bus::commands::run(
-            source,
-            executor,
-            shutdown.clone(),
-        )))
+        Some(if config.nats.url.is_some() {
+            let source = Arc::new(
+                NatsCommandSource::connect(&config.nats, &config.node, &config.key).await?,
+            );
+            tokio::spawn(crate::bus::commands::run(
+                source,
+                executor,
+                shutdown.clone(),
+            ))
+        } else {
+            let source = Arc::new(crate::bus::http::HttpCommandSource::new(
+                &config.controller,
+                &config.node,
+                &config.key,
+                config.ca_cert.as_deref(),
+                config.request_timeout,
+                config.commands.poll_timeout,
+            )?);
+            tokio::spawn(crate::bus::commands::run(
+                source,
+                executor,
+                shutdown.clone(),
+            ))
+        })
     } else {
         None
     };
@@ -150,7 +170,7 @@ async fn collect_loop(
 }
 
 async fn send_loop(
-    sender: HttpSender,
+    sender: BatchSender,
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
     stop: CancellationToken,

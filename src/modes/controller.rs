@@ -84,15 +84,21 @@ pub async fn start(
         durable.clone(),
         hot.clone(),
     );
+    let nats = match &config.nats.url {
+        Some(_) => Some(crate::bus::nats::ControllerNats::connect(&config.nats).await?),
+        None => None,
+    };
     let commands = Arc::new(crate::pipeline::CommandQueue::new(
         durable.clone(),
         registry.clone(),
         config.commands.clone(),
         config.ingest.clock_skew,
-        None,
+        nats.as_ref()
+            .map(|n| n.dispatch() as Arc<dyn crate::pipeline::commands::Dispatch>),
     ));
+    let ingest = Arc::new(ingest);
     let state = Arc::new(AppState {
-        ingest,
+        ingest: ingest.clone(),
         ingest_limits: config.ingest.clone(),
         registry: registry.clone(),
         durable: durable.clone(),
@@ -101,6 +107,17 @@ pub async fn start(
         commands: commands.clone(),
     });
 
+    // Tasks that feed the ingest pipeline: they must end before its writer can.
+    let feeders = tokio_util::task::TaskTracker::new();
+    if let Some(nats) = nats {
+        let (queue, ingest, stop) = (commands.clone(), ingest.clone(), shutdown.clone());
+        feeders.spawn(async move {
+            if let Err(err) = nats.run(queue, ingest, stop).await {
+                tracing::error!(cause = %format!("{err:#}"), "the NATS bus stopped");
+            }
+        });
+    }
+    feeders.close();
     let background = tokio_util::task::TaskTracker::new();
     background.spawn(refresh_registry(
         registry,
@@ -170,7 +187,9 @@ pub async fn start(
             }
         }
         // The server has stopped taking requests: let the writer finish what was queued.
+        feeders.wait().await;
         drop(state);
+        drop(ingest);
         writer.await.context("the ingest writer panicked")?;
         background.wait().await;
         Ok(())

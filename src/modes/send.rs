@@ -127,9 +127,16 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     if let Some(id) = &args.cancel {
         let api = Api::new(&args)?;
         let value = api
-            .post(&format!("api/v1/commands/{id}/cancel"), &serde_json::json!({}))
+            .post(
+                &format!("api/v1/commands/{id}/cancel"),
+                &serde_json::json!({}),
+            )
             .await?;
-        writeln!(out, "{id}: {}", value["state"].as_str().unwrap_or("cancelled"))?;
+        writeln!(
+            out,
+            "{id}: {}",
+            value["state"].as_str().unwrap_or("cancelled")
+        )?;
         return Ok(0);
     }
 
@@ -150,7 +157,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
             None => Method::CliCommand,
         };
         if method == Method::CliCommand && args.args.is_empty() {
-            bail!("nothing to run: put the command after `--`, e.g. `fleet send --node web1 -- uname -a`");
+            bail!(
+                "nothing to run: put the command after `--`, e.g. `fleet send --node web1 -- uname -a`"
+            );
         }
         targets
             .iter()
@@ -183,8 +192,16 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     let ids: Vec<String> = submissions.iter().map(|s| s.command.id.clone()).collect();
 
     let records = if let Some(url) = &args.nats_url {
-        let _ = url;
-        bail!("--nats-url is not built yet")
+        let sender = crate::bus::nats::Sender::connect(&crate::config::NatsConfig {
+            url: Some(url.clone()),
+            prefix: args.nats_prefix.clone(),
+            ca_cert: args.ca_cert.clone(),
+            ..Default::default()
+        })
+        .await?;
+        sender
+            .send_and_wait(&submissions, (!args.no_wait).then_some(wait))
+            .await?
     } else {
         let api = Api::new(&args)?;
         api.post(
@@ -214,7 +231,8 @@ fn report(
     records: &[CommandRecord],
     json: bool,
 ) -> anyhow::Result<u8> {
-    let by_id: BTreeMap<&str, &CommandRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let by_id: BTreeMap<&str, &CommandRecord> =
+        records.iter().map(|r| (r.id.as_str(), r)).collect();
     let pending = ids.iter().filter(|id| {
         by_id
             .get(id.as_str())
@@ -232,7 +250,11 @@ fn report(
             eprintln!("{}", one_line(r));
         }
     } else {
-        writeln!(out, "{:<24} {:<10} {:>5} {:>8}  OUTPUT", "NODE", "STATE", "EXIT", "MS")?;
+        writeln!(
+            out,
+            "{:<24} {:<10} {:>5} {:>8}  OUTPUT",
+            "NODE", "STATE", "EXIT", "MS"
+        )?;
         for id in ids {
             if let Some(r) = by_id.get(id.as_str()) {
                 let result = r.result.as_ref();
@@ -252,7 +274,9 @@ fn report(
                         .and_then(|x| x.exit_code)
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "-".into()),
-                    result.map(|x| x.duration_ms.to_string()).unwrap_or_default(),
+                    result
+                        .map(|x| x.duration_ms.to_string())
+                        .unwrap_or_default(),
                     text
                 )?;
             }
@@ -262,7 +286,9 @@ fn report(
         eprintln!(
             "{pending_count} command(s) not settled yet; they stay queued until their TTL. Follow with `fleet send --status ID`: {}",
             ids.iter()
-                .filter(|id| by_id.get(id.as_str()).is_none_or(|r| !r.state.is_terminal()))
+                .filter(|id| by_id
+                    .get(id.as_str())
+                    .is_none_or(|r| !r.state.is_terminal()))
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -315,7 +341,11 @@ fn one_line(r: &CommandRecord) -> String {
 fn print_one(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
     writeln!(out, "{} {} {} {:?}", r.id, r.kind, r.method, r.args)?;
     writeln!(out, "  {}", one_line(r))?;
-    writeln!(out, "  sent by {} via {} at {}", r.sent_by, r.via, r.created_at)?;
+    writeln!(
+        out,
+        "  sent by {} via {} at {}",
+        r.sent_by, r.via, r.created_at
+    )?;
     if let Some(result) = &r.result {
         if !result.stdout.is_empty() {
             writeln!(out, "  stdout: {}", result.stdout.trim_end())?;
@@ -362,8 +392,7 @@ pub fn load_signing_key(path: Option<&Path>) -> anyhow::Result<OperatorKey> {
     )?;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the operator key {}", path.display()))?;
-    OperatorKey::parse(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    OperatorKey::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// One message of a steward message file.
@@ -390,17 +419,11 @@ fn from_steward_file(
     ttl: Duration,
     parallel: bool,
 ) -> anyhow::Result<Vec<Submission>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let de = &mut serde_json::Deserializer::from_str(&text);
-    let messages: Vec<StewardMessage> = serde_path_to_error::deserialize(de).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {} at {}",
-            path.display(),
-            e.inner(),
-            e.path()
-        )
-    })?;
+    let messages: Vec<StewardMessage> = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow::anyhow!("{}: {} at {}", path.display(), e.inner(), e.path()))?;
     let mut submissions = Vec::new();
     for (i, m) in messages.into_iter().enumerate() {
         let at = |e: String| anyhow::anyhow!("{}: message {i}: {e}", path.display());
@@ -420,7 +443,16 @@ fn from_steward_file(
         let timeout = Duration::from_secs(m.timeout.unwrap_or(30).max(1));
         for node in nodes {
             submissions.push(Submission {
-                command: build(key, &node, kind, method, m.data.clone(), timeout, ttl, parallel),
+                command: build(
+                    key,
+                    &node,
+                    kind,
+                    method,
+                    m.data.clone(),
+                    timeout,
+                    ttl,
+                    parallel,
+                ),
                 retries: m.retries.unwrap_or(3),
             });
         }
@@ -476,7 +508,10 @@ impl Api {
             base.set_path(&path);
         }
         Ok(Self {
-            client: crate::bus::http::agent_client(args.ca_cert.as_deref(), Duration::from_secs(90))?,
+            client: crate::bus::http::agent_client(
+                args.ca_cert.as_deref(),
+                Duration::from_secs(90),
+            )?,
             base,
             token,
         })
@@ -503,7 +538,11 @@ impl Api {
         self.call(self.client.get(self.base.join(path)?)).await
     }
 
-    async fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
         self.call(self.client.post(self.base.join(path)?).json(body))
             .await
     }

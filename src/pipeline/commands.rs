@@ -199,7 +199,9 @@ impl CommandQueue {
         let now = crate::timefmt::now_ms();
         let inserted = self.durable.insert_commands(&[new], now).await?;
         if inserted[0] {
-            self.durable.mark_published(&[id.clone()], now).await?;
+            self.durable
+                .mark_published(std::slice::from_ref(&id), now)
+                .await?;
             let _ = self.changes.send(id);
         }
         Ok(())
@@ -243,7 +245,10 @@ impl CommandQueue {
                     stdout: match c.method {
                         Method::Echo => c.args.join(" "),
                         Method::SayHello => {
-                            format!("hello from the controller, fleet {}", env!("CARGO_PKG_VERSION"))
+                            format!(
+                                "hello from the controller, fleet {}",
+                                env!("CARGO_PKG_VERSION")
+                            )
                         }
                         _ => String::new(),
                     },
@@ -387,10 +392,12 @@ impl CommandQueue {
                 }
             }
         }
-        Ok(ids
-            .iter()
-            .filter_map(|id| records.remove(id))
-            .collect())
+        Ok(ids.iter().filter_map(|id| records.remove(id)).collect())
+    }
+
+    /// Whether a command with this id is stored.
+    pub async fn knows(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.durable.command(id).await?.is_some())
     }
 
     /// Cancels a command no node has taken yet.
@@ -414,10 +421,38 @@ impl CommandQueue {
         body: &[u8],
         signature: &str,
     ) -> Result<(), CommandError> {
+        self.authenticate(node, source, what, timestamp, body, signature, true)
+    }
+
+    /// Checks a signed message that waited in a stream (a NATS report): enrolled node and HMAC,
+    /// but no clock window, since it may have waited for hours. Replaying one is harmless: a
+    /// report moves a command forward once.
+    pub fn authenticate_agent_stored(
+        &self,
+        node: &str,
+        what: &str,
+        timestamp: &str,
+        body: &[u8],
+        signature: &str,
+    ) -> Result<(), CommandError> {
+        self.authenticate(node, None, what, timestamp, body, signature, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn authenticate(
+        &self,
+        node: &str,
+        source: Option<IpAddr>,
+        what: &str,
+        timestamp: &str,
+        body: &[u8],
+        signature: &str,
+        check_clock: bool,
+    ) -> Result<(), CommandError> {
         let snapshot = self.registry.snapshot();
-        let entry = snapshot.node(node).ok_or_else(|| {
-            CommandError::Unauthorized(format!("node {node:?} is not enrolled"))
-        })?;
+        let entry = snapshot
+            .node(node)
+            .ok_or_else(|| CommandError::Unauthorized(format!("node {node:?} is not enrolled")))?;
         if let Some(source) = source
             && !entry.allows(source)
         {
@@ -431,7 +466,8 @@ impl CommandQueue {
                 wire::HEADER_TIMESTAMP
             ))
         })?;
-        if ts.abs_diff(crate::timefmt::now_ms()) > self.clock_skew.as_millis() as u64 {
+        if check_clock && ts.abs_diff(crate::timefmt::now_ms()) > self.clock_skew.as_millis() as u64
+        {
             return Err(CommandError::Unauthorized(format!(
                 "the request's timestamp is more than {} off the controller's clock; check the node's clock (NTP)",
                 humantime::format_duration(self.clock_skew)

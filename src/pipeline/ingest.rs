@@ -28,7 +28,9 @@ pub struct RawBatch {
     pub signature: String,
     pub gzip: bool,
     pub body: bytes::Bytes,
-    pub source: IpAddr,
+    /// The peer address, checked against the node's allowlist. `None` on NATS, where the
+    /// broker's own authentication stands in for it.
+    pub source: Option<IpAddr>,
 }
 
 /// Why a batch was refused. Each kind maps to one HTTP status (see docs/wire.md).
@@ -49,6 +51,19 @@ pub enum IngestError {
     /// 503: the durable store could not take it; the agent should retry.
     #[error("the store could not take the batch, retry later: {0}")]
     Unavailable(String),
+}
+
+impl IngestError {
+    /// The HTTP status this refusal is answered with (also used in NATS replies).
+    pub fn status(&self) -> u16 {
+        match self {
+            IngestError::Unauthorized(_) => 401,
+            IngestError::Forbidden(_) => 403,
+            IngestError::BadRequest(_) => 400,
+            IngestError::TooLarge(_) => 413,
+            IngestError::Unavailable(_) => 503,
+        }
+    }
 }
 
 /// What the controller answers to a stored or replayed batch.
@@ -185,10 +200,12 @@ impl Ingest {
                 raw.node, raw.node
             ))
         })?;
-        if !node.allows(raw.source) {
+        if let Some(source) = raw.source
+            && !node.allows(source)
+        {
             return Err(IngestError::Forbidden(format!(
                 "node {} may not send from {}",
-                raw.node, raw.source
+                raw.node, source
             )));
         }
         if !wire::valid_instance(&raw.instance) {

@@ -48,7 +48,9 @@ impl Snapshot {
 
     /// The label of a valid operator token: who is acting, for the audit log.
     pub fn operator(&self, token: &str) -> Option<&str> {
-        self.token_hashes.get(&token_hash(token)).map(String::as_str)
+        self.token_hashes
+            .get(&token_hash(token))
+            .map(String::as_str)
     }
 
     pub fn has_tokens(&self) -> bool {

@@ -250,7 +250,8 @@ impl Durable {
                 .map(|r| serde_json::to_string(r).expect("results serialise"));
             sqlx::query(
                 "UPDATE commands SET state = $3, result = $4, finished_at = $5, deadline = NULL, \
-                 delivered_at = COALESCE(delivered_at, $5) \
+                 delivered_at = COALESCE(delivered_at, $5), \
+                 attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END \
                  WHERE id = $1 AND node = $2 \
                  AND state IN ('queued', 'delivered', 'running', 'timed_out') \
                  RETURNING envelope",
@@ -370,7 +371,14 @@ impl Durable {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
-            log(&mut tx, id, now_ms, "cancelled", &format!("cancelled by {by}")).await?;
+            log(
+                &mut tx,
+                id,
+                now_ms,
+                "cancelled",
+                &format!("cancelled by {by}"),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(self.command(id).await?.map(|c| c.state))
@@ -403,7 +411,14 @@ impl Durable {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            log(&mut tx, id, now_ms, "published", "on the NATS command stream").await?;
+            log(
+                &mut tx,
+                id,
+                now_ms,
+                "published",
+                "on the NATS command stream",
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -37,7 +37,7 @@ pub async fn require_operator(
                 Ok(next.run(request).await)
             }
             None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+                StatusCode::UNAUTHORIZED,
                 "the operator token is not valid",
             )),
         },

@@ -37,7 +37,10 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let body: SubmitBody = decode(&body)?;
     let ids: Vec<String> = body.commands.iter().map(|s| s.command.id.clone()).collect();
-    let fresh = state.commands.submit(body.commands, &operator.0, "api").await?;
+    let fresh = state
+        .commands
+        .submit(body.commands, &operator.0, "api")
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "ids": ids, "new": fresh })),
@@ -226,7 +229,13 @@ pub async fn agent_poll(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<PollQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let node = agent_auth(&state, &headers, peer, &format!("GET {AGENT_POLL_PATH}"), b"")?;
+    let node = agent_auth(
+        &state,
+        &headers,
+        peer,
+        &format!("GET {AGENT_POLL_PATH}"),
+        b"",
+    )?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     let commands = state.commands.poll(&node, wait).await?;
     Ok(Json(serde_json::json!({ "commands": commands })))

@@ -51,13 +51,8 @@ impl From<StoreError> for ApiError {
 
 impl From<IngestError> for ApiError {
     fn from(err: IngestError) -> Self {
-        let status = match err {
-            IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
-            IngestError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
+        let status =
+            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self::new(status, err.to_string())
     }
 }

@@ -68,7 +68,7 @@ pub async fn ingest(
         signature: header_text(&headers, wire::HEADER_SIGNATURE),
         gzip,
         body,
-        source: peer.ip(),
+        source: Some(peer.ip()),
     };
     Ok(Json(state.ingest.ingest(raw).await?))
 }

@@ -24,7 +24,7 @@ pub const INGEST_CONCURRENCY: usize = 256;
 
 /// What every handler may use.
 pub struct AppState {
-    pub ingest: Ingest,
+    pub ingest: Arc<Ingest>,
     /// Limits the HTTP layer enforces before the pipeline sees a body.
     pub ingest_limits: IngestConfig,
     pub registry: Arc<Registry>,

@@ -21,15 +21,28 @@ pub(crate) struct Rig {
     pub controller: ControllerProcess,
     pub key_file: PathBuf,
     pub key: OperatorKey,
+    /// The NATS subject prefix of this test, when it runs the NATS bus.
+    pub nats_prefix: Option<String>,
 }
+
+pub(crate) const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 impl Rig {
     pub async fn new(backend: Backend) -> Self {
+        Self::with_bus(backend, false).await
+    }
+
+    /// With `nats`, the controller and agents use NATS under a prefix of this test's own.
+    pub async fn with_bus(backend: Backend, nats: bool) -> Self {
         let env = Env::new(backend).await;
+        let nats_prefix = nats.then(|| format!("t{:012x}", rand::random::<u64>() >> 16));
         let config = env.dir.path().join("controller.toml");
         std::fs::write(
             &config,
-            "[commands]\nsweep_interval = \"100ms\"\ngrace = \"1s\"\n",
+            format!(
+                "[commands]\nsweep_interval = \"100ms\"\ngrace = \"1s\"\n{}",
+                nats_block(nats_prefix.as_deref())
+            ),
         )
         .unwrap();
         let mut controller = ControllerProcess::new(&env);
@@ -55,6 +68,7 @@ impl Rig {
             controller,
             key_file,
             key,
+            nats_prefix,
         }
     }
 
@@ -65,9 +79,10 @@ impl Rig {
         std::fs::write(
             &path,
             format!(
-                "interval = \"1h\"\n[commands]\ntrusted_keys = [{:?}]\nallow = [{}]\npoll_timeout = \"5s\"\n{extra}",
+                "interval = \"1h\"\n[commands]\ntrusted_keys = [{:?}]\nallow = [{}]\npoll_timeout = \"5s\"\n{extra}\n{}",
                 self.key.public(),
-                allow.join(", ")
+                allow.join(", "),
+                nats_block(self.nats_prefix.as_deref()),
             ),
         )
         .unwrap();
@@ -103,8 +118,12 @@ impl Rig {
     /// Runs `fleet send` with this rig's controller, token and key; returns (exit code,
     /// stdout, stderr).
     pub fn send(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Proc::new(FLEET)
-            .arg("send")
+        let mut proc = Proc::new(FLEET);
+        proc.arg("send");
+        if let Some(prefix) = &self.nats_prefix {
+            proc.args(["--nats-prefix", prefix]);
+        }
+        let output = proc
             .args(args)
             .env("FLEET_CONTROLLER", self.controller.url())
             .env("FLEET_API_TOKEN", TOKEN)
@@ -134,7 +153,11 @@ impl Rig {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 
@@ -152,10 +175,16 @@ impl Rig {
     }
 
     pub async fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
-        eventually(Duration::from_secs(30), &format!("{id} to be {state}"), || async {
-            let v = self.api_get(&format!("/api/v1/commands/{id}?wait=2s")).await;
-            (v["state"] == state).then_some(v)
-        })
+        eventually(
+            Duration::from_secs(30),
+            &format!("{id} to be {state}"),
+            || async {
+                let v = self
+                    .api_get(&format!("/api/v1/commands/{id}?wait=2s"))
+                    .await;
+                (v["state"] == state).then_some(v)
+            },
+        )
         .await
     }
 
@@ -176,7 +205,38 @@ impl Rig {
     }
 }
 
-fn lines(path: &Path) -> Vec<String> {
+fn nats_block(prefix: Option<&str>) -> String {
+    match prefix {
+        Some(p) => format!("[nats]\nurl = {NATS_URL:?}\nprefix = {p:?}\n"),
+        None => String::new(),
+    }
+}
+
+impl Drop for Rig {
+    /// Deletes this test's streams (and with them its consumers).
+    fn drop(&mut self) {
+        let Some(prefix) = self.nats_prefix.clone() else {
+            return;
+        };
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(client) = async_nats::connect(NATS_URL).await {
+                    let js = async_nats::jetstream::new(client);
+                    let upper = prefix.to_uppercase();
+                    let _ = js.delete_stream(format!("{upper}_COMMANDS")).await;
+                    let _ = js.delete_stream(format!("{upper}_REPLIES")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub(crate) fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -190,7 +250,10 @@ async fn a_command_runs_once_and_the_sender_gets_its_output_and_status(backend: 
     let rig = Rig::new(backend).await;
     let key = enroll(&rig.env, "web1");
     let marker = rig.env.dir.path().join("ran");
-    let script = format!("echo ran >> {}; echo hello; echo oops >&2; exit 3", marker.display());
+    let script = format!(
+        "echo ran >> {}; echo hello; echo oops >&2; exit 3",
+        marker.display()
+    );
     let config = rig.agent_config("web1", &["sh -c *"], "");
     let _agent = rig.start_agent("web1", &key, &config, 1);
 
@@ -207,7 +270,10 @@ async fn a_command_runs_once_and_the_sender_gets_its_output_and_status(backend: 
     assert_eq!(record["state"], "failed");
     assert_eq!(record["result"]["exit_code"], 3);
     assert!(
-        record["sent_by"].as_str().unwrap().contains("config api_tokens"),
+        record["sent_by"]
+            .as_str()
+            .unwrap()
+            .contains("config api_tokens"),
         "{record}"
     );
     let id = record["id"].as_str().unwrap();
@@ -226,7 +292,9 @@ async fn a_command_runs_once_and_the_sender_gets_its_output_and_status(backend: 
     let (code, out, _) = rig.send(&["--status", id]);
     assert_eq!(code, 0);
     assert!(out.contains("failed, exit 3"), "{out}");
-    let (code, out, _) = rig.send(&["--node", "web1", "--json", "--method", "Echo", "--", "a", "b"]);
+    let (code, out, _) = rig.send(&[
+        "--node", "web1", "--json", "--method", "Echo", "--", "a", "b",
+    ]);
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json[0]["result"]["stdout"], "a b");
@@ -248,7 +316,10 @@ async fn a_node_that_is_offline_runs_the_command_when_it_comes_back() {
     ]);
     assert_eq!(code, 0, "{err}");
     let id = out.trim().to_owned();
-    assert_eq!(rig.api_get(&format!("/api/v1/commands/{id}")).await["state"], "queued");
+    assert_eq!(
+        rig.api_get(&format!("/api/v1/commands/{id}")).await["state"],
+        "queued"
+    );
 
     // The controller restarts while the command waits: nothing is lost.
     rig.controller.stop();
@@ -283,7 +354,10 @@ async fn refused_commands_are_reported_logged_and_not_run() {
     tampered.command.args = vec!["sh".into(), "-c".into(), touch.clone()];
     let (status, body) = rig.submit(&[tampered]).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("signature"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("signature"),
+        "{body}"
+    );
 
     // Signed by a key the node does not trust; a method it does not allow; an argv outside
     // its allow-list: delivered, refused by the node, reported, logged centrally.
@@ -300,7 +374,10 @@ async fn refused_commands_are_reported_logged_and_not_run() {
     for (s, reason) in all.iter().zip(reasons) {
         let v = rig.wait_state(&s.command.id, "failed").await;
         let error = v["result"]["error"].as_str().unwrap();
-        assert!(error.starts_with("refused: ") && error.contains(reason), "{error}");
+        assert!(
+            error.starts_with("refused: ") && error.contains(reason),
+            "{error}"
+        );
     }
     let ok = rig.wait_state(&all[3].command.id, "succeeded").await;
     assert!(ok["result"]["stdout"].as_str().unwrap().contains("Linux"));
@@ -347,7 +424,8 @@ async fn timeouts_retries_and_ttl() {
     let poll = |_: ()| async {
         let ts = fleet::timefmt::now_ms();
         let path = "/api/v1/agent/commands";
-        let sig = fleet::bus::wire::sign_agent(key.as_bytes(), "slow", &format!("GET {path}"), ts, b"");
+        let sig =
+            fleet::bus::wire::sign_agent(key.as_bytes(), "slow", &format!("GET {path}"), ts, b"");
         let v: serde_json::Value = rig
             .client()
             .get(format!("{}{path}?wait_ms=100", rig.controller.url()))
@@ -413,7 +491,11 @@ async fn an_agent_killed_before_its_report_is_acknowledged_delivers_it_after_res
     let slow = rig.command(
         "crashy",
         Method::CliCommand,
-        &["sh", "-c", &format!("echo x >> {}; sleep 1; echo done", marker.display())],
+        &[
+            "sh",
+            "-c",
+            &format!("echo x >> {}; sleep 1; echo done", marker.display()),
+        ],
     );
     rig.submit(std::slice::from_ref(&slow)).await;
     eventually(Duration::from_secs(10), "the command to start", || async {
@@ -422,12 +504,16 @@ async fn an_agent_killed_before_its_report_is_acknowledged_delivers_it_after_res
     .await;
     rig.controller.kill();
     let journal = rig.agent_dir("crashy").join("commands/commands.journal");
-    eventually(Duration::from_secs(10), "the result in the journal", || async {
-        std::fs::read_to_string(&journal)
-            .unwrap_or_default()
-            .contains("\"stdout\":\"done\\n\"")
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the result in the journal",
+        || async {
+            std::fs::read_to_string(&journal)
+                .unwrap_or_default()
+                .contains("\"stdout\":\"done\\n\"")
+                .then_some(())
+        },
+    )
     .await;
     agent.kill();
     rig.controller.start().await;
@@ -441,30 +527,49 @@ async fn an_agent_killed_before_its_report_is_acknowledged_delivers_it_after_res
     let killer = rig.command(
         "crashy",
         Method::CliCommand,
-        &["sh", "-c", &format!("echo y >> {}; sleep 30", marker2.display())],
+        &[
+            "sh",
+            "-c",
+            &format!("echo y >> {}; sleep 30", marker2.display()),
+        ],
     );
     rig.submit(std::slice::from_ref(&killer)).await;
-    eventually(Duration::from_secs(10), "the second command to start", || async {
-        marker2.exists().then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the second command to start",
+        || async { marker2.exists().then_some(()) },
+    )
     .await;
     drop(_agent);
     let _agent = rig.start_agent("crashy", &key, &config, 3);
     let v = rig.wait_state(&killer.command.id, "failed").await;
     assert!(
-        v["result"]["error"].as_str().unwrap().starts_with("interrupted"),
+        v["result"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted"),
         "{v}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(lines(&marker2), vec!["y"], "never run again");
     let errors = rig.api_get("/api/v1/errors?node=crashy").await;
-    assert!(errors["errors"][0]["message"].as_str().unwrap().contains("interrupted"));
+    assert!(
+        errors["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
 }
 
 both_backends!(a_thousand_commands_to_ten_nodes_run_once_each_in_order);
 
 async fn a_thousand_commands_to_ten_nodes_run_once_each_in_order(backend: Backend) {
-    let rig = Rig::new(backend).await;
+    thousand_to_ten(Rig::new(backend).await).await
+}
+
+/// 1,000 commands to 10 nodes (names with dots), each executed exactly once, per-node order
+/// kept. Shared by both buses.
+pub(crate) async fn thousand_to_ten(rig: Rig) {
     let mut agents = Vec::new();
     let nodes: Vec<String> = (0..10).map(|i| format!("n{i}.example")).collect();
     for node in &nodes {
@@ -512,7 +617,9 @@ async fn a_thousand_commands_to_ten_nodes_run_once_each_in_order(backend: Backen
         let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
         assert_eq!(numbers, expected, "{node}: each once, in the order sent");
     }
-    let list = rig.api_get("/api/v1/commands?state=succeeded&limit=1000").await;
+    let list = rig
+        .api_get("/api/v1/commands?state=succeeded&limit=1000")
+        .await;
     assert_eq!(list["commands"].as_array().unwrap().len(), 1000);
     assert!(
         list["commands"]

@@ -9,5 +9,6 @@ mod e2e;
 mod harness;
 mod hot;
 mod ingest;
+mod nats;
 mod registry;
 mod tls;
