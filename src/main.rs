@@ -231,6 +231,9 @@ enum OperatorCommand {
 enum BenchCommand {
     /// Simulate agents sending batches; print throughput, latency, and loss read back from the store.
     Ingest(fleet::modes::bench::IngestBenchArgs),
+    /// Round trips of commands over the NATS or HTTP bus (latency, throughput, fan-out) beside
+    /// the raw NATS, HTTP and fsync floors of this machine.
+    Commands(fleet::modes::bench_commands::CommandsBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -389,6 +392,9 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => fleet::modes::bench::ingest(args).await?,
+        Command::Bench {
+            command: BenchCommand::Commands(args),
+        } => fleet::modes::bench_commands::commands(args).await?,
     }
     Ok(0)
 }

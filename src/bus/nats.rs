@@ -546,10 +546,21 @@ pub struct NatsCommandSource {
 
 impl NatsCommandSource {
     pub async fn connect(config: &NatsConfig, node: &str, key: &str) -> anyhow::Result<Self> {
-        let subjects = Subjects::new(&config.prefix)?;
         let client = connect(config, &format!("fleet-agent {node}")).await?;
         let js = jetstream::new(client);
-        ensure_streams(&js, &subjects, config.max_ttl).await?;
+        ensure_streams(&js, &Subjects::new(&config.prefix)?, config.max_ttl).await?;
+        Self::on(js, config, node, key).await
+    }
+
+    /// On an existing connection whose streams are ensured (the benchmark runs many simulated
+    /// nodes over one).
+    pub async fn on(
+        js: jetstream::Context,
+        config: &NatsConfig,
+        node: &str,
+        key: &str,
+    ) -> anyhow::Result<Self> {
+        let subjects = Subjects::new(&config.prefix)?;
         let name = subjects.node_consumer(node);
         let stream = js
             .get_stream(subjects.commands_stream())
@@ -728,9 +739,11 @@ impl NatsBatchSender {
 /// `fleet send` straight onto NATS, bypassing the controller's API (the controller still sees
 /// and records the commands and their reports from the streams).
 pub struct Sender {
-    client: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
+    /// Every report under the prefix, subscribed before anything is published so none can
+    /// slip past.
+    replies: tokio::sync::Mutex<async_nats::Subscriber>,
 }
 
 impl Sender {
@@ -739,10 +752,14 @@ impl Sender {
         let client = connect(config, "fleet-send").await?;
         let js = jetstream::new(client.clone());
         ensure_streams(&js, &subjects, config.max_ttl).await?;
+        let replies = client
+            .subscribe(subjects.all_replies())
+            .await
+            .context("cannot subscribe to reports on NATS")?;
         Ok(Self {
-            client,
             js,
             subjects,
+            replies: tokio::sync::Mutex::new(replies),
         })
     }
 
@@ -753,12 +770,7 @@ impl Sender {
         submissions: &[Submission],
         wait: Option<Duration>,
     ) -> anyhow::Result<Vec<CommandRecord>> {
-        // Subscribe before publishing so no report can slip past.
-        let mut replies = self
-            .client
-            .subscribe(self.subjects.all_replies())
-            .await
-            .context("cannot subscribe to reports on NATS")?;
+        let mut replies = self.replies.lock().await;
         let commands: Vec<Command> = submissions.iter().map(|s| s.command.clone()).collect();
         let acked: HashSet<String> = publish_commands(&self.js, &self.subjects, &commands)
             .await

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_commands;
 pub mod controller;
 pub mod node;
 pub mod send;

@@ -486,7 +486,7 @@ async fn targets(args: &SendArgs) -> anyhow::Result<Vec<String>> {
 }
 
 /// The controller's API, as an operator.
-struct Api {
+pub struct Api {
     client: reqwest::Client,
     base: reqwest::Url,
     token: String,
@@ -501,6 +501,11 @@ impl Api {
             .api_token
             .clone()
             .context("no operator token: pass --api-token or set FLEET_API_TOKEN")?;
+        Self::connect(controller, &token, args.ca_cert.as_deref())
+    }
+
+    pub fn connect(controller: &str, token: &str, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let token = token.to_owned();
         let mut base = reqwest::Url::parse(controller)
             .with_context(|| format!("controller URL {controller:?} is not a URL"))?;
         if !base.path().ends_with('/') {
@@ -508,10 +513,7 @@ impl Api {
             base.set_path(&path);
         }
         Ok(Self {
-            client: crate::bus::http::agent_client(
-                args.ca_cert.as_deref(),
-                Duration::from_secs(90),
-            )?,
+            client: crate::bus::http::agent_client(ca_cert, Duration::from_secs(90))?,
             base,
             token,
         })
@@ -534,11 +536,11 @@ impl Api {
         Ok(value)
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         self.call(self.client.get(self.base.join(path)?)).await
     }
 
-    async fn post(
+    pub async fn post(
         &self,
         path: &str,
         body: &serde_json::Value,
@@ -548,7 +550,7 @@ impl Api {
     }
 
     /// Long-polls until every id is settled or `wait` passes.
-    async fn wait(&self, ids: &[String], wait: Duration) -> anyhow::Result<Vec<CommandRecord>> {
+    pub async fn wait(&self, ids: &[String], wait: Duration) -> anyhow::Result<Vec<CommandRecord>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

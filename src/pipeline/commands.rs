@@ -58,6 +58,10 @@ pub struct Submission {
     pub retries: u32,
 }
 
+/// How often a held poll looks at a shared (PostgreSQL) queue for commands another controller
+/// stored.
+const SHARED_RECHECK: Duration = Duration::from_secs(2);
+
 pub struct CommandQueue {
     durable: Durable,
     registry: Arc<Registry>,
@@ -283,9 +287,14 @@ impl CommandQueue {
                 }
                 return Ok(commands);
             }
-            // Another controller (shared PostgreSQL) may queue for this node without waking
-            // us: look again every second.
-            let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+            // Another controller (sharing PostgreSQL) may queue for this node without waking
+            // us: look again now and then. SQLite has one controller, which wakes its polls.
+            let recheck = match self.durable.backend() {
+                crate::store::durable::Backend::Postgres => {
+                    (tokio::time::Instant::now() + SHARED_RECHECK).min(deadline)
+                }
+                crate::store::durable::Backend::Sqlite => deadline,
+            };
             tokio::select! {
                 _ = woken => {}
                 _ = tokio::time::sleep_until(recheck) => {}
