@@ -36,3 +36,27 @@ fn bench_ingest_runs_and_checks_loss_from_the_store() {
         "{out}"
     );
 }
+
+/// `fleet bench commands` over both buses: every phase completes (the benchmark itself fails if
+/// any command did not succeed) and every figure is printed.
+#[test]
+fn bench_commands_runs_over_both_buses() {
+    for bus in ["nats", "http"] {
+        let args: Vec<String> = [
+            "bench", "commands", "--bus", bus, "--nodes", "3", "--count", "30", "--fanout", "20",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (ok, out, err) = run_fleet(&args);
+        assert!(ok, "{bus}: {out}\n{err}");
+        for line in [
+            "latency   p50",
+            "throughput 30 commands",
+            "fan-out   1 command to 20 nodes",
+            "floor     NATS request/reply",
+            "floor     fsync",
+        ] {
+            assert!(out.contains(line), "{bus}: no {line:?} in:\n{out}");
+        }
+    }
+}

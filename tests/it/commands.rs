@@ -630,3 +630,136 @@ pub(crate) async fn thousand_to_ten(rig: Rig) {
     );
     let _ = CommandState::Succeeded;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_by_label_and_steward_files_and_events_to_central() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let mut agents = Vec::new();
+    for (name, role) in [("w1", "web"), ("w2", "web"), ("d1", "db")] {
+        let mut args = vec!["node".to_owned(), "add".to_owned(), name.to_owned()];
+        args.extend(["--label".to_owned(), format!("role={role}")]);
+        args.extend(rig.env.store_flags());
+        let (ok, out, err) = crate::harness::run_fleet(&args);
+        assert!(ok, "{err}");
+        let key = out
+            .lines()
+            .find_map(|l| l.strip_prefix("key: "))
+            .unwrap()
+            .to_owned();
+        let config = rig.agent_config(name, &["sh -c *"], "");
+        agents.push(rig.start_agent(name, &key, &config, 1));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // --label: the web nodes only, one row each; all succeeded, so exit 0.
+    let (code, out, err) = rig.send(&["--label", "role=web", "--method", "SayHello"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("w1 ") && out.contains("w2 ") && !out.contains("d1 "),
+        "{out}"
+    );
+    assert!(out.contains("hello from w1"), "{out}");
+
+    // --all with one failure: exit 1, and the failing node named in the table.
+    let (code, out, _) = rig.send(&[
+        "--all",
+        "--",
+        "sh",
+        "-c",
+        "test \"$(hostname)\" = nowhere-at-all && echo same || exit 4",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("failed")).count(),
+        3,
+        "{out}"
+    );
+
+    // A steward message file, unchanged: several messages, toNode, data, commandOrEvent,
+    // method, timeout (seconds), retries; a field fleet does not use is noted, not fatal.
+    let file = rig.env.dir.path().join("msgs.json");
+    std::fs::write(
+        &file,
+        r#"[
+          {"toNode": "w1", "data": ["sh", "-c", "echo from-file"], "commandOrEvent": "CommandACK",
+           "method": "CLICommand", "timeout": 10, "retries": 1, "replyMethod": "REQToFileAppend"},
+          {"toNode": "d1", "data": ["x"], "commandOrEvent": "EventACK", "method": "Echo"}
+        ]"#,
+    )
+    .unwrap();
+    let (code, out, err) = rig.send(&["--file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("from-file"), "{out}");
+    assert!(err.contains("replyMethod"), "{err}");
+    std::fs::write(
+        &file,
+        r#"[{"toNode": "w1", "data": [], "commandOrEvent": "Command", "method": "Echo"}]"#,
+    )
+    .unwrap();
+    let (code, _, err) = rig.send(&["--file", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("message 0") && err.contains("unknown kind"),
+        "{err}"
+    );
+
+    // Events to the controller itself: the event log and the central error log.
+    let (code, _, err) = rig.send(&[
+        "--event", "--node", "central", "--method", "ErrorLog", "--", "disk", "on", "fire",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let errors = rig.api_get("/api/v1/errors").await;
+    assert_eq!(errors["errors"][0]["message"], "disk on fire", "{errors}");
+    assert_eq!(errors["errors"][0]["node"], "central");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_command_delays_no_other_node_and_parallel_skips_the_queue() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let mut agents = Vec::new();
+    let mut keys = Vec::new();
+    for name in ["busy", "free"] {
+        let key = enroll(&rig.env, name);
+        let config = rig.agent_config(name, &["sleep *"], "");
+        agents.push(rig.start_agent(name, &key, &config, 1));
+        keys.push(key);
+    }
+    let (code, out, err) = rig.send(&["--node", "busy", "--no-wait", "--", "sleep", "20"]);
+    assert_eq!(code, 0, "{err}");
+    let hung = out.trim().to_owned();
+    rig.wait_state(&hung, "running").await;
+    // Another node answers at once; on the busy node an ordered command waits its turn while
+    // a parallel one does not.
+    let started = std::time::Instant::now();
+    let (code, _, err) = rig.send(&["--node", "free", "--method", "Echo", "--", "hi"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (_, queued, _) = rig.send(&[
+        "--node",
+        "busy",
+        "--no-wait",
+        "--method",
+        "Echo",
+        "--",
+        "later",
+    ]);
+    let (code, _, err) = rig.send(&[
+        "--node",
+        "busy",
+        "--parallel",
+        "--method",
+        "Echo",
+        "--",
+        "now",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v = rig
+        .api_get(&format!("/api/v1/commands/{}", queued.trim()))
+        .await;
+    assert_eq!(
+        v["state"], "delivered",
+        "the ordered one waits behind the hung command: {v}"
+    );
+    let (code, out, _) = rig.send(&["--cancel", &hung]);
+    assert_ne!(code, 0, "a running command cannot be cancelled: {out}");
+}
