@@ -5,7 +5,10 @@
 //! - [`model`]: the data model (nodes, records, samples, vitals) and its limits; no I/O.
 //! - [`config`]: every mode's configuration as plain data; TOML, environment, flags.
 //! - [`collectors`]: what the agent measures, one file per collector.
-//! - [`bus`]: how batches move: the signed wire format, the agent's spool, the HTTP sender.
+//! - [`command`]: the command model: the signed envelope, kinds, methods, states, results.
+//! - [`executor`]: the node's side of a command: policy, the exactly-once journal, running it.
+//! - [`bus`]: how data and commands move: the signed wire format, the agent's spool, the HTTP
+//!   and NATS backends.
 //! - [`pipeline`]: the one path data takes in the controller: verify → decode → store.
 //! - [`store`]: the durable store (SQLite | PostgreSQL) and the hot ring (memory | Redis).
 //! - [`web`]: the axum router: ingest, the read API, auth.
