@@ -34,6 +34,7 @@ use crate::command::{Command, CommandReport, CommandState};
 use crate::config::NatsConfig;
 use crate::pipeline::commands::{CommandQueue, Submission};
 use crate::pipeline::{Ingest, RawBatch};
+use crate::store::commands::ApplyOutcome;
 use crate::store::commands::CommandRecord;
 
 /// How long a consumer waits for an ack before it redelivers.
@@ -343,43 +344,69 @@ impl ControllerNats {
     }
 }
 
+/// Most messages a controller consumer takes in one go (one database transaction).
+const CONSUME_BATCH: usize = 256;
+
+/// Waits for the next message, then takes whatever else has already arrived. `None` at
+/// shutdown or when the consumer ends.
+async fn next_batch(
+    messages: &mut pull::Stream,
+    shutdown: &CancellationToken,
+) -> Option<Vec<jetstream::Message>> {
+    let mut batch = Vec::new();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            next = messages.next() => next?,
+        };
+        match next {
+            Ok(m) => {
+                batch.push(m);
+                break;
+            }
+            Err(err) => tracing::warn!(cause = %err, "NATS consumer"),
+        }
+    }
+    while batch.len() < CONSUME_BATCH {
+        match futures::FutureExt::now_or_never(messages.next()) {
+            Some(Some(Ok(m))) => batch.push(m),
+            _ => break,
+        }
+    }
+    Some(batch)
+}
+
 async fn consume_audit(
     mut messages: pull::Stream,
     queue: Arc<CommandQueue>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = messages.next() => next,
-        };
-        let Some(message) = next else { return };
-        let message = match message {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(cause = %err, "NATS command stream");
-                continue;
-            }
-        };
-        match serde_json::from_slice::<Command>(&message.payload) {
-            Ok(command) => match queue.record_seen(command).await {
-                Ok(()) => {}
-                Err(crate::pipeline::CommandError::Unavailable(err)) => {
-                    tracing::warn!(cause = %err, "cannot record a command from NATS; it will be redelivered");
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                    continue;
-                }
+    while let Some(batch) = next_batch(&mut messages, &shutdown).await {
+        let commands: Vec<Command> = batch
+            .iter()
+            .filter_map(|m| match serde_json::from_slice::<Command>(&m.payload) {
+                Ok(c) => Some(c),
                 Err(err) => {
-                    tracing::warn!(cause = %err, subject = %message.subject, "a malformed command on NATS; ignored")
+                    tracing::warn!(cause = %err, subject = %m.subject, "a message on the command stream is not a command; ignored");
+                    None
                 }
-            },
+            })
+            .collect();
+        let retry = match queue.record_seen(commands).await {
+            Ok(()) => false,
             Err(err) => {
-                tracing::warn!(cause = %err, subject = %message.subject, "a message on the command stream is not a command; ignored")
+                tracing::warn!(cause = %err, "cannot record commands from NATS; they will be redelivered");
+                true
             }
+        };
+        for m in batch {
+            let _ = if retry {
+                m.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
+            } else {
+                m.ack().await
+            };
         }
-        let _ = message.ack().await;
     }
 }
 
@@ -389,83 +416,93 @@ async fn consume_replies(
     queue: Arc<CommandQueue>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = messages.next() => next,
-        };
-        let Some(message) = next else { return };
-        let message = match message {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(cause = %err, "NATS reply stream");
-                continue;
-            }
-        };
-        let subject = message.subject.to_string();
-        let outcome = async {
-            let node = subjects
-                .node_of(&subject)
-                .ok_or_else(|| Skip::Drop(format!("subject {subject} names no node")))?;
-            let header = |name: &str| {
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default()
-            };
-            // Reports wait in the stream, so no clock window: a replay is harmless (a report
-            // moves a command forward only once).
-            queue
-                .authenticate_agent_stored(
-                    &node,
-                    &subject,
-                    &header(wire::HEADER_TIMESTAMP),
-                    &message.payload,
-                    &header(wire::HEADER_SIGNATURE),
-                )
-                // Perhaps a node enrolled a moment ago that the registry has not re-read yet.
-                .map_err(|e| Skip::Retry(e.to_string()))?;
-            let report: CommandReport =
-                serde_json::from_slice(&message.payload).map_err(|e| Skip::Drop(e.to_string()))?;
-            // A command sent straight to NATS may be answered before the audit consumer has
-            // recorded it: try again shortly rather than lose the outcome.
-            if !queue
-                .knows(&report.id)
-                .await
-                .map_err(|e| Skip::Retry(e.to_string()))?
-            {
-                return Err(Skip::Retry(format!(
-                    "command {} not recorded yet",
-                    report.id
-                )));
-            }
-            queue
-                .report(&node, std::slice::from_ref(&report))
-                .await
-                .map_err(|e| match e {
-                    crate::pipeline::CommandError::Unavailable(e) => Skip::Retry(e.to_string()),
-                    other => Skip::Drop(other.to_string()),
-                })
+    while let Some(batch) = next_batch(&mut messages, &shutdown).await {
+        // Check every report; those that pass are applied together.
+        let mut checked: Vec<(String, CommandReport)> = Vec::new();
+        let mut verdicts: Vec<Result<usize, Skip>> = Vec::with_capacity(batch.len());
+        for message in &batch {
+            let verdict = check_report(message, &subjects, &queue).map(|(node, report)| {
+                checked.push((node, report));
+                checked.len() - 1
+            });
+            verdicts.push(verdict);
         }
-        .await;
-        match outcome {
-            Ok(()) => {
-                let _ = message.ack().await;
-            }
-            Err(Skip::Retry(reason))
-                if message.info().is_ok_and(|i| i.delivered < REPORT_RETRIES) =>
-            {
-                tracing::debug!(%subject, %reason, "a report on NATS is retried");
-                let _ = message
-                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
-                    .await;
-            }
-            Err(Skip::Retry(reason) | Skip::Drop(reason)) => {
-                tracing::warn!(%subject, %reason, "a report on NATS was not applied");
-                let _ = message.ack().await;
-            }
+        let pairs: Vec<(&str, &CommandReport)> =
+            checked.iter().map(|(n, r)| (n.as_str(), r)).collect();
+        let outcomes = if pairs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            queue.apply(&pairs).await
+        };
+        for (message, verdict) in batch.iter().zip(verdicts) {
+            let verdict = match (verdict, &outcomes) {
+                (Err(skip), _) => Err(skip),
+                (Ok(_), Err(err)) => Err(Skip::Retry(err.to_string())),
+                // A command sent straight to NATS may be answered before the audit consumer
+                // has recorded it: try again shortly rather than lose the outcome.
+                (Ok(i), Ok(outcomes)) => match outcomes[i] {
+                    ApplyOutcome::Unknown => Err(Skip::Retry(format!(
+                        "command {} not recorded yet",
+                        checked[i].1.id
+                    ))),
+                    _ => Ok(()),
+                },
+            };
+            settle_report(message, verdict).await;
+        }
+    }
+}
+
+/// The node a report on the stream comes from, and the report, if its signature holds.
+fn check_report(
+    message: &jetstream::Message,
+    subjects: &Subjects,
+    queue: &CommandQueue,
+) -> Result<(String, CommandReport), Skip> {
+    let subject = message.subject.as_str();
+    let node = subjects
+        .node_of(subject)
+        .ok_or_else(|| Skip::Drop(format!("subject {subject} names no node")))?;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    // Reports wait in the stream, so no clock window: a replay is harmless (a report moves a
+    // command forward only once).
+    queue
+        .authenticate_agent_stored(
+            &node,
+            subject,
+            &header(wire::HEADER_TIMESTAMP),
+            &message.payload,
+            &header(wire::HEADER_SIGNATURE),
+        )
+        // Perhaps a node enrolled a moment ago that the registry has not re-read yet.
+        .map_err(|e| Skip::Retry(e.to_string()))?;
+    let report: CommandReport =
+        serde_json::from_slice(&message.payload).map_err(|e| Skip::Drop(e.to_string()))?;
+    report.validate().map_err(|e| Skip::Drop(e.to_string()))?;
+    Ok((node, report))
+}
+
+async fn settle_report(message: &jetstream::Message, verdict: Result<(), Skip>) {
+    match verdict {
+        Ok(()) => {
+            let _ = message.ack().await;
+        }
+        Err(Skip::Retry(reason)) if message.info().is_ok_and(|i| i.delivered < REPORT_RETRIES) => {
+            tracing::debug!(subject = %message.subject, %reason, "a report on NATS is retried");
+            let _ = message
+                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+                .await;
+        }
+        Err(Skip::Retry(reason) | Skip::Drop(reason)) => {
+            tracing::warn!(subject = %message.subject, %reason, "a report on NATS was not applied");
+            let _ = message.ack().await;
         }
     }
 }
@@ -482,7 +519,7 @@ enum Skip {
 /// given up on.
 const REPORT_RETRIES: i64 = 120;
 
-// Telemetry over NATS: the same verification and store as `POST /api/v1/ingest`; the reply
+/// Telemetry over NATS: the same verification and store as `POST /api/v1/ingest`; the reply
 /// says what HTTP would have (`{"status": 200, …}`), sent only after the durable write.
 async fn serve_telemetry(
     mut requests: async_nats::Subscriber,
@@ -792,7 +829,8 @@ impl Sender {
             return Ok(Vec::new());
         };
         let deadline = tokio::time::Instant::now() + wait;
-        while !records.values().all(crate::pipeline::commands::settled) {
+        let mut unsettled = records.len();
+        while unsettled > 0 {
             let message = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 m = replies.next() => match m { Some(m) => m, None => break },
@@ -805,11 +843,15 @@ impl Sender {
                 if record.state.is_terminal() && !report.state.is_terminal() {
                     continue;
                 }
+                let was_settled = crate::pipeline::commands::settled(record);
                 record.state = report.state;
                 record.attempts = record.attempts.max(1);
                 if report.result.is_some() {
                     record.result = report.result;
                     record.finished_at = Some(crate::timefmt::rfc3339(crate::timefmt::now_ms()));
+                }
+                if !was_settled && crate::pipeline::commands::settled(record) {
+                    unsettled -= 1;
                 }
             }
         }

@@ -93,6 +93,18 @@ pub struct SendArgs {
     /// First token of NATS subjects.
     #[arg(long, env = "FLEET_NATS_PREFIX", default_value = "fleet")]
     pub nats_prefix: String,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "FLEET_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "FLEET_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "FLEET_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS nkey seed (SU…).
+    #[arg(long, env = "FLEET_NATS_NKEY", hide_env_values = true)]
+    pub nats_nkey: Option<String>,
     /// The command (CLICommand: program and arguments) or the event's text.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -196,6 +208,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
             url: Some(url.clone()),
             prefix: args.nats_prefix.clone(),
             ca_cert: args.ca_cert.clone(),
+            user: args.nats_user.clone(),
+            password: args.nats_password.clone(),
+            token: args.nats_token.clone(),
+            nkey: args.nats_nkey.clone(),
             ..Default::default()
         })
         .await?;

@@ -20,7 +20,7 @@ use crate::bus::wire;
 use crate::command::{self, CENTRAL, Command, CommandReport, CommandResult, CommandState, Method};
 use crate::config::CommandQueueConfig;
 use crate::pipeline::registry::Registry;
-use crate::store::commands::{CommandRecord, NewCommand};
+use crate::store::commands::{Applied, ApplyOutcome, CommandRecord, NewCommand, NewEvent};
 use crate::store::{Durable, StoreError};
 
 /// Why a submission or an agent request was refused.
@@ -183,30 +183,44 @@ impl CommandQueue {
         Ok(inserted)
     }
 
-    /// Records a command seen on the NATS stream that did not come through this controller
+    /// Records commands seen on the NATS stream that did not come through this controller
     /// (`fleet send --nats-url`), so the audit log has every command whichever path it took.
-    pub async fn record_seen(&self, command: Command) -> Result<(), CommandError> {
-        command
-            .validate()
-            .map_err(|e| CommandError::BadRequest(e.to_string()))?;
-        command
-            .verify_signature()
-            .map_err(CommandError::BadRequest)?;
-        let id = command.id.clone();
-        let new = NewCommand {
-            sent_by: format!("key {}", short_key(&command.key)),
-            command,
-            // Retries are the sender's to make on NATS; the controller only watches.
-            retries: 0,
-            via: "nats",
-        };
+    /// Malformed or wrongly signed ones are skipped (and logged); the rest are stored in one
+    /// transaction.
+    pub async fn record_seen(&self, commands: Vec<Command>) -> Result<(), StoreError> {
+        let new: Vec<NewCommand> = commands
+            .into_iter()
+            .filter(|c| match c.validate().map_err(|e| e.to_string()).and_then(|()| c.verify_signature()) {
+                Ok(()) => true,
+                Err(reason) => {
+                    tracing::warn!(id = %c.id, %reason, "a command on NATS is malformed or wrongly signed; not recorded");
+                    false
+                }
+            })
+            .map(|command| NewCommand {
+                sent_by: format!("key {}", short_key(&command.key)),
+                command,
+                // Retries are the sender's to make on NATS; the controller only watches.
+                retries: 0,
+                via: "nats",
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
         let now = crate::timefmt::now_ms();
-        let inserted = self.durable.insert_commands(&[new], now).await?;
-        if inserted[0] {
-            self.durable
-                .mark_published(std::slice::from_ref(&id), now)
-                .await?;
-            let _ = self.changes.send(id);
+        let inserted = self.durable.insert_commands(&new, now).await?;
+        let fresh: Vec<String> = new
+            .iter()
+            .zip(inserted)
+            .filter(|(_, is_new)| *is_new)
+            .map(|(n, _)| n.command.id.clone())
+            .collect();
+        if !fresh.is_empty() {
+            self.durable.mark_published(&fresh, now).await?;
+            for id in fresh {
+                let _ = self.changes.send(id);
+            }
         }
         Ok(())
     }
@@ -260,7 +274,7 @@ impl CommandQueue {
                 }),
             },
         };
-        self.apply(CENTRAL, &report).await
+        self.report(CENTRAL, std::slice::from_ref(&report)).await
     }
 
     /// A node's poll for commands: returns at once when some are queued, else waits up to
@@ -311,56 +325,33 @@ impl CommandQueue {
         }
     }
 
-    /// Applies reports from `node`.
+    /// Applies reports from `node` (one transaction).
     pub async fn report(&self, node: &str, reports: &[CommandReport]) -> Result<(), CommandError> {
         for (i, r) in reports.iter().enumerate() {
             r.validate()
                 .map_err(|e| CommandError::BadRequest(format!("reports[{i}]: {e}")))?;
         }
-        for r in reports {
-            self.apply(node, r).await?;
-        }
+        let pairs: Vec<(&str, &CommandReport)> = reports.iter().map(|r| (node, r)).collect();
+        self.apply(&pairs).await?;
         Ok(())
     }
 
-    async fn apply(&self, node: &str, report: &CommandReport) -> Result<(), CommandError> {
-        let now = crate::timefmt::now_ms();
-        let Some(applied) = self
+    /// Applies reports from several nodes in one transaction (the NATS reply consumer, which
+    /// has checked each report's signature); says per report what happened.
+    pub async fn apply(
+        &self,
+        reports: &[(&str, &CommandReport)],
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+        let outcomes = self
             .durable
-            .apply_report(node, report, self.grace_ms(), now)
-            .await?
-        else {
-            return Ok(());
-        };
-        let _ = self.changes.send(report.id.clone());
-        if !report.state.is_terminal() {
-            return Ok(());
-        }
-        let fields = serde_json::json!({"command": report.id, "method": applied.method});
-        let text = applied.args.join(" ");
-        let error = report.result.as_ref().and_then(|r| r.error.clone());
-        if report.state == CommandState::Succeeded {
-            match applied.method {
-                Method::TextLogging => {
-                    self.durable
-                        .add_event(now, Some(&applied.node), 1, &text, &fields, "event")
-                        .await?
-                }
-                Method::ErrorLog => {
-                    self.durable
-                        .add_event(now, Some(&applied.node), 4, &text, &fields, "error")
-                        .await?
-                }
-                _ => {}
+            .apply_reports(reports, self.grace_ms(), crate::timefmt::now_ms(), event_of)
+            .await?;
+        for ((_, report), outcome) in reports.iter().zip(&outcomes) {
+            if matches!(outcome, ApplyOutcome::Applied(_)) {
+                let _ = self.changes.send(report.id.clone());
             }
-        } else if let Some(error) = error {
-            // Refusals, commands that could not start, interruptions: the central error log.
-            let message = format!("{} {}: {error}", applied.method, report.id);
-            self.durable
-                .add_event(now, Some(&applied.node), 4, &message, &fields, "error")
-                .await?;
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Waits until every one of `ids` is settled (final, or for NACK kinds handed to the node)
@@ -372,41 +363,62 @@ impl CommandQueue {
     ) -> Result<Vec<CommandRecord>, CommandError> {
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
         let mut changes = self.changes.subscribe();
-        let mut records: HashMap<String, CommandRecord> = HashMap::new();
-        loop {
-            for id in ids {
-                if records.get(id).is_some_and(settled) {
-                    continue;
-                }
-                match self.durable.command(id).await? {
-                    Some(r) => {
-                        records.insert(id.clone(), r);
-                    }
-                    None => return Err(CommandError::NotFound(format!("no command {id}"))),
+        let mut records: HashMap<String, CommandRecord> = self
+            .durable
+            .commands_by_ids(ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        if let Some(missing) = ids.iter().find(|id| !records.contains_key(*id)) {
+            return Err(CommandError::NotFound(format!("no command {missing}")));
+        }
+        let mut unsettled: std::collections::HashSet<String> = records
+            .values()
+            .filter(|r| !settled(r))
+            .map(|r| r.id.clone())
+            .collect();
+        let mut last_full = tokio::time::Instant::now();
+        while !unsettled.is_empty() && tokio::time::Instant::now() < deadline {
+            // Wake on a change of one of ours; once a second look at all of them, for changes
+            // made by another controller sharing the store.
+            let recheck = (last_full + Duration::from_secs(1)).min(deadline);
+            let mut changed: Vec<String> = Vec::new();
+            tokio::select! {
+                first = changes.recv() => match first {
+                    Ok(id) => changed.push(id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => changed.extend(unsettled.iter().cloned()),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tokio::time::sleep_until(recheck) => {
+                    changed.extend(unsettled.iter().cloned());
+                    last_full = tokio::time::Instant::now();
                 }
             }
-            if records.values().all(settled) || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            // Wake on any change (or each second, for changes made by another controller).
-            let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+            // Take every change already announced, so a burst costs one query.
             loop {
-                tokio::select! {
-                    changed = changes.recv() => match changed {
-                        Ok(id) if records.contains_key(&id) => break,
-                        Ok(_) => continue,
-                        Err(_) => break,
-                    },
-                    _ = tokio::time::sleep_until(recheck) => break,
+                match changes.try_recv() {
+                    Ok(id) => changed.push(id),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        changed.extend(unsettled.iter().cloned())
+                    }
+                    Err(_) => break,
                 }
+            }
+            changed.retain(|id| unsettled.contains(id));
+            changed.sort_unstable();
+            changed.dedup();
+            if changed.is_empty() {
+                continue;
+            }
+            for record in self.durable.commands_by_ids(&changed).await? {
+                if settled(&record) {
+                    unsettled.remove(&record.id);
+                }
+                records.insert(record.id.clone(), record);
             }
         }
         Ok(ids.iter().filter_map(|id| records.remove(id)).collect())
-    }
-
-    /// Whether a command with this id is stored.
-    pub async fn knows(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.durable.command(id).await?.is_some())
     }
 
     /// Cancels a command no node has taken yet.
@@ -519,6 +531,37 @@ impl CommandQueue {
                 }
             }
         }
+    }
+}
+
+/// The event-log entry an applied report makes: TextLogging and ErrorLog that succeeded, and
+/// every failure with a reason (refusals, commands that could not start, interruptions) for the
+/// central error log.
+fn event_of(applied: &Applied, report: &CommandReport) -> Option<NewEvent> {
+    if !report.state.is_terminal() {
+        return None;
+    }
+    let fields = serde_json::json!({"command": report.id, "method": applied.method});
+    let event = |level, message: String, category| NewEvent {
+        node: applied.node.clone(),
+        level,
+        message,
+        fields: fields.clone(),
+        category,
+    };
+    if report.state == CommandState::Succeeded {
+        match applied.method {
+            Method::TextLogging => Some(event(1, applied.args.join(" "), "event")),
+            Method::ErrorLog => Some(event(4, applied.args.join(" "), "error")),
+            _ => None,
+        }
+    } else {
+        let error = report.result.as_ref().and_then(|r| r.error.as_ref())?;
+        Some(event(
+            4,
+            format!("{} {}: {error}", applied.method, report.id),
+            "error",
+        ))
     }
 }
 

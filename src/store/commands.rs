@@ -228,75 +228,32 @@ impl Durable {
         Ok(commands)
     }
 
-    /// Applies a node's report. `running` moves a queued or delivered command on; an outcome
-    /// ends it (and corrects a `timed_out` the controller declared while the node was
-    /// silent). Returns `None` when the report changed nothing (already final, or not this
-    /// node's command).
-    pub async fn apply_report(
+    /// Applies reports (each from the node it names), all in one transaction. `running` moves
+    /// a queued or delivered command on; an outcome ends it (and corrects a `timed_out` the
+    /// controller declared while the node was silent). One outcome per report, in order.
+    ///
+    /// `event_of` says which event-log entry (if any) an applied report makes; it is written in
+    /// the same transaction.
+    pub async fn apply_reports(
         &self,
-        node: &str,
-        report: &CommandReport,
+        reports: &[(&str, &CommandReport)],
         grace_ms: i64,
         now_ms: i64,
-    ) -> Result<Option<Applied>, StoreError> {
+        event_of: impl Fn(&Applied, &CommandReport) -> Option<NewEvent>,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let row = if report.state == CommandState::Running {
-            sqlx::query(
-                "UPDATE commands SET state = 'running', started_at = $3, \
-                 delivered_at = COALESCE(delivered_at, $3), \
-                 attempts = CASE WHEN state = 'queued' THEN attempts + 1 ELSE attempts END, \
-                 deadline = CASE WHEN kind IN ('CommandACK', 'EventACK') THEN $3 + timeout_ms + $4 ELSE NULL END \
-                 WHERE id = $1 AND node = $2 AND state IN ('queued', 'delivered') \
-                 RETURNING envelope",
-            )
-            .bind(&report.id)
-            .bind(node)
-            .bind(now_ms)
-            .bind(grace_ms)
-            .fetch_optional(&mut *tx)
-            .await?
-        } else {
-            let result = report
-                .result
-                .as_ref()
-                .map(|r| serde_json::to_string(r).expect("results serialise"));
-            sqlx::query(
-                "UPDATE commands SET state = $3, result = $4, finished_at = $5, deadline = NULL, \
-                 delivered_at = COALESCE(delivered_at, $5), \
-                 attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END \
-                 WHERE id = $1 AND node = $2 \
-                 AND state IN ('queued', 'delivered', 'running', 'timed_out') \
-                 RETURNING envelope",
-            )
-            .bind(&report.id)
-            .bind(node)
-            .bind(report.state.as_str())
-            .bind(result)
-            .bind(now_ms)
-            .fetch_optional(&mut *tx)
-            .await?
-        };
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let envelope: String = row.try_get(0)?;
-        let command: Command = serde_json::from_str(&envelope)
-            .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?;
-        let detail = match report.result.as_ref() {
-            Some(r) => match (&r.error, r.exit_code) {
-                (Some(e), _) => e.clone(),
-                (None, Some(code)) => format!("exit code {code} after {} ms", r.duration_ms),
-                (None, None) => String::new(),
-            },
-            None => String::new(),
-        };
-        log(&mut tx, &report.id, now_ms, report.state.as_str(), &detail).await?;
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for (node, report) in reports {
+            let outcome = apply_one(&mut tx, node, report, grace_ms, now_ms).await?;
+            if let ApplyOutcome::Applied(applied) = &outcome
+                && let Some(event) = event_of(applied, report)
+            {
+                insert_event(&mut tx, now_ms, &event).await?;
+            }
+            outcomes.push(outcome);
+        }
         tx.commit().await?;
-        Ok(Some(Applied {
-            node: command.node,
-            method: command.method,
-            args: command.args,
-        }))
+        Ok(outcomes)
     }
 
     /// Moves commands whose time is up: queued past `not_after` → expired; delivered or
@@ -444,6 +401,26 @@ impl Durable {
         row.as_ref().map(record_from_row).transpose()
     }
 
+    /// The stored ones of these commands (any order).
+    pub async fn commands_by_ids(&self, ids: &[String]) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {COLUMNS} FROM commands WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(self.pool()).await? {
+                records.push(record_from_row(&row)?);
+            }
+        }
+        Ok(records)
+    }
+
     /// Commands, newest first, optionally of one node and in one state.
     pub async fn commands(
         &self,
@@ -482,31 +459,6 @@ impl Durable {
             .collect()
     }
 
-    /// Appends to the event log (`category` `event`) or the central error log (`error`).
-    pub async fn add_event(
-        &self,
-        ts_ms: i64,
-        node: Option<&str>,
-        level: i64,
-        message: &str,
-        fields: &serde_json::Value,
-        category: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (ts, node, level, message, fields, category) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(ts_ms)
-        .bind(node)
-        .bind(level)
-        .bind(message)
-        .bind(fields.to_string())
-        .bind(category)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
     /// Entries of one category, newest first.
     pub async fn events_of(
         &self,
@@ -540,6 +492,119 @@ impl Durable {
             })
             .collect()
     }
+}
+
+/// An entry for the event log (`category` `event`) or the central error log (`error`).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub node: String,
+    pub level: i64,
+    pub message: String,
+    pub fields: serde_json::Value,
+    pub category: &'static str,
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ts_ms: i64,
+    event: &NewEvent,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (ts, node, level, message, fields, category) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(ts_ms)
+    .bind(&event.node)
+    .bind(event.level)
+    .bind(&event.message)
+    .bind(event.fields.to_string())
+    .bind(event.category)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// What one report did.
+#[derive(Debug, Clone)]
+pub enum ApplyOutcome {
+    Applied(Applied),
+    /// Already final, or a report that does not move it on.
+    Unchanged,
+    /// No such command of this node (yet: over NATS a report can outrun its command).
+    Unknown,
+}
+
+async fn apply_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    node: &str,
+    report: &CommandReport,
+    grace_ms: i64,
+    now_ms: i64,
+) -> Result<ApplyOutcome, StoreError> {
+    let row = if report.state == CommandState::Running {
+        sqlx::query(
+            "UPDATE commands SET state = 'running', started_at = $3, \
+             delivered_at = COALESCE(delivered_at, $3), \
+             attempts = CASE WHEN state = 'queued' THEN attempts + 1 ELSE attempts END, \
+             deadline = CASE WHEN kind IN ('CommandACK', 'EventACK') THEN $3 + timeout_ms + $4 ELSE NULL END \
+             WHERE id = $1 AND node = $2 AND state IN ('queued', 'delivered') \
+             RETURNING envelope",
+        )
+        .bind(&report.id)
+        .bind(node)
+        .bind(now_ms)
+        .bind(grace_ms)
+        .fetch_optional(&mut **tx)
+        .await?
+    } else {
+        let result = report
+            .result
+            .as_ref()
+            .map(|r| serde_json::to_string(r).expect("results serialise"));
+        sqlx::query(
+            "UPDATE commands SET state = $3, result = $4, finished_at = $5, deadline = NULL, \
+             delivered_at = COALESCE(delivered_at, $5), \
+             attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END \
+             WHERE id = $1 AND node = $2 \
+             AND state IN ('queued', 'delivered', 'running', 'timed_out') \
+             RETURNING envelope",
+        )
+        .bind(&report.id)
+        .bind(node)
+        .bind(report.state.as_str())
+        .bind(result)
+        .bind(now_ms)
+        .fetch_optional(&mut **tx)
+        .await?
+    };
+    let Some(row) = row else {
+        let exists = sqlx::query("SELECT 1 FROM commands WHERE id = $1 AND node = $2")
+            .bind(&report.id)
+            .bind(node)
+            .fetch_optional(&mut **tx)
+            .await?;
+        return Ok(match exists {
+            Some(_) => ApplyOutcome::Unchanged,
+            None => ApplyOutcome::Unknown,
+        });
+    };
+    let envelope: String = row.try_get(0)?;
+    let command: Command = serde_json::from_str(&envelope)
+        .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?;
+    let detail = match report.result.as_ref() {
+        Some(r) => match (&r.error, r.exit_code) {
+            (Some(e), _) => e.clone(),
+            (None, Some(code)) => format!("exit code {code} after {} ms", r.duration_ms),
+            (None, None) => String::new(),
+        },
+        None => String::new(),
+    };
+    log(tx, &report.id, now_ms, report.state.as_str(), &detail).await?;
+    Ok(ApplyOutcome::Applied(Applied {
+        node: command.node,
+        method: command.method,
+        args: command.args,
+    }))
 }
 
 async fn log(

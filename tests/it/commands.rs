@@ -21,8 +21,8 @@ pub(crate) struct Rig {
     pub controller: ControllerProcess,
     pub key_file: PathBuf,
     pub key: OperatorKey,
-    /// The NATS subject prefix of this test, when it runs the NATS bus.
-    pub nats_prefix: Option<String>,
+    /// NATS URL, subject prefix of this test, extra `[nats]` lines; when it runs the NATS bus.
+    pub nats: Option<(String, String, String)>,
 }
 
 pub(crate) const NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -34,14 +34,27 @@ impl Rig {
 
     /// With `nats`, the controller and agents use NATS under a prefix of this test's own.
     pub async fn with_bus(backend: Backend, nats: bool) -> Self {
+        if nats {
+            Self::with_nats(backend, NATS_URL, "").await
+        } else {
+            Self::build(backend, None).await
+        }
+    }
+
+    /// NATS at `url`, with extra `[nats]` lines (credentials).
+    pub async fn with_nats(backend: Backend, url: &str, extra: &str) -> Self {
+        let prefix = format!("t{:012x}", rand::random::<u64>() >> 16);
+        Self::build(backend, Some((url.to_owned(), prefix, extra.to_owned()))).await
+    }
+
+    async fn build(backend: Backend, nats: Option<(String, String, String)>) -> Self {
         let env = Env::new(backend).await;
-        let nats_prefix = nats.then(|| format!("t{:012x}", rand::random::<u64>() >> 16));
         let config = env.dir.path().join("controller.toml");
         std::fs::write(
             &config,
             format!(
                 "[commands]\nsweep_interval = \"100ms\"\ngrace = \"1s\"\n{}",
-                nats_block(nats_prefix.as_deref())
+                nats_block(nats.as_ref())
             ),
         )
         .unwrap();
@@ -68,7 +81,7 @@ impl Rig {
             controller,
             key_file,
             key,
-            nats_prefix,
+            nats,
         }
     }
 
@@ -82,7 +95,7 @@ impl Rig {
                 "interval = \"1h\"\n[commands]\ntrusted_keys = [{:?}]\nallow = [{}]\npoll_timeout = \"5s\"\n{extra}\n{}",
                 self.key.public(),
                 allow.join(", "),
-                nats_block(self.nats_prefix.as_deref()),
+                nats_block(self.nats.as_ref()),
             ),
         )
         .unwrap();
@@ -120,7 +133,7 @@ impl Rig {
     pub fn send(&self, args: &[&str]) -> (i32, String, String) {
         let mut proc = Proc::new(FLEET);
         proc.arg("send");
-        if let Some(prefix) = &self.nats_prefix {
+        if let Some((_, prefix, _)) = &self.nats {
             proc.args(["--nats-prefix", prefix]);
         }
         let output = proc
@@ -205,9 +218,11 @@ impl Rig {
     }
 }
 
-fn nats_block(prefix: Option<&str>) -> String {
-    match prefix {
-        Some(p) => format!("[nats]\nurl = {NATS_URL:?}\nprefix = {p:?}\n"),
+fn nats_block(nats: Option<&(String, String, String)>) -> String {
+    match nats {
+        Some((url, prefix, extra)) => {
+            format!("[nats]\nurl = {url:?}\nprefix = {prefix:?}\n{extra}")
+        }
         None => String::new(),
     }
 }
@@ -215,9 +230,13 @@ fn nats_block(prefix: Option<&str>) -> String {
 impl Drop for Rig {
     /// Deletes this test's streams (and with them its consumers).
     fn drop(&mut self) {
-        let Some(prefix) = self.nats_prefix.clone() else {
+        let Some((url, prefix, _)) = self.nats.clone() else {
             return;
         };
+        if url != NATS_URL {
+            // A private server of the test's own: it goes with its directory.
+            return;
+        }
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

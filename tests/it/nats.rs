@@ -87,3 +87,85 @@ async fn an_away_node_gets_its_commands_from_the_stream_when_it_starts() {
 async fn a_thousand_commands_to_ten_nodes_over_nats() {
     thousand_to_ten(Rig::with_bus(Backend::Embedded, true).await).await
 }
+
+/// A private nats-server (own port, own JetStream dir, a token): credentials are used, a wrong
+/// token is a clear error, and commands stored in the stream survive the server restarting
+/// between send and delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_survive_a_nats_restart_and_credentials_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::harness::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let start = || {
+        std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .args(["--auth", "s3cret-token"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is needed (scripts/test installs it)")
+    };
+    let wait_up = || async {
+        eventually(Duration::from_secs(10), "nats-server to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await
+    };
+    let mut server = start();
+    wait_up().await;
+
+    let rig = Rig::with_nats(Backend::Embedded, &url, "token = \"s3cret-token\"\n").await;
+    let key = enroll(&rig.env, "n1");
+    let cmd = rig.command("n1", Method::Echo, &["survived"]);
+    let (status, body) = rig.submit(std::slice::from_ref(&cmd)).await;
+    assert_eq!(status, 201, "{body}");
+    // Published to the stream (the controller marks it so once the stream has it).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A wrong token is refused with a sentence that says so.
+    let (code, _, err) = rig.send(&[
+        "--nats-url",
+        &url,
+        "--nats-token",
+        "wrong",
+        "--node",
+        "n1",
+        "--method",
+        "Echo",
+        "--",
+        "x",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    server = start();
+    wait_up().await;
+
+    let config = rig.agent_config("n1", &[], "");
+    let _agent = rig.start_agent("n1", &key, &config, 1);
+    let v = rig.wait_state(&cmd.command.id, "succeeded").await;
+    assert_eq!(v["result"]["stdout"], "survived");
+    let (code, out, err) = rig.send(&[
+        "--nats-url",
+        &url,
+        "--nats-token",
+        "s3cret-token",
+        "--node",
+        "n1",
+        "--method",
+        "Echo",
+        "--",
+        "direct",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "direct");
+    drop(rig);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
