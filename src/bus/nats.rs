@@ -809,10 +809,16 @@ impl Sender {
     ) -> anyhow::Result<Vec<CommandRecord>> {
         let mut replies = self.replies.lock().await;
         let commands: Vec<Command> = submissions.iter().map(|s| s.command.clone()).collect();
+        let t0 = std::time::Instant::now();
         let acked: HashSet<String> = publish_commands(&self.js, &self.subjects, &commands)
             .await
             .into_iter()
             .collect();
+        tracing::debug!(
+            commands = commands.len(),
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "the stream has the commands"
+        );
         if acked.len() != commands.len() {
             anyhow::bail!(
                 "NATS stored {} of {} commands; the rest were not sent (is JetStream enabled, and the stream {} reachable?)",
@@ -830,6 +836,7 @@ impl Sender {
         };
         let deadline = tokio::time::Instant::now() + wait;
         let mut unsettled = records.len();
+        let records_len = records.len();
         while unsettled > 0 {
             let message = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -852,6 +859,13 @@ impl Sender {
                 }
                 if !was_settled && crate::pipeline::commands::settled(record) {
                     unsettled -= 1;
+                    if unsettled == records_len / 2 || unsettled == records_len - 1 {
+                        tracing::debug!(
+                            settled = records_len - unsettled,
+                            elapsed_us = t0.elapsed().as_micros() as u64,
+                            "results back"
+                        );
+                    }
                 }
             }
         }

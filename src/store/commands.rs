@@ -120,52 +120,94 @@ fn record_from_row(row: &AnyRow) -> Result<CommandRecord, StoreError> {
 }
 
 impl Durable {
-    /// Stores new commands (queued) with their first audit line, in one transaction. Returns,
-    /// per command, whether it was new (a resubmitted id changes nothing).
+    /// Stores new commands (queued) with their first audit line, in one transaction of a few
+    /// multi-row statements. Returns, per command, whether it was new (a resubmitted id changes
+    /// nothing).
     pub async fn insert_commands(
         &self,
         commands: &[NewCommand],
         now_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut inserted = Vec::with_capacity(commands.len());
-        for new in commands {
-            let c = &new.command;
-            let envelope = serde_json::to_string(c).expect("commands serialise");
-            let done = sqlx::query(
-                "INSERT INTO commands (id, node, kind, method, envelope, retries, timeout_ms, \
-                 not_after, sent_by, via, created_at, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued') \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&c.id)
-            .bind(&c.node)
-            .bind(c.kind.as_str())
-            .bind(c.method.as_str())
-            .bind(envelope)
-            .bind(i64::from(new.retries))
-            .bind(c.timeout_ms as i64)
-            .bind(c.not_after_ms)
-            .bind(&new.sent_by)
-            .bind(new.via)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            let is_new = done.rows_affected() == 1;
-            if is_new {
-                log(
-                    &mut tx,
-                    &c.id,
-                    now_ms,
-                    "queued",
-                    &format!("sent by {} via {}", new.sent_by, new.via),
-                )
-                .await?;
-            }
-            inserted.push(is_new);
+        struct Row<'a> {
+            c: &'a Command,
+            envelope: String,
+            new: &'a NewCommand,
         }
+        // One row per id: the same id twice in one statement would conflict with itself.
+        let mut seen = std::collections::HashSet::new();
+        let rows: Vec<Row> = commands
+            .iter()
+            .filter(|n| seen.insert(n.command.id.as_str()))
+            .map(|new| Row {
+                c: &new.command,
+                envelope: serde_json::to_string(&new.command).expect("commands serialise"),
+                new,
+            })
+            .collect();
+        let mut tx = self.pool().begin().await?;
+        let returned = self
+            .insert_rows(
+                &mut tx,
+                "INSERT INTO commands (id, node, kind, method, envelope, retries, timeout_ms, \
+                 not_after, sent_by, via, created_at, state) VALUES ",
+                12,
+                " ON CONFLICT (id) DO NOTHING RETURNING id",
+                &rows,
+                |q, r| {
+                    q.bind(&r.c.id)
+                        .bind(&r.c.node)
+                        .bind(r.c.kind.as_str())
+                        .bind(r.c.method.as_str())
+                        .bind(&r.envelope)
+                        .bind(i64::from(r.new.retries))
+                        .bind(r.c.timeout_ms as i64)
+                        .bind(r.c.not_after_ms)
+                        .bind(&r.new.sent_by)
+                        .bind(r.new.via)
+                        .bind(now_ms)
+                        .bind("queued")
+                },
+            )
+            .await?;
+        let fresh: std::collections::HashSet<String> = returned
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        let logs: Vec<LogRow> = rows
+            .iter()
+            .filter(|r| fresh.contains(&r.c.id))
+            .map(|r| LogRow {
+                id: r.c.id.clone(),
+                ts: now_ms,
+                state: "queued",
+                detail: format!("sent by {} via {}", r.new.sent_by, r.new.via),
+            })
+            .collect();
+        self.insert_logs(&mut tx, &logs).await?;
         tx.commit().await?;
-        Ok(inserted)
+        // The first occurrence of an id in this call is the one stored.
+        let mut claimed = std::collections::HashSet::new();
+        Ok(commands
+            .iter()
+            .map(|n| fresh.contains(&n.command.id) && claimed.insert(n.command.id.as_str()))
+            .collect())
+    }
+
+    async fn insert_logs(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        logs: &[LogRow],
+    ) -> Result<(), StoreError> {
+        self.insert_rows(
+            tx,
+            "INSERT INTO command_log (command_id, ts, state, detail) VALUES ",
+            4,
+            "",
+            logs,
+            |q, l| q.bind(&l.id).bind(l.ts).bind(l.state).bind(&l.detail),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Hands out up to `limit` queued commands of `node`, oldest first, marking them delivered
@@ -243,15 +285,33 @@ impl Durable {
     ) -> Result<Vec<ApplyOutcome>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let mut outcomes = Vec::with_capacity(reports.len());
+        let mut logs = Vec::new();
+        let mut events = Vec::new();
         for (node, report) in reports {
             let outcome = apply_one(&mut tx, node, report, grace_ms, now_ms).await?;
-            if let ApplyOutcome::Applied(applied) = &outcome
-                && let Some(event) = event_of(applied, report)
-            {
-                insert_event(&mut tx, now_ms, &event).await?;
+            if let ApplyOutcome::Applied(applied) = &outcome {
+                logs.push(log_row(report, now_ms));
+                events.extend(event_of(applied, report));
             }
             outcomes.push(outcome);
         }
+        self.insert_logs(&mut tx, &logs).await?;
+        self.insert_rows(
+            &mut tx,
+            "INSERT INTO events (ts, node, level, message, fields, category) VALUES ",
+            6,
+            "",
+            &events,
+            |q, e| {
+                q.bind(now_ms)
+                    .bind(&e.node)
+                    .bind(e.level)
+                    .bind(&e.message)
+                    .bind(e.fields.to_string())
+                    .bind(e.category)
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -375,20 +435,28 @@ impl Durable {
     /// hours) until the node reports that it took them; the attempt's deadline starts then.
     pub async fn mark_published(&self, ids: &[String], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE commands SET published = 1 WHERE id = $1 AND state = 'queued'")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            log(
-                &mut tx,
-                id,
-                now_ms,
-                "published",
-                "on the NATS command stream",
-            )
-            .await?;
+        let mut marked = Vec::new();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE commands SET published = 1 WHERE state = 'queued' AND published = 0 \
+                 AND id IN ({}) RETURNING id",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                marked.push(LogRow {
+                    id: row.try_get(0)?,
+                    ts: now_ms,
+                    state: "published",
+                    detail: "on the NATS command stream".into(),
+                });
+            }
         }
+        self.insert_logs(&mut tx, &marked).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -504,26 +572,6 @@ pub struct NewEvent {
     pub category: &'static str,
 }
 
-async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ts_ms: i64,
-    event: &NewEvent,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO events (ts, node, level, message, fields, category) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(ts_ms)
-    .bind(&event.node)
-    .bind(event.level)
-    .bind(&event.message)
-    .bind(event.fields.to_string())
-    .bind(event.category)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// What one report did.
 #[derive(Debug, Clone)]
 pub enum ApplyOutcome {
@@ -591,6 +639,23 @@ async fn apply_one(
     let envelope: String = row.try_get(0)?;
     let command: Command = serde_json::from_str(&envelope)
         .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?;
+    Ok(ApplyOutcome::Applied(Applied {
+        node: command.node,
+        method: command.method,
+        args: command.args,
+    }))
+}
+
+/// One line of the audit trail, to be written.
+struct LogRow {
+    id: String,
+    ts: i64,
+    state: &'static str,
+    detail: String,
+}
+
+/// The audit line of an applied report.
+fn log_row(report: &CommandReport, now_ms: i64) -> LogRow {
     let detail = match report.result.as_ref() {
         Some(r) => match (&r.error, r.exit_code) {
             (Some(e), _) => e.clone(),
@@ -599,12 +664,12 @@ async fn apply_one(
         },
         None => String::new(),
     };
-    log(tx, &report.id, now_ms, report.state.as_str(), &detail).await?;
-    Ok(ApplyOutcome::Applied(Applied {
-        node: command.node,
-        method: command.method,
-        args: command.args,
-    }))
+    LogRow {
+        id: report.id.clone(),
+        ts: now_ms,
+        state: report.state.as_str(),
+        detail,
+    }
 }
 
 async fn log(

@@ -111,7 +111,7 @@ pub struct Series {
     pub labels: BTreeMap<String, String>,
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// Series ids already known to exist, so the hot path does not ask the database each time.
 /// Each ingest writer owns one (on PostgreSQL two writers may each learn a series; the upsert
@@ -729,7 +729,7 @@ impl Durable {
 
     /// Runs `prefix VALUES (…), (…) suffix` over `rows` in chunks of fixed sizes (so prepared
     /// statements are reused) and returns whatever the statements returned.
-    async fn insert_rows<'r, T>(
+    pub(super) async fn insert_rows<'r, T>(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         prefix: &'static str,
