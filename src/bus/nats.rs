@@ -346,6 +346,8 @@ impl ControllerNats {
 
 /// Most messages a controller consumer takes in one go (one database transaction).
 const CONSUME_BATCH: usize = 256;
+/// How long a consumer waits for more messages to join a batch.
+const CONSUME_LINGER: Duration = Duration::from_millis(5);
 
 /// Waits for the next message, then takes whatever else has already arrived. `None` at
 /// shutdown or when the consumer ends.
@@ -367,12 +369,16 @@ async fn next_batch(
             Err(err) => tracing::warn!(cause = %err, "NATS consumer"),
         }
     }
+    // Linger a moment for more: under load, one transaction for many messages instead of one
+    // each (measured: a fan-out to 1,000 nodes arrived in batches of 1 to 5 without it).
+    let linger = tokio::time::Instant::now() + CONSUME_LINGER;
     while batch.len() < CONSUME_BATCH {
-        match futures::FutureExt::now_or_never(messages.next()) {
-            Some(Some(Ok(m))) => batch.push(m),
+        match tokio::time::timeout_at(linger, messages.next()).await {
+            Ok(Some(Ok(m))) => batch.push(m),
             _ => break,
         }
     }
+    tracing::debug!(messages = batch.len(), "a batch from a NATS consumer");
     Some(batch)
 }
 
@@ -497,7 +503,7 @@ async fn settle_report(message: &jetstream::Message, verdict: Result<(), Skip>) 
         Err(Skip::Retry(reason)) if message.info().is_ok_and(|i| i.delivered < REPORT_RETRIES) => {
             tracing::debug!(subject = %message.subject, %reason, "a report on NATS is retried");
             let _ = message
-                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+                .ack_with(jetstream::AckKind::Nak(Some(REPORT_RETRY_AFTER)))
                 .await;
         }
         Err(Skip::Retry(reason) | Skip::Drop(reason)) => {
@@ -515,9 +521,11 @@ enum Skip {
     Retry(String),
 }
 
-/// How often a report that cannot be applied yet is redelivered (every 0.5 s) before it is
-/// given up on.
-const REPORT_RETRIES: i64 = 120;
+/// How often a report that cannot be applied yet is redelivered (a report can outrun its
+/// command through the audit consumer by a few milliseconds) before it is given up on: a minute
+/// in all.
+const REPORT_RETRIES: i64 = 600;
+const REPORT_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// Telemetry over NATS: the same verification and store as `POST /api/v1/ingest`; the reply
 /// says what HTTP would have (`{"status": 200, …}`), sent only after the durable write.
