@@ -307,6 +307,17 @@ async fn a_command_runs_once_and_the_sender_gets_its_output_and_status(backend: 
     assert!(states.contains(&"delivered"), "{states:?}");
     assert_eq!(states.last(), Some(&"failed"));
 
+    // A NACK kind is done once the node has it; its outcome is still recorded.
+    let (code, out, err) = rig.send(&[
+        "--node", "web1", "--nack", "--json", "--method", "Echo", "--", "n",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[0]["kind"], "CommandNACK");
+    assert_ne!(json[0]["state"], "queued");
+    let nack_id = json[0]["id"].as_str().unwrap().to_owned();
+    rig.wait_state(&nack_id, "succeeded").await;
+
     // Status and JSON output.
     let (code, out, _) = rig.send(&["--status", id]);
     assert_eq!(code, 0);
@@ -338,6 +349,16 @@ async fn a_node_that_is_offline_runs_the_command_when_it_comes_back() {
     assert_eq!(
         rig.api_get(&format!("/api/v1/commands/{id}")).await["state"],
         "queued"
+    );
+
+    // A sender that stops waiting says so, exits 75, and the command stays queued.
+    let (code, _, err) = rig.send(&[
+        "--node", "late", "--wait", "1s", "--method", "Echo", "--", "x",
+    ]);
+    assert_eq!(code, 75, "{err}");
+    assert!(
+        err.contains("not settled yet") && err.contains("--status"),
+        "{err}"
     );
 
     // The controller restarts while the command waits: nothing is lost.
