@@ -6,6 +6,7 @@ CREATE TABLE commands (
     kind         TEXT NOT NULL,
     method       TEXT NOT NULL,
     envelope     TEXT NOT NULL,         -- the signed command (JSON), delivered verbatim
+    parallel     BIGINT NOT NULL,       -- 1: may run beside others; 0: in order, one at a time
     retries      BIGINT NOT NULL,
     timeout_ms   BIGINT NOT NULL,
     not_after    BIGINT NOT NULL,

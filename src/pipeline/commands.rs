@@ -347,8 +347,12 @@ impl CommandQueue {
             .apply_reports(reports, self.grace_ms(), crate::timefmt::now_ms(), event_of)
             .await?;
         for ((_, report), outcome) in reports.iter().zip(&outcomes) {
-            if matches!(outcome, ApplyOutcome::Applied(_)) {
+            if let ApplyOutcome::Applied(applied) = outcome {
                 let _ = self.changes.send(report.id.clone());
+                // The node's next ordered command may go out now.
+                if report.state.is_terminal() {
+                    self.wake(&applied.node);
+                }
             }
         }
         Ok(outcomes)

@@ -149,8 +149,8 @@ impl Durable {
             .insert_rows(
                 &mut tx,
                 "INSERT INTO commands (id, node, kind, method, envelope, retries, timeout_ms, \
-                 not_after, sent_by, via, created_at, state) VALUES ",
-                12,
+                 not_after, sent_by, via, created_at, state, parallel) VALUES ",
+                13,
                 " ON CONFLICT (id) DO NOTHING RETURNING id",
                 &rows,
                 |q, r| {
@@ -166,6 +166,7 @@ impl Durable {
                         .bind(r.new.via)
                         .bind(now_ms)
                         .bind("queued")
+                        .bind(i64::from(r.c.parallel))
                 },
             )
             .await?;
@@ -210,8 +211,11 @@ impl Durable {
         Ok(())
     }
 
-    /// Hands out up to `limit` queued commands of `node`, oldest first, marking them delivered
-    /// (one more attempt, a deadline of timeout + `grace`). Returns their signed envelopes.
+    /// Hands out queued commands of `node`, marking them delivered (one more attempt, a
+    /// deadline of timeout + `grace`): every `parallel` one (up to `limit`), and the oldest
+    /// ordered one unless an ordered one is already out. Ordered commands thus reach the node one
+    /// at a time, in order, and each one's deadline counts from when it can actually start.
+    /// Returns their signed envelopes, oldest first.
     pub async fn take_deliverable(
         &self,
         node: &str,
@@ -219,52 +223,65 @@ impl Durable {
         grace_ms: i64,
         limit: i64,
     ) -> Result<Vec<Command>, StoreError> {
-        // Most polls find nothing: find out with a read, so an idle poll never takes SQLite's
+        // Most polls find nothing: find out with reads, so an idle poll never takes SQLite's
         // write lock from ingest.
-        let any = sqlx::query(
-            "SELECT 1 FROM commands WHERE node = $1 AND state = 'queued' AND not_after >= $2 LIMIT 1",
+        let parallel: Vec<String> = sqlx::query(
+            "SELECT id FROM commands WHERE node = $1 AND state = 'queued' AND not_after >= $2 \
+             AND parallel = 1 ORDER BY id LIMIT $3",
+        )
+        .bind(node)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        let ordered: Option<String> = sqlx::query(
+            "SELECT id FROM commands WHERE node = $1 AND state = 'queued' AND not_after >= $2 \
+             AND parallel = 0 AND NOT EXISTS (SELECT 1 FROM commands WHERE node = $1 \
+             AND state IN ('delivered', 'running') AND parallel = 0) ORDER BY id LIMIT 1",
         )
         .bind(node)
         .bind(now_ms)
         .fetch_optional(self.pool())
-        .await?;
-        if any.is_none() {
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+        let ids: Vec<String> = parallel.into_iter().chain(ordered).collect();
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.pool().begin().await?;
-        let rows = sqlx::query(
-            "UPDATE commands SET state = 'delivered', attempts = attempts + 1, \
-             delivered_at = $2, \
-             deadline = CASE WHEN kind IN ('CommandACK', 'EventACK') THEN $2 + timeout_ms + $3 ELSE NULL END \
-             WHERE state = 'queued' AND node = $1 AND id IN \
-             (SELECT id FROM commands WHERE node = $1 AND state = 'queued' AND not_after >= $2 \
-              ORDER BY id LIMIT $4) \
-             RETURNING id, envelope, attempts",
-        )
-        .bind(node)
-        .bind(now_ms)
-        .bind(grace_ms)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut commands = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get(0)?;
-            let envelope: String = row.try_get(1)?;
-            let attempts: i64 = row.try_get(2)?;
-            log(
-                &mut tx,
-                &id,
-                now_ms,
-                "delivered",
-                &format!("attempt {attempts}"),
+        let mut commands = Vec::with_capacity(ids.len());
+        let mut logs = Vec::with_capacity(ids.len());
+        for id in &ids {
+            // Still queued? (Another controller may have taken it meanwhile.)
+            let row = sqlx::query(
+                "UPDATE commands SET state = 'delivered', attempts = attempts + 1, \
+                 delivered_at = $2, deadline = $2 + timeout_ms + $3 \
+                 WHERE id = $1 AND state = 'queued' RETURNING envelope, attempts",
             )
+            .bind(id)
+            .bind(now_ms)
+            .bind(grace_ms)
+            .fetch_optional(&mut *tx)
             .await?;
+            let Some(row) = row else { continue };
+            let envelope: String = row.try_get(0)?;
+            let attempts: i64 = row.try_get(1)?;
+            logs.push(LogRow {
+                id: id.clone(),
+                ts: now_ms,
+                state: "delivered",
+                detail: format!("attempt {attempts}"),
+            });
             commands.push(
                 serde_json::from_str(&envelope)
                     .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?,
             );
         }
+        self.insert_logs(&mut tx, &logs).await?;
         tx.commit().await?;
         commands.sort_by(|a: &Command, b| a.id.cmp(&b.id));
         Ok(commands)
@@ -594,7 +611,7 @@ async fn apply_one(
             "UPDATE commands SET state = 'running', started_at = $3, \
              delivered_at = COALESCE(delivered_at, $3), \
              attempts = CASE WHEN state = 'queued' THEN attempts + 1 ELSE attempts END, \
-             deadline = CASE WHEN kind IN ('CommandACK', 'EventACK') THEN $3 + timeout_ms + $4 ELSE NULL END \
+             deadline = $3 + timeout_ms + $4 \
              WHERE id = $1 AND node = $2 AND state IN ('queued', 'delivered') \
              RETURNING envelope",
         )

@@ -796,10 +796,15 @@ async fn a_hung_command_delays_no_other_node_and_parallel_skips_the_queue() {
     let v = rig
         .api_get(&format!("/api/v1/commands/{}", queued.trim()))
         .await;
+    // Ordered commands go out one at a time: the next waits queued behind the hung one (so its
+    // own timeout has not started), and can still be cancelled.
     assert_eq!(
-        v["state"], "delivered",
+        v["state"], "queued",
         "the ordered one waits behind the hung command: {v}"
     );
     let (code, out, _) = rig.send(&["--cancel", &hung]);
     assert_ne!(code, 0, "a running command cannot be cancelled: {out}");
+    let (code, out, err) = rig.send(&["--cancel", queued.trim()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cancelled"), "{out}");
 }
