@@ -169,3 +169,80 @@ async fn commands_survive_a_nats_restart_and_credentials_are_checked() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// NATS over TLS: a private nats-server with a certificate; the controller, the agent and
+/// `fleet send` verify it with the CA they are given; without it, the connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_travel_over_nats_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let port = crate::harness::free_port();
+    let mut server = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path().join("js"))
+        .arg("--tls")
+        .arg("--tlscert")
+        .arg(&cert_path)
+        .arg("--tlskey")
+        .arg(&key_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server is needed (scripts/test installs it)");
+    eventually(Duration::from_secs(10), "nats-server to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let url = format!("tls://127.0.0.1:{port}");
+    let ca = format!("ca_cert = {:?}\n", cert_path.display().to_string());
+    let rig = Rig::with_nats(Backend::Embedded, &url, &ca).await;
+    let key = enroll(&rig.env, "sealed");
+    let config = rig.agent_config("sealed", &[], "");
+    let _agent = rig.start_agent("sealed", &key, &config, 1);
+
+    let ca_flag = cert_path.display().to_string();
+    let (code, out, err) = rig.send(&[
+        "--nats-url",
+        &url,
+        "--ca-cert",
+        &ca_flag,
+        "--node",
+        "sealed",
+        "--method",
+        "Echo",
+        "--",
+        "over-tls",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "over-tls");
+    // Through the controller's API too (it publishes over TLS).
+    let cmd = rig.command("sealed", Method::SayHello, &[]);
+    rig.submit(std::slice::from_ref(&cmd)).await;
+    rig.wait_state(&cmd.command.id, "succeeded").await;
+
+    // Without the CA the server's certificate is not trusted.
+    let (code, _, err) = rig.send(&[
+        "--nats-url",
+        &url,
+        "--node",
+        "sealed",
+        "--method",
+        "Echo",
+        "--",
+        "x",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    drop(rig);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
