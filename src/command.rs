@@ -429,7 +429,58 @@ pub struct CommandResult {
 /// Bounds on a report the controller accepts from a node.
 pub const REPORT_OUTPUT_MAX: usize = limits::OUTPUT_MAX_BYTES + 1024;
 
+/// Longest error text a result carries.
+pub const ERROR_MAX: usize = 1024;
+
+/// Cuts `text` to at most `max` bytes on a character boundary; says whether it cut.
+pub fn cut(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
+}
+
 impl CommandReport {
+    /// Bounds what the report carries: each output stream to `max_output` bytes (marking the
+    /// result truncated) and the error to [`ERROR_MAX`], so it always passes [`Self::validate`].
+    pub fn bounded(mut self, max_output: usize) -> Self {
+        let max_output = max_output.min(limits::OUTPUT_MAX_BYTES);
+        if let Some(r) = self.result.as_mut() {
+            let cut_out = cut(&mut r.stdout, max_output);
+            let cut_err = cut(&mut r.stderr, max_output);
+            r.truncated |= cut_out || cut_err;
+            if let Some(e) = r.error.as_mut() {
+                cut(e, ERROR_MAX);
+            }
+        }
+        self
+    }
+
+    /// The same report, its output cut until its JSON fits in `max_bytes` (a NATS message).
+    pub fn fitted(mut self, max_bytes: usize) -> Self {
+        loop {
+            let size = serde_json::to_vec(&self)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            let Some(r) = self.result.as_mut() else {
+                return self;
+            };
+            if size <= max_bytes || (r.stdout.is_empty() && r.stderr.is_empty()) {
+                return self;
+            }
+            let half_out = r.stdout.len() / 2;
+            let half_err = r.stderr.len() / 2;
+            cut(&mut r.stdout, half_out);
+            cut(&mut r.stderr, half_err);
+            r.truncated = true;
+        }
+    }
+
     pub fn validate(&self) -> Result<(), InvalidInput> {
         if ulid::Ulid::from_string(&self.id).is_err() {
             return Err(InvalidInput::new("id", "is not a ULID"));
@@ -446,7 +497,10 @@ impl CommandReport {
         if let Some(result) = &self.result
             && (result.stdout.len() > REPORT_OUTPUT_MAX
                 || result.stderr.len() > REPORT_OUTPUT_MAX
-                || result.error.as_ref().is_some_and(|e| e.len() > 4096))
+                || result
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.len() > ERROR_MAX * 4))
         {
             return Err(InvalidInput::new("result", "output over the limit"));
         }
@@ -526,6 +580,29 @@ mod tests {
         assert!(OperatorKey::parse("nonsense").is_err());
         assert!(parse_public_key(&key.public()).is_ok());
         assert!(parse_public_key("ed25519:abcd").is_err());
+    }
+
+    #[test]
+    fn reports_are_bounded_to_pass_validation_and_fit_a_message() {
+        let huge = CommandReport {
+            id: new_id(),
+            state: CommandState::Failed,
+            result: Some(CommandResult {
+                stdout: "é".repeat(600_000),
+                stderr: "x".repeat(10),
+                error: Some("refused: ".to_owned() + &"a".repeat(100_000)),
+                ..Default::default()
+            }),
+        };
+        assert!(huge.validate().is_err());
+        let bounded = huge.clone().bounded(limits::OUTPUT_MAX_BYTES);
+        bounded.validate().unwrap();
+        let r = bounded.result.as_ref().unwrap();
+        assert!(r.truncated && r.stdout.len() <= limits::OUTPUT_MAX_BYTES);
+        assert_eq!(r.error.as_ref().unwrap().len(), ERROR_MAX);
+        let fitted = bounded.fitted(100_000);
+        assert!(serde_json::to_vec(&fitted).unwrap().len() <= 100_000);
+        assert!(fitted.result.unwrap().truncated);
     }
 
     #[test]

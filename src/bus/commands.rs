@@ -37,8 +37,16 @@ pub trait CommandSource: Send + Sync + 'static {
 const RUNNING_REPORT_AFTER: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
-/// Most reports sent in one message.
+/// Most reports sent in one message, and about the most bytes (well under the controller's
+/// body limit, whatever the output sizes).
 const REPORTS_PER_MESSAGE: usize = 256;
+const REPORT_BYTES_PER_MESSAGE: usize = 4 * 1024 * 1024;
+
+fn approx_size(report: &CommandReport) -> usize {
+    256 + report.result.as_ref().map_or(0, |r| {
+        r.stdout.len() + r.stderr.len() + r.error.as_ref().map_or(0, String::len)
+    }) * 2
+}
 
 struct Outgoing<R> {
     report: CommandReport,
@@ -179,9 +187,13 @@ async fn report_loop<S: CommandSource>(
                 None => return,
             }
         }
-        while batch.len() < REPORTS_PER_MESSAGE {
+        let mut bytes: usize = batch.iter().map(|o| approx_size(&o.report)).sum();
+        while batch.len() < REPORTS_PER_MESSAGE && bytes < REPORT_BYTES_PER_MESSAGE {
             match rx.try_recv() {
-                Ok(o) => batch.push(o),
+                Ok(o) => {
+                    bytes += approx_size(&o.report);
+                    batch.push(o);
+                }
                 Err(_) => break,
             }
         }

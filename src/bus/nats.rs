@@ -41,6 +41,8 @@ use crate::store::commands::CommandRecord;
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The window in which the stream drops a repeated `Nats-Msg-Id`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Largest report message (under the server's default max_payload of 1 MiB).
+const REPORT_MESSAGE_MAX: usize = 900 * 1024;
 /// Timeout of one publish or request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -443,7 +445,7 @@ async fn consume_replies(
         for (message, verdict) in batch.iter().zip(verdicts) {
             let verdict = match (verdict, &outcomes) {
                 (Err(skip), _) => Err(skip),
-                (Ok(_), Err(err)) => Err(Skip::Retry(err.to_string())),
+                (Ok(_), Err(err)) => Err(Skip::Wait(err.to_string())),
                 // A command sent straight to NATS may be answered before the audit consumer
                 // has recorded it: try again shortly rather than lose the outcome.
                 (Ok(i), Ok(outcomes)) => match outcomes[i] {
@@ -506,6 +508,12 @@ async fn settle_report(message: &jetstream::Message, verdict: Result<(), Skip>) 
                 .ack_with(jetstream::AckKind::Nak(Some(REPORT_RETRY_AFTER)))
                 .await;
         }
+        Err(Skip::Wait(reason)) => {
+            tracing::warn!(subject = %message.subject, %reason, "cannot store a report from NATS yet; it stays on the stream");
+            let _ = message
+                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
         Err(Skip::Retry(reason) | Skip::Drop(reason)) => {
             tracing::warn!(subject = %message.subject, %reason, "a report on NATS was not applied");
             let _ = message.ack().await;
@@ -517,8 +525,11 @@ async fn settle_report(message: &jetstream::Message, verdict: Result<(), Skip>) 
 enum Skip {
     /// For good (forged, malformed).
     Drop(String),
-    /// For now (the store is down, the command not recorded yet).
+    /// For now (the command not recorded yet, the node not enrolled yet): a bounded number of
+    /// times.
     Retry(String),
+    /// Until the store takes it (the store is down): however long that is.
+    Wait(String),
 }
 
 /// How often a report that cannot be applied yet is redelivered (a report can outrun its
@@ -641,7 +652,9 @@ impl NatsCommandSource {
     /// Publishes one signed report and waits for the stream to store it.
     async fn publish_report(&self, report: &CommandReport) -> anyhow::Result<()> {
         let subject = self.subjects.reply(&self.node);
-        let body = serde_json::to_vec(report).expect("reports serialise");
+        // A NATS message is bounded (1 MiB by default): cut the output to fit.
+        let report = report.clone().fitted(REPORT_MESSAGE_MAX);
+        let body = serde_json::to_vec(&report).expect("reports serialise");
         let ts = crate::timefmt::now_ms();
         let signature = wire::sign_agent(self.key.as_bytes(), &self.node, &subject, ts, &body);
         let mut headers = HeaderMap::new();

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::command::{Command, CommandReport};
@@ -55,14 +55,37 @@ impl Journal {
         let path = dir.join("commands.journal");
         let mut entries = HashMap::new();
         let mut lines = 0;
-        if let Ok(file) = File::open(&path) {
-            for line in BufReader::new(file).split(b'\n') {
-                let line = line?;
-                lines += 1;
-                apply_line(&mut entries, &line);
+        // Only whole lines count; a torn tail (a crash or a full disk mid-write) is cut off so
+        // the next entry does not run into it.
+        let mut whole_len = 0u64;
+        if let Ok(bytes) = std::fs::read(&path) {
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            whole_len = whole as u64;
+            for line in bytes[..whole].split(|b| *b == b'\n') {
+                if !line.is_empty() {
+                    lines += 1;
+                    apply_line(&mut entries, line);
+                }
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        // One agent per data dir: two would each run what the other has started.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                io::Error::other(format!(
+                    "{} is in use by another agent; give each agent its own data dir",
+                    path.display()
+                ))
+            },
+        )?;
+        if file.metadata()?.len() > whole_len {
+            file.set_len(whole_len)?;
+            file.sync_all()?;
+        }
         let mut journal = Self {
             path,
             file,
@@ -154,8 +177,16 @@ impl Journal {
     }
 
     fn append(&mut self, line: &str) -> io::Result<()> {
-        self.file.write_all(line.as_bytes())?;
-        self.file.sync_data()?;
+        let before = self.file.metadata()?.len();
+        let written = self
+            .file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data());
+        if let Err(err) = written {
+            // Leave no torn line behind for the next entry to run into.
+            let _ = self.file.set_len(before);
+            return Err(err);
+        }
         self.lines += 1;
         Ok(())
     }
@@ -212,7 +243,15 @@ impl Journal {
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        rustix::fs::flock(
+            &self.file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(io::Error::from)?;
         self.lines = self.entries.len() * 2;
         Ok(())
     }
@@ -320,10 +359,20 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"S {\"id\":\"D4\",\"not_af").unwrap();
         drop(f);
+        let mut j = Journal::open(dir.path()).unwrap();
+        // The torn tail is gone: an entry written now reads back.
+        j.record_start(&command("E5", far)).unwrap();
+        drop(j);
         let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.get("E5"), Some(&Entry::Started { not_after_ms: far }));
         assert_eq!(j.get("A1"), Some(&Entry::Started { not_after_ms: far }));
-        assert_eq!(j.unfinished(), vec!["A1".to_owned()]);
+        assert_eq!(j.unfinished(), vec!["A1".to_owned(), "E5".to_owned()]);
         assert_eq!(j.unacknowledged(), vec![report("B2")]);
+        // A second agent on the same data dir is refused.
+        let err = Journal::open(dir.path())
+            .err()
+            .expect("the journal is locked");
+        assert!(err.to_string().contains("another agent"), "{err}");
         assert!(matches!(
             j.get("C3"),
             Some(Entry::Finished {

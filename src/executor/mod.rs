@@ -108,9 +108,9 @@ impl Executor {
             // this is a start recorded without a result in this process: not possible unless
             // the result could not be written. Never run it again.
             Some(Entry::Started { not_after_ms }) => {
-                let report = interrupted(&command.id);
-                self.record_result(not_after_ms, report.clone()).await;
-                return report;
+                return self
+                    .record_result(not_after_ms, interrupted(&command.id))
+                    .await;
             }
             None => {}
         }
@@ -124,9 +124,16 @@ impl Executor {
                     ..Default::default()
                 }),
             };
-            self.record_result(command.not_after_ms, report.clone())
-                .await;
-            return report;
+            // Journaled (so a redelivery gets the same answer) only when a trusted operator
+            // signed it: otherwise anyone who can reach the bus could fill the journal, and a
+            // refusal has nothing to keep exactly-once.
+            if self.policy.trusts(&command) {
+                let keep_until = command
+                    .not_after_ms
+                    .min(crate::timefmt::now_ms() + crate::command::limits::TTL_MAX_MS as i64);
+                return self.record_result(keep_until, report).await;
+            }
+            return report.bounded(self.max_output);
         }
         // Written in place, like the spool: one small append and fdatasync (a fraction of a
         // millisecond) costs less than handing it to a blocking thread and back.
@@ -150,9 +157,7 @@ impl Executor {
         }
         on_start();
         let report = run::run(&command, &self.node, &self.event_log, self.max_output).await;
-        self.record_result(command.not_after_ms, report.clone())
-            .await;
-        report
+        self.record_result(command.not_after_ms, report).await
     }
 
     fn check(&self, command: &Command) -> Result<(), String> {
@@ -172,7 +177,8 @@ impl Executor {
         self.policy.check(command)
     }
 
-    async fn record_result(&self, not_after_ms: i64, report: CommandReport) {
+    async fn record_result(&self, not_after_ms: i64, report: CommandReport) -> CommandReport {
+        let report = report.bounded(self.max_output);
         let id = report.id.clone();
         let written = self
             .journal
@@ -184,6 +190,7 @@ impl Executor {
             // it again.
             tracing::error!(%id, cause = %err, "cannot record a command's result");
         }
+        report
     }
 
     /// The controller has the result of `id`.

@@ -49,6 +49,11 @@ impl Policy {
         })
     }
 
+    /// Whether `command` is signed, correctly, by a key this node trusts.
+    pub fn trusts(&self, command: &Command) -> bool {
+        self.trusted_keys.iter().any(|k| k == &command.key) && command.verify_signature().is_ok()
+    }
+
     /// Whether this node may run `command`; the error is the reason given back to the sender.
     pub fn check(&self, command: &Command) -> Result<(), String> {
         if self.trusted_keys.is_empty() {

@@ -206,14 +206,10 @@ async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize) -> (String
             }
         }
     }
+    // Lossy decoding may grow the text (a replacement character is 3 bytes): keep the limit a
+    // limit.
     let mut text = String::from_utf8_lossy(&kept).into_owned();
-    if truncated {
-        // Lossy decoding of a cut multi-byte character may add a replacement char; keep the
-        // limit a limit.
-        while text.len() > max {
-            text.pop();
-        }
-    }
+    truncated |= crate::command::cut(&mut text, max);
     (text, truncated)
 }
 

@@ -218,6 +218,13 @@ impl CommandQueue {
             .collect();
         if !fresh.is_empty() {
             self.durable.mark_published(&fresh, now).await?;
+            for n in new.iter().filter(|n| fresh.contains(&n.command.id)) {
+                if n.command.node == CENTRAL
+                    && let Err(err) = self.run_central(&n.command).await
+                {
+                    tracing::warn!(id = %n.command.id, cause = %err, "cannot run a command for the controller");
+                }
+            }
             for id in fresh {
                 let _ = self.changes.send(id);
             }
@@ -325,14 +332,36 @@ impl CommandQueue {
         }
     }
 
-    /// Applies reports from `node` (one transaction).
+    /// Applies reports from `node` (one transaction). A malformed report does not hold up the
+    /// others (the node would resend the batch for ever): it ends its command as failed with
+    /// the reason, or, without a usable id, is dropped and logged.
     pub async fn report(&self, node: &str, reports: &[CommandReport]) -> Result<(), CommandError> {
-        for (i, r) in reports.iter().enumerate() {
-            r.validate()
-                .map_err(|e| CommandError::BadRequest(format!("reports[{i}]: {e}")))?;
-        }
+        let reports: Vec<CommandReport> = reports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r.validate() {
+                Ok(()) => Some(r.clone()),
+                Err(problem) if ulid::Ulid::from_string(&r.id).is_ok() => {
+                    tracing::warn!(%node, id = %r.id, %problem, "a malformed report; its command is failed");
+                    Some(CommandReport {
+                        id: r.id.clone(),
+                        state: CommandState::Failed,
+                        result: Some(CommandResult {
+                            error: Some(format!("the node's report was refused: {problem}")),
+                            ..Default::default()
+                        }),
+                    })
+                }
+                Err(problem) => {
+                    tracing::warn!(%node, index = i, %problem, "a malformed report without a usable id; dropped");
+                    None
+                }
+            })
+            .collect();
         let pairs: Vec<(&str, &CommandReport)> = reports.iter().map(|r| (node, r)).collect();
-        self.apply(&pairs).await?;
+        if !pairs.is_empty() {
+            self.apply(&pairs).await?;
+        }
         Ok(())
     }
 
@@ -520,9 +549,8 @@ impl CommandQueue {
                 Ok(swept) => {
                     for s in swept {
                         tracing::info!(id = %s.id, node = %s.node, state = %s.state, "command deadline passed");
-                        if s.state == CommandState::Queued {
-                            self.wake(&s.node);
-                        }
+                        // Queued again, or out of the way of the node's next ordered command.
+                        self.wake(&s.node);
                         let _ = self.changes.send(s.id);
                     }
                 }

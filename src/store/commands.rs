@@ -340,8 +340,11 @@ impl Durable {
         let mut swept = Vec::new();
         let statements: [(&str, CommandState, &str); 3] = [
             (
+                // A command on the NATS stream may have been taken just before its TTL ran out:
+                // give its answer the time it may take.
                 "UPDATE commands SET state = 'expired', finished_at = $1 \
-                 WHERE state = 'queued' AND not_after < $1 RETURNING id, node",
+                 WHERE state = 'queued' AND ((published = 0 AND not_after < $1) \
+                 OR (published = 1 AND not_after + timeout_ms + 60000 < $1)) RETURNING id, node",
                 CommandState::Expired,
                 "the node did not take it before its TTL ran out",
             ),
@@ -409,8 +412,9 @@ impl Durable {
     ) -> Result<Option<CommandState>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
+            // Not once it is on the NATS stream: its node may already have it.
             "UPDATE commands SET state = 'cancelled', finished_at = $2 \
-             WHERE id = $1 AND state = 'queued'",
+             WHERE id = $1 AND state = 'queued' AND published = 0",
         )
         .bind(id)
         .bind(now_ms)

@@ -20,8 +20,10 @@ use crate::bus::wire;
 use crate::command::{CommandReport, CommandState};
 use crate::pipeline::commands::Submission;
 
-/// Largest request body on these routes: a submission of many commands, or reports with output.
+/// Largest request body on these routes: a submission of many commands.
 pub const BODY_MAX: usize = 16 * 1024 * 1024;
+/// Largest body of an agent's reports.
+pub const REPORTS_BODY_MAX: usize = 8 * 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +151,14 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let now = state.commands.cancel(&id, &operator.0).await?;
+    if now == CommandState::Queued {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "command {id} is on the NATS command stream, where its node may already have it; it cannot be withdrawn"
+            ),
+        ));
+    }
     if now != CommandState::Cancelled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -252,8 +262,16 @@ pub async fn agent_reports(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = axum::body::to_bytes(body, REPORTS_BODY_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("reports are limited to {REPORTS_BODY_MAX} bytes per request"),
+            )
+        })?;
     let node = agent_auth(
         &state,
         &headers,

@@ -21,6 +21,8 @@ use crate::store::{Durable, HotStore};
 
 /// Most ingest requests handled at once.
 pub const INGEST_CONCURRENCY: usize = 256;
+/// Most agent report requests handled at once.
+pub const AGENT_REPORTS_CONCURRENCY: usize = 64;
 
 /// What every handler may use.
 pub struct AppState {
@@ -88,7 +90,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(tower::limit::ConcurrencyLimitLayer::new(INGEST_CONCURRENCY)),
         )
         .route(commands::AGENT_POLL_PATH, get(commands::agent_poll))
-        .route(commands::AGENT_REPORTS_PATH, post(commands::agent_reports))
+        .route(
+            commands::AGENT_REPORTS_PATH,
+            // Bodies are read before the signature can be checked: bound how many at once (the
+            // handler bounds how large).
+            post(commands::agent_reports).layer(tower::limit::ConcurrencyLimitLayer::new(
+                AGENT_REPORTS_CONCURRENCY,
+            )),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(operator)

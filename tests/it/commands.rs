@@ -808,3 +808,71 @@ async fn a_hung_command_delays_no_other_node_and_parallel_skips_the_queue() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cancelled"), "{out}");
 }
+
+/// A malformed report does not hold up the good ones sent with it (the agent would resend the
+/// batch for ever): the good one is stored, the bad one fails its command with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_report_fails_its_command_and_spares_the_rest() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "raw");
+    let good = rig.command("raw", Method::Echo, &["a"]);
+    let bad = rig.command("raw", Method::Echo, &["b"]);
+    let (status, _) = rig.submit(&[good.clone(), bad.clone()]).await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let body = serde_json::json!({ "reports": [
+        { "id": good.command.id, "state": "succeeded", "result": { "exit_code": 0, "stdout": "a" } },
+        { "id": bad.command.id, "state": "cancelled" },
+    ]})
+    .to_string();
+    let path = "/api/v1/agent/reports";
+    let ts = fleet::timefmt::now_ms();
+    let sig = fleet::bus::wire::sign_agent(
+        key.as_bytes(),
+        "raw",
+        &format!("POST {path}"),
+        ts,
+        body.as_bytes(),
+    );
+    let response = rig
+        .client()
+        .post(format!("{}{path}", rig.controller.url()))
+        .header("x-fleet-node", "raw")
+        .header("x-fleet-timestamp", ts.to_string())
+        .header("x-fleet-signature", sig)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    rig.wait_state(&good.command.id, "succeeded").await;
+    let v = rig.wait_state(&bad.command.id, "failed").await;
+    assert!(
+        v["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("report was refused"),
+        "{v}"
+    );
+    // The same body signed for another request, or tampered with, is refused.
+    let response = rig
+        .client()
+        .post(format!("{}{path}", rig.controller.url()))
+        .header("x-fleet-node", "raw")
+        .header("x-fleet-timestamp", ts.to_string())
+        .header(
+            "x-fleet-signature",
+            fleet::bus::wire::sign_agent(
+                key.as_bytes(),
+                "raw",
+                "GET /api/v1/agent/commands",
+                ts,
+                body.as_bytes(),
+            ),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
