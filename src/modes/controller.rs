@@ -95,6 +95,7 @@ pub async fn start(
         config.ingest.clock_skew,
         nats.as_ref()
             .map(|n| n.dispatch() as Arc<dyn crate::pipeline::commands::Dispatch>),
+        shutdown.clone(),
     ));
     let ingest = Arc::new(ingest);
     let state = Arc::new(AppState {

@@ -72,6 +72,8 @@ pub struct CommandQueue {
     changes: broadcast::Sender<String>,
     dispatch: Option<Arc<dyn Dispatch>>,
     clock_skew: Duration,
+    /// Ends held polls and waits when the controller stops, so shutdown need not wait them out.
+    shutdown: CancellationToken,
 }
 
 impl CommandQueue {
@@ -81,6 +83,7 @@ impl CommandQueue {
         config: CommandQueueConfig,
         clock_skew: Duration,
         dispatch: Option<Arc<dyn Dispatch>>,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             durable,
@@ -90,6 +93,7 @@ impl CommandQueue {
             changes: broadcast::channel(4096).0,
             dispatch,
             clock_skew,
+            shutdown,
         }
     }
 
@@ -319,6 +323,7 @@ impl CommandQueue {
             tokio::select! {
                 _ = woken => {}
                 _ = tokio::time::sleep_until(recheck) => {}
+                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Vec::new());
@@ -427,6 +432,7 @@ impl CommandQueue {
                     changed.extend(unsettled.iter().cloned());
                     last_full = tokio::time::Instant::now();
                 }
+                _ = self.shutdown.cancelled() => break,
             }
             // Take every change already announced, so a burst costs one query.
             loop {

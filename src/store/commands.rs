@@ -12,6 +12,10 @@ use sqlx::any::AnyRow;
 use super::durable::{Durable, StoreError};
 use crate::command::{Command, CommandReport, CommandResult, CommandState, Kind, Method};
 
+/// How long a handed-out command may go without word from its node before a poll sends it
+/// again (the answer to the first poll may have been lost).
+pub const RESEND_AFTER_MS: i64 = 5_000;
+
 /// A command as submitted, before it is stored.
 #[derive(Debug, Clone)]
 pub struct NewCommand {
@@ -248,13 +252,51 @@ impl Durable {
         .await?
         .map(|r| r.try_get(0))
         .transpose()?;
+        // Handed out a while ago and not heard of since: the answer to that poll may have been
+        // lost on the way. Send them again (the node ignores ids it already has); at most once
+        // per RESEND_AFTER, so a node that is merely slow to report is not polled in a loop.
+        let resend: Vec<String> = sqlx::query(
+            "SELECT id FROM commands WHERE node = $1 AND state = 'delivered' \
+             AND delivered_at < $2 ORDER BY id LIMIT $3",
+        )
+        .bind(node)
+        .bind(now_ms - RESEND_AFTER_MS)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
         let ids: Vec<String> = parallel.into_iter().chain(ordered).collect();
-        if ids.is_empty() {
+        if ids.is_empty() && resend.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.pool().begin().await?;
-        let mut commands = Vec::with_capacity(ids.len());
-        let mut logs = Vec::with_capacity(ids.len());
+        let mut commands = Vec::with_capacity(ids.len() + resend.len());
+        let mut logs = Vec::with_capacity(ids.len() + resend.len());
+        for id in &resend {
+            let row = sqlx::query(
+                "UPDATE commands SET delivered_at = $2 \
+                 WHERE id = $1 AND state = 'delivered' AND delivered_at < $3 RETURNING envelope",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .bind(now_ms - RESEND_AFTER_MS)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let envelope: String = row.try_get(0)?;
+            logs.push(LogRow {
+                id: id.clone(),
+                ts: now_ms,
+                state: "delivered",
+                detail: "sent again: no word from the node since it was handed out".into(),
+            });
+            commands.push(
+                serde_json::from_str(&envelope)
+                    .map_err(|e| StoreError::Corrupt(format!("command envelope: {e}")))?,
+            );
+        }
         for id in &ids {
             // Still queued? (Another controller may have taken it meanwhile.)
             let row = sqlx::query(

@@ -876,3 +876,51 @@ async fn a_malformed_report_fails_its_command_and_spares_the_rest() {
         .unwrap();
     assert_eq!(response.status(), 401);
 }
+
+/// The answer to a poll is lost (here: taken by a poll whose caller goes away): the command is
+/// sent again on a later poll, well before its timeout, and runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_poll_answer_is_sent_again() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "lossy");
+    let marker = rig.env.dir.path().join("ran");
+    let cmd = rig.command(
+        "lossy",
+        Method::CliCommand,
+        &["sh", "-c", &format!("echo once >> {}", marker.display())],
+    );
+    rig.submit(std::slice::from_ref(&cmd)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let path = "/api/v1/agent/commands";
+    let ts = fleet::timefmt::now_ms();
+    let sig =
+        fleet::bus::wire::sign_agent(key.as_bytes(), "lossy", &format!("GET {path}"), ts, b"");
+    let taken: serde_json::Value = rig
+        .client()
+        .get(format!("{}{path}?wait_ms=100", rig.controller.url()))
+        .header("x-fleet-node", "lossy")
+        .header("x-fleet-timestamp", ts.to_string())
+        .header("x-fleet-signature", sig)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(taken["commands"][0]["id"], cmd.command.id.as_str());
+    // The agent never saw that answer; it starts and polls.
+    let config = rig.agent_config("lossy", &["sh -c *"], "");
+    let _agent = rig.start_agent("lossy", &key, &config, 1);
+    let v = rig.wait_state(&cmd.command.id, "succeeded").await;
+    assert_eq!(
+        v["attempts"], 1,
+        "sent again, not redelivered as a new attempt: {v}"
+    );
+    assert_eq!(lines(&marker), vec!["once"]);
+    let log = v["log"].as_array().unwrap();
+    assert!(
+        log.iter()
+            .any(|e| e["detail"].as_str().unwrap().starts_with("sent again")),
+        "{v}"
+    );
+}
