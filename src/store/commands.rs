@@ -227,46 +227,51 @@ impl Durable {
         grace_ms: i64,
         limit: i64,
     ) -> Result<Vec<Command>, StoreError> {
-        // Most polls find nothing: find out with reads, so an idle poll never takes SQLite's
-        // write lock from ingest.
-        let parallel: Vec<String> = sqlx::query(
-            "SELECT id FROM commands WHERE node = $1 AND state = 'queued' AND not_after >= $2 \
-             AND parallel = 1 ORDER BY id LIMIT $3",
+        // One read decides (most polls find nothing, and an idle poll must never take
+        // SQLite's write lock from ingest): the node's open commands, oldest first.
+        let open = sqlx::query(
+            "SELECT id, state, parallel, delivered_at, not_after FROM commands \
+             WHERE node = $1 AND state IN ('queued', 'delivered', 'running') ORDER BY id LIMIT 1000",
         )
         .bind(node)
-        .bind(now_ms)
-        .bind(limit)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-        let ordered: Option<String> = sqlx::query(
-            "SELECT id FROM commands WHERE node = $1 AND state = 'queued' AND not_after >= $2 \
-             AND parallel = 0 AND NOT EXISTS (SELECT 1 FROM commands WHERE node = $1 \
-             AND state IN ('delivered', 'running') AND parallel = 0) ORDER BY id LIMIT 1",
-        )
-        .bind(node)
-        .bind(now_ms)
-        .fetch_optional(self.pool())
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
+        .await?;
+        let mut parallel = Vec::new();
+        let mut ordered_candidate = None;
+        let mut ordered_out = false;
         // Handed out a while ago and not heard of since: the answer to that poll may have been
         // lost on the way. Send them again (the node ignores ids it already has); at most once
         // per RESEND_AFTER, so a node that is merely slow to report is not polled in a loop.
-        let resend: Vec<String> = sqlx::query(
-            "SELECT id FROM commands WHERE node = $1 AND state = 'delivered' \
-             AND delivered_at < $2 ORDER BY id LIMIT $3",
-        )
-        .bind(node)
-        .bind(now_ms - RESEND_AFTER_MS)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+        let mut resend = Vec::new();
+        for row in &open {
+            let id: String = row.try_get(0)?;
+            let state: String = row.try_get(1)?;
+            let is_parallel = row.try_get::<i64, _>(2)? == 1;
+            let delivered_at: Option<i64> = row.try_get(3)?;
+            let not_after: i64 = row.try_get(4)?;
+            match state.as_str() {
+                "queued" if not_after >= now_ms => {
+                    if is_parallel {
+                        if (parallel.len() as i64) < limit {
+                            parallel.push(id);
+                        }
+                    } else if ordered_candidate.is_none() {
+                        ordered_candidate = Some(id);
+                    }
+                }
+                "queued" => {}
+                other => {
+                    ordered_out |= !is_parallel;
+                    if other == "delivered"
+                        && delivered_at.is_some_and(|t| t < now_ms - RESEND_AFTER_MS)
+                        && (resend.len() as i64) < limit
+                    {
+                        resend.push(id);
+                    }
+                }
+            }
+        }
+        let ordered = if ordered_out { None } else { ordered_candidate };
         let ids: Vec<String> = parallel.into_iter().chain(ordered).collect();
         if ids.is_empty() && resend.is_empty() {
             return Ok(Vec::new());
