@@ -8,9 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use reqwest::StatusCode;
 
-use super::wire::{self, BatchHeaders};
+use super::wire;
 
 /// What happened to one send.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,20 +30,6 @@ pub struct HttpSender {
     node: String,
     key: String,
     interval_ms: u64,
-}
-
-/// The body for a spooled batch: the records, wrapped with what is known at send time.
-pub fn frame(interval_ms: u64, records_json: &[u8], dropped_batches: u64) -> Vec<u8> {
-    let mut body = Vec::with_capacity(records_json.len() + 64);
-    body.extend_from_slice(
-        format!(
-            "{{\"interval_ms\":{interval_ms},\"dropped_batches\":{dropped_batches},\"records\":"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(records_json);
-    body.push(b'}');
-    body
 }
 
 /// The agent's HTTP client: `timeout` per request unless a request sets its own, and
@@ -89,11 +74,6 @@ impl HttpSender {
         })
     }
 
-    /// The body for a spooled batch (see [`frame`]).
-    pub fn frame(&self, records_json: &[u8], dropped_batches: u64) -> Vec<u8> {
-        frame(self.interval_ms, records_json, dropped_batches)
-    }
-
     /// Signs and sends one batch.
     pub async fn send(
         &self,
@@ -102,28 +82,16 @@ impl HttpSender {
         dropped_batches: u64,
         records_json: &[u8],
     ) -> SendOutcome {
-        let body = self.frame(records_json, dropped_batches);
-        let headers = BatchHeaders {
-            node: self.node.clone(),
-            instance: instance.to_owned(),
-            seq,
-            timestamp_ms: crate::timefmt::now_ms(),
-        };
-        let signature = wire::sign(self.key.as_bytes(), &headers, &body);
-        let (payload, gzip) = wire::encode(&body);
+        let body = wire::frame(self.interval_ms, records_json, dropped_batches);
+        let sealed = wire::Sealed::new(self.key.as_bytes(), &self.node, instance, seq, &body);
         let mut request = self
             .client
             .post(self.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(wire::HEADER_NODE, &headers.node)
-            .header(wire::HEADER_INSTANCE, &headers.instance)
-            .header(wire::HEADER_SEQ, seq.to_string())
-            .header(wire::HEADER_TIMESTAMP, headers.timestamp_ms.to_string())
-            .header(wire::HEADER_SIGNATURE, signature);
-        if gzip {
-            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in sealed.headers() {
+            request = request.header(name, value);
         }
-        let response = match request.body(payload).send().await {
+        let response = match request.body(sealed.payload).send().await {
             Ok(response) => response,
             Err(err) => return SendOutcome::Retry(format!("cannot reach the controller: {err}")),
         };
@@ -131,16 +99,17 @@ impl HttpSender {
         if status.is_success() {
             return SendOutcome::Acknowledged;
         }
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(text);
+        SendOutcome::of_refusal(status.as_u16(), error_text(response).await)
+    }
+}
+
+impl SendOutcome {
+    /// What a refusal with this status means for the batch: malformed or too large is for
+    /// good; anything else (not enrolled yet, clock skew, store down) is worth a retry.
+    pub fn of_refusal(status: u16, message: String) -> Self {
         match status {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
-                SendOutcome::Refused(format!("{status}: {message}"))
-            }
-            _ => SendOutcome::Retry(format!("{status}: {message}")),
+            400 | 413 => SendOutcome::Refused(message),
+            _ => SendOutcome::Retry(message),
         }
     }
 }

@@ -165,36 +165,21 @@ pub async fn ensure_streams(
     subjects: &Subjects,
     max_ttl: Duration,
 ) -> anyhow::Result<()> {
-    js.get_or_create_stream(stream::Config {
-        name: subjects.commands_stream(),
-        subjects: vec![subjects.all_commands()],
-        max_age: max_ttl,
-        duplicate_window: DUPLICATE_WINDOW,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "cannot create the JetStream stream {}",
-            subjects.commands_stream()
-        )
-    })?;
-    js.get_or_create_stream(stream::Config {
-        name: subjects.replies_stream(),
-        subjects: vec![subjects.all_replies()],
-        max_age: max_ttl,
-        duplicate_window: DUPLICATE_WINDOW,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "cannot create the JetStream stream {}",
-            subjects.replies_stream()
-        )
-    })?;
+    for (name, subject) in [
+        (subjects.commands_stream(), subjects.all_commands()),
+        (subjects.replies_stream(), subjects.all_replies()),
+    ] {
+        js.get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject],
+            max_age: max_ttl,
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot create the JetStream stream {name}"))?;
+    }
     Ok(())
 }
 
@@ -471,14 +456,7 @@ fn check_report(
     let node = subjects
         .node_of(subject)
         .ok_or_else(|| Skip::Drop(format!("subject {subject} names no node")))?;
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default()
-    };
+    let header = |name| header(&message.headers, name);
     // Reports wait in the stream, so no clock window: a replay is harmless (a report moves a
     // command forward only once).
     queue
@@ -538,6 +516,15 @@ enum Skip {
 const REPORT_RETRIES: i64 = 600;
 const REPORT_RETRY_AFTER: Duration = Duration::from_millis(100);
 
+/// A header's value, or empty (the checks that follow say what is missing).
+fn header(headers: &Option<HeaderMap>, name: &str) -> String {
+    headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
 /// Telemetry over NATS: the same verification and store as `POST /api/v1/ingest`; the reply
 /// says what HTTP would have (`{"status": 200, …}`), sent only after the durable write.
 async fn serve_telemetry(
@@ -559,14 +546,7 @@ async fn serve_telemetry(
             let Some(reply) = message.reply.clone() else {
                 return;
             };
-            let header = |name: &str| {
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default()
-            };
+            let header = |name| header(&message.headers, name);
             let raw = RawBatch {
                 node: header(wire::HEADER_NODE),
                 instance: header(wire::HEADER_INSTANCE),
@@ -752,43 +732,27 @@ impl NatsBatchSender {
         dropped_batches: u64,
         records_json: &[u8],
     ) -> SendOutcome {
-        let body = super::http::frame(self.interval_ms, records_json, dropped_batches);
-        let headers_signed = wire::BatchHeaders {
-            node: self.node.clone(),
-            instance: instance.to_owned(),
-            seq,
-            timestamp_ms: crate::timefmt::now_ms(),
-        };
-        let signature = wire::sign(self.key.as_bytes(), &headers_signed, &body);
-        let (payload, gzip) = wire::encode(&body);
+        let body = wire::frame(self.interval_ms, records_json, dropped_batches);
+        let sealed = wire::Sealed::new(self.key.as_bytes(), &self.node, instance, seq, &body);
         let mut headers = HeaderMap::new();
-        headers.insert(wire::HEADER_NODE, self.node.as_str());
-        headers.insert(wire::HEADER_INSTANCE, instance);
-        headers.insert(wire::HEADER_SEQ, seq.to_string().as_str());
-        headers.insert(
-            wire::HEADER_TIMESTAMP,
-            headers_signed.timestamp_ms.to_string().as_str(),
-        );
-        headers.insert(wire::HEADER_SIGNATURE, signature.as_str());
-        if gzip {
-            headers.insert("content-encoding", "gzip");
+        for (name, value) in sealed.headers() {
+            headers.insert(name, value.as_str());
         }
         let answer = match self
             .client
-            .request_with_headers(self.subject.clone(), headers, Bytes::from(payload))
+            .request_with_headers(self.subject.clone(), headers, Bytes::from(sealed.payload))
             .await
         {
             Ok(m) => m,
             Err(err) => return SendOutcome::Retry(format!("no answer over NATS: {err}")),
         };
         let value: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
-        match value["status"].as_u64() {
-            Some(200) => SendOutcome::Acknowledged,
-            Some(400) | Some(413) => {
-                SendOutcome::Refused(value["error"].as_str().unwrap_or("refused").to_owned())
-            }
-            _ => SendOutcome::Retry(value["error"].as_str().unwrap_or("no status").to_owned()),
+        let status = value["status"].as_u64().unwrap_or(0) as u16;
+        if status == 200 {
+            return SendOutcome::Acknowledged;
         }
+        let message = value["error"].as_str().unwrap_or("no answer status");
+        SendOutcome::of_refusal(status, format!("{status}: {message}"))
     }
 }
 

@@ -109,6 +109,65 @@ fn agent_message(mac: &mut Hmac<Sha256>, node: &str, what: &str, timestamp_ms: i
     mac.update(body);
 }
 
+/// The body for a spooled batch: the records, wrapped with what is known at send time.
+pub fn frame(interval_ms: u64, records_json: &[u8], dropped_batches: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(records_json.len() + 64);
+    body.extend_from_slice(
+        format!(
+            "{{\"interval_ms\":{interval_ms},\"dropped_batches\":{dropped_batches},\"records\":"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(records_json);
+    body.push(b'}');
+    body
+}
+
+/// A batch ready to go: signed now, compressed when worth it. The same for every transport
+/// (HTTP headers or NATS headers carry [`Sealed::headers`]).
+pub struct Sealed {
+    pub header: BatchHeaders,
+    pub signature: String,
+    pub payload: Vec<u8>,
+    pub gzip: bool,
+}
+
+impl Sealed {
+    /// Signs `body` under `key` at this moment and encodes it.
+    pub fn new(key: &[u8], node: &str, instance: &str, seq: u64, body: &[u8]) -> Self {
+        let header = BatchHeaders {
+            node: node.to_owned(),
+            instance: instance.to_owned(),
+            seq,
+            timestamp_ms: crate::timefmt::now_ms(),
+        };
+        let signature = sign(key, &header, body);
+        let (payload, gzip) = encode(body);
+        Self {
+            header,
+            signature,
+            payload,
+            gzip,
+        }
+    }
+
+    /// The headers that go with the payload: node, instance, sequence, timestamp, signature,
+    /// and `content-encoding: gzip` when compressed.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            (HEADER_NODE, self.header.node.clone()),
+            (HEADER_INSTANCE, self.header.instance.clone()),
+            (HEADER_SEQ, self.header.seq.to_string()),
+            (HEADER_TIMESTAMP, self.header.timestamp_ms.to_string()),
+            (HEADER_SIGNATURE, self.signature.clone()),
+        ];
+        if self.gzip {
+            headers.push(("content-encoding", "gzip".to_owned()));
+        }
+        headers
+    }
+}
+
 /// Gzips `body` when it is at least [`GZIP_THRESHOLD`] bytes. Returns the bytes to send and
 /// whether they are compressed.
 pub fn encode(body: &[u8]) -> (Vec<u8>, bool) {

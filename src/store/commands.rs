@@ -505,11 +505,10 @@ impl Durable {
         let mut tx = self.pool().begin().await?;
         let mut marked = Vec::new();
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "UPDATE commands SET published = 1 WHERE state = 'queued' AND published = 0 \
                  AND id IN ({}) RETURNING id",
-                placeholders.join(", ")
+                placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -541,10 +540,9 @@ impl Durable {
     pub async fn commands_by_ids(&self, ids: &[String]) -> Result<Vec<CommandRecord>, StoreError> {
         let mut records = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT {COLUMNS} FROM commands WHERE id IN ({})",
-                placeholders.join(", ")
+                placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -712,6 +710,14 @@ async fn apply_one(
         method: command.method,
         args: command.args,
     }))
+}
+
+/// `$1, $2, …, $n`, for an `IN (…)` list.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One line of the audit trail, to be written.

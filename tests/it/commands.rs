@@ -187,6 +187,47 @@ impl Rig {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// A request to the agent side of the HTTP bus, signed with `key` as `node` over `signed_as`
+    /// (normally the request's own method and path; a test may sign something else).
+    pub async fn agent_request(
+        &self,
+        node: &str,
+        key: &str,
+        method: reqwest::Method,
+        path_and_query: &str,
+        signed_as: &str,
+        body: &str,
+    ) -> reqwest::Response {
+        let ts = fleet::timefmt::now_ms();
+        let sig =
+            fleet::bus::wire::sign_agent(key.as_bytes(), node, signed_as, ts, body.as_bytes());
+        self.client()
+            .request(method, format!("{}{path_and_query}", self.controller.url()))
+            .header("x-fleet-node", node)
+            .header("x-fleet-timestamp", ts.to_string())
+            .header("x-fleet-signature", sig)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls for `node`'s commands as its agent would (without running them).
+    pub async fn agent_poll(&self, node: &str, key: &str) -> serde_json::Value {
+        self.agent_request(
+            node,
+            key,
+            reqwest::Method::GET,
+            "/api/v1/agent/commands?wait_ms=100",
+            "GET /api/v1/agent/commands",
+            "",
+        )
+        .await
+        .json()
+        .await
+        .unwrap()
+    }
+
     pub async fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
         eventually(
             Duration::from_secs(30),
@@ -462,23 +503,10 @@ async fn timeouts_retries_and_ttl() {
     let (status, _) = rig.submit(std::slice::from_ref(&ghost)).await;
     assert_eq!(status, 201);
     let poll = |_: ()| async {
-        let ts = fleet::timefmt::now_ms();
-        let path = "/api/v1/agent/commands";
-        let sig =
-            fleet::bus::wire::sign_agent(key.as_bytes(), "slow", &format!("GET {path}"), ts, b"");
-        let v: serde_json::Value = rig
-            .client()
-            .get(format!("{}{path}?wait_ms=100", rig.controller.url()))
-            .header("x-fleet-node", "slow")
-            .header("x-fleet-timestamp", ts.to_string())
-            .header("x-fleet-signature", sig)
-            .send()
-            .await
+        rig.agent_poll("slow", &key).await["commands"]
+            .as_array()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["commands"].as_array().unwrap().len()
+            .len()
     };
     assert_eq!(poll(()).await, 1);
     // Not answered within 200 ms + 1 s grace: delivered again.
@@ -826,24 +854,10 @@ async fn a_malformed_report_fails_its_command_and_spares_the_rest() {
     ]})
     .to_string();
     let path = "/api/v1/agent/reports";
-    let ts = fleet::timefmt::now_ms();
-    let sig = fleet::bus::wire::sign_agent(
-        key.as_bytes(),
-        "raw",
-        &format!("POST {path}"),
-        ts,
-        body.as_bytes(),
-    );
+    let signed_as = format!("POST {path}");
     let response = rig
-        .client()
-        .post(format!("{}{path}", rig.controller.url()))
-        .header("x-fleet-node", "raw")
-        .header("x-fleet-timestamp", ts.to_string())
-        .header("x-fleet-signature", sig)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+        .agent_request("raw", &key, reqwest::Method::POST, path, &signed_as, &body)
+        .await;
     assert_eq!(response.status(), 200);
     rig.wait_state(&good.command.id, "succeeded").await;
     let v = rig.wait_state(&bad.command.id, "failed").await;
@@ -854,26 +868,17 @@ async fn a_malformed_report_fails_its_command_and_spares_the_rest() {
             .contains("report was refused"),
         "{v}"
     );
-    // The same body signed for another request, or tampered with, is refused.
+    // The same body signed for another request is refused.
     let response = rig
-        .client()
-        .post(format!("{}{path}", rig.controller.url()))
-        .header("x-fleet-node", "raw")
-        .header("x-fleet-timestamp", ts.to_string())
-        .header(
-            "x-fleet-signature",
-            fleet::bus::wire::sign_agent(
-                key.as_bytes(),
-                "raw",
-                "GET /api/v1/agent/commands",
-                ts,
-                body.as_bytes(),
-            ),
+        .agent_request(
+            "raw",
+            &key,
+            reqwest::Method::POST,
+            path,
+            "GET /api/v1/agent/commands",
+            &body,
         )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 401);
 }
 
@@ -891,22 +896,7 @@ async fn a_lost_poll_answer_is_sent_again() {
     );
     rig.submit(std::slice::from_ref(&cmd)).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let path = "/api/v1/agent/commands";
-    let ts = fleet::timefmt::now_ms();
-    let sig =
-        fleet::bus::wire::sign_agent(key.as_bytes(), "lossy", &format!("GET {path}"), ts, b"");
-    let taken: serde_json::Value = rig
-        .client()
-        .get(format!("{}{path}?wait_ms=100", rig.controller.url()))
-        .header("x-fleet-node", "lossy")
-        .header("x-fleet-timestamp", ts.to_string())
-        .header("x-fleet-signature", sig)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let taken = rig.agent_poll("lossy", &key).await;
     assert_eq!(taken["commands"][0]["id"], cmd.command.id.as_str());
     // The agent never saw that answer; it starts and polls.
     let config = rig.agent_config("lossy", &["sh -c *"], "");

@@ -93,31 +93,8 @@ async fn a_thousand_commands_to_ten_nodes_over_nats() {
 /// between send and delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_survive_a_nats_restart_and_credentials_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = crate::harness::free_port();
-    let url = format!("nats://127.0.0.1:{port}");
-    let start = || {
-        std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .args(["--auth", "s3cret-token"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is needed (scripts/test installs it)")
-    };
-    let wait_up = || async {
-        eventually(Duration::from_secs(10), "nats-server to listen", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await
-    };
-    let mut server = start();
-    wait_up().await;
-
+    let mut server = PrivateNats::start(&["--auth", "s3cret-token"]).await;
+    let url = format!("nats://127.0.0.1:{}", server.port);
     let rig = Rig::with_nats(Backend::Embedded, &url, "token = \"s3cret-token\"\n").await;
     let key = enroll(&rig.env, "n1");
     let cmd = rig.command("n1", Method::Echo, &["survived"]);
@@ -142,10 +119,7 @@ async fn commands_survive_a_nats_restart_and_credentials_are_checked() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot connect to NATS"), "{err}");
 
-    server.kill().unwrap();
-    server.wait().unwrap();
-    server = start();
-    wait_up().await;
+    server.restart().await;
 
     let config = rig.agent_config("n1", &[], "");
     let _agent = rig.start_agent("n1", &key, &config, 1);
@@ -166,8 +140,7 @@ async fn commands_survive_a_nats_restart_and_credentials_are_checked() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "direct");
     drop(rig);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
 
 /// NATS over TLS: a private nats-server with a certificate; the controller, the agent and
@@ -182,26 +155,15 @@ async fn commands_travel_over_nats_with_tls() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let port = crate::harness::free_port();
-    let mut server = std::process::Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.path().join("js"))
-        .arg("--tls")
-        .arg("--tlscert")
-        .arg(&cert_path)
-        .arg("--tlskey")
-        .arg(&key_path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nats-server is needed (scripts/test installs it)");
-    eventually(Duration::from_secs(10), "nats-server to listen", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
+    let server = PrivateNats::start(&[
+        "--tls",
+        "--tlscert",
+        &cert_path.display().to_string(),
+        "--tlskey",
+        &key_path.display().to_string(),
+    ])
     .await;
+    let port = server.port;
     let url = format!("tls://127.0.0.1:{port}");
     let ca = format!("ca_cert = {:?}\n", cert_path.display().to_string());
     let rig = Rig::with_nats(Backend::Embedded, &url, &ca).await;
@@ -243,6 +205,66 @@ async fn commands_travel_over_nats_with_tls() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot connect to NATS"), "{err}");
     drop(rig);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
+}
+
+/// A nats-server of a test's own (own port, own JetStream dir), killed when dropped.
+struct PrivateNats {
+    port: u16,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl PrivateNats {
+    async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::harness::free_port();
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(port, dir.path(), &args);
+        let server = Self {
+            port,
+            args,
+            dir,
+            child,
+        };
+        server.wait_up().await;
+        server
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, args: &[String]) -> std::process::Child {
+        std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is needed (scripts/test installs it)")
+    }
+
+    async fn wait_up(&self) {
+        eventually(Duration::from_secs(10), "nats-server to listen", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Kills the server and starts it again on the same port and JetStream dir.
+    async fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.port, self.dir.path(), &self.args);
+        self.wait_up().await;
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
