@@ -171,7 +171,8 @@ impl HttpCommandSource {
     }
 }
 
-async fn error_text(response: reqwest::Response) -> String {
+/// `<status>: <the answer's "error", or its text>`.
+pub async fn error_text(response: reqwest::Response) -> String {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&text)

@@ -541,15 +541,16 @@ impl Api {
             .send()
             .await
             .context("cannot reach the controller")?;
-        let status = response.status();
-        let value: serde_json::Value = response.json().await.unwrap_or_default();
-        if !status.is_success() {
+        if !response.status().is_success() {
             bail!(
-                "the controller answered {status}: {}",
-                value["error"].as_str().unwrap_or("(no reason given)")
+                "the controller answered {}",
+                crate::bus::http::error_text(response).await
             );
         }
-        Ok(value)
+        response
+            .json()
+            .await
+            .context("the controller's answer is not JSON")
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
