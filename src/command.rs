@@ -111,15 +111,19 @@ pub enum Method {
     ErrorLog,
     /// Answer with the arguments: a round trip, for tests and benchmarks.
     Echo,
+    /// Stop another command on this node (its id is the one argument): kill it if it runs,
+    /// keep it from starting if it has not. Runs at once, beside everything else.
+    Cancel,
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::CliCommand,
         Method::TextLogging,
         Method::SayHello,
         Method::ErrorLog,
         Method::Echo,
+        Method::Cancel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +133,7 @@ impl Method {
             Method::SayHello => "SayHello",
             Method::ErrorLog => "ErrorLog",
             Method::Echo => "Echo",
+            Method::Cancel => "Cancel",
         }
     }
 
@@ -232,6 +237,24 @@ impl Command {
                 "args",
                 "CLICommand needs a program as its first argument",
             ));
+        }
+        if self.method == Method::Cancel {
+            if self.args.len() != 1 || ulid::Ulid::from_string(&self.args[0]).is_err() {
+                return Err(InvalidInput::new(
+                    "args",
+                    "Cancel takes one argument: the id of the command to cancel",
+                ));
+            }
+            if self.args[0] == self.id {
+                return Err(InvalidInput::new("args", "a Cancel cannot cancel itself"));
+            }
+            if !self.parallel {
+                // In order it would wait behind the very command it is meant to stop.
+                return Err(InvalidInput::new(
+                    "parallel",
+                    "a Cancel must be sent parallel",
+                ));
+            }
         }
         if self.timeout_ms == 0 || self.timeout_ms > limits::TIMEOUT_MAX_MS {
             return Err(InvalidInput::new(
@@ -485,10 +508,7 @@ impl CommandReport {
         if ulid::Ulid::from_string(&self.id).is_err() {
             return Err(InvalidInput::new("id", "is not a ULID"));
         }
-        if matches!(
-            self.state,
-            CommandState::Queued | CommandState::Expired | CommandState::Cancelled
-        ) {
+        if matches!(self.state, CommandState::Queued | CommandState::Expired) {
             return Err(InvalidInput::new(
                 "state",
                 format!("a node cannot report {}", self.state),
@@ -506,6 +526,12 @@ impl CommandReport {
         }
         Ok(())
     }
+}
+
+/// The first hex digits of a public key, to name a signer briefly.
+pub fn short_key(key: &str) -> String {
+    let hex = key.strip_prefix("ed25519:").unwrap_or(key);
+    format!("ed25519:{}", hex.chars().take(16).collect::<String>())
 }
 
 /// A new command id.

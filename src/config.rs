@@ -302,9 +302,16 @@ impl Default for AgentCommandsConfig {
         Self {
             enabled: true,
             trusted_keys: Vec::new(),
-            methods: ["CLICommand", "TextLogging", "SayHello", "ErrorLog", "Echo"]
-                .map(str::to_owned)
-                .to_vec(),
+            methods: [
+                "CLICommand",
+                "TextLogging",
+                "SayHello",
+                "ErrorLog",
+                "Echo",
+                "Cancel",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             allow: Vec::new(),
             allow_any: false,
             max_output_bytes: crate::command::limits::OUTPUT_DEFAULT_BYTES,

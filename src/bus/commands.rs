@@ -3,7 +3,7 @@
 //! the executor and carries its reports back.
 //!
 //! Order: commands to this node run one at a time in the order delivered, unless a command
-//! asks to run in parallel. A report is retried until the far end has stored it, and only then
+//! asks to run in parallel (a `Cancel` always does). A report is retried until the far end has stored it, and only then
 //! is the delivery settled (on NATS: acknowledged, so the stream stops redelivering).
 
 use std::future::Future;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{Command, CommandReport, CommandState};
+use crate::command::{Command, CommandReport, CommandState, Method};
 use crate::executor::Executor;
 
 /// Where an agent's commands come from and where its reports go.
@@ -106,7 +106,8 @@ pub async fn run<S: CommandSource>(
                         // Already queued or running here: its report follows from that copy.
                         continue;
                     }
-                    if command.parallel {
+                    // A Cancel never waits its turn: it is there to stop what holds the turn.
+                    if command.parallel || command.method == Method::Cancel {
                         let executor = executor.clone();
                         let out_tx = out_tx.clone();
                         tokio::spawn(async move {
@@ -160,10 +161,16 @@ async fn handle<R: Send + 'static>(
             });
         }
     };
-    let report = executor.handle(command, on_start).await;
+    let handled = executor.handle(command, on_start).await;
     finished.store(true, Ordering::SeqCst);
+    if let Some(report) = handled.stopped {
+        let _ = out.send(Outgoing {
+            report,
+            receipt: None,
+        });
+    }
     let _ = out.send(Outgoing {
-        report,
+        report: handled.report,
         receipt: Some(receipt),
     });
 }

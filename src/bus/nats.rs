@@ -159,6 +159,10 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
         .with_context(|| format!("cannot connect to NATS at {url}"))
 }
 
+/// One durable consumer per node: the limit must sit above any fleet. Servers from 2.15
+/// replace 0 and -1 with a default of 1,000, so "unlimited" has to be spelled as a number.
+const MAX_CONSUMERS: i32 = 1_000_000;
+
 /// Creates the command and reply streams if they do not exist.
 pub async fn ensure_streams(
     js: &jetstream::Context,
@@ -169,16 +173,27 @@ pub async fn ensure_streams(
         (subjects.commands_stream(), subjects.all_commands()),
         (subjects.replies_stream(), subjects.all_replies()),
     ] {
-        js.get_or_create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![subject],
-            max_age: max_ttl,
-            duplicate_window: DUPLICATE_WINDOW,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("cannot create the JetStream stream {name}"))?;
+        let mut stream = js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject],
+                max_age: max_ttl,
+                duplicate_window: DUPLICATE_WINDOW,
+                storage: stream::StorageType::File,
+                max_consumers: MAX_CONSUMERS,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create the JetStream stream {name}"))?;
+        let mut config = stream.info().await?.config.clone();
+        if config.max_consumers > 0 && config.max_consumers < MAX_CONSUMERS {
+            // A stream made by an older fleet carries the server's default cap; lift it
+            // so node number 1,001 can still get its consumer.
+            config.max_consumers = MAX_CONSUMERS;
+            if let Err(err) = js.update_stream(config).await {
+                tracing::warn!(stream = %name, error = %err, "cannot lift the stream's consumer limit; nodes beyond it will not get commands over NATS");
+            }
+        }
     }
     Ok(())
 }

@@ -7,15 +7,18 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::command::{Command, CommandReport, CommandResult, CommandState, Method};
 
-/// Runs `command` (already checked against the policy) and says how it ended.
+/// Runs `command` (already checked against the policy) and says how it ended. A process still
+/// running when `stop` fires is killed with its group and reported cancelled.
 pub async fn run(
     command: &Command,
     node: &str,
     event_log: &Path,
     max_output: usize,
+    stop: &CancellationToken,
 ) -> CommandReport {
     let started = Instant::now();
     let (state, mut result) = match command.method {
@@ -24,9 +27,11 @@ pub async fn run(
                 &command.args,
                 Duration::from_millis(command.timeout_ms),
                 max_output,
+                stop,
             )
             .await
         }
+        Method::Cancel => unreachable!("the executor runs Cancel itself"),
         Method::Echo => (
             CommandState::Succeeded,
             CommandResult {
@@ -102,6 +107,7 @@ async fn run_argv(
     argv: &[String],
     timeout: Duration,
     max_output: usize,
+    stop: &CancellationToken,
 ) -> (CommandState, CommandResult) {
     let mut child = match tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
@@ -134,46 +140,25 @@ async fn run_argv(
         );
         (out, err, status)
     };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(((stdout, out_cut), (stderr, err_cut), status)) => {
-            let status = match status {
-                Ok(status) => status,
-                Err(err) => {
-                    return (
-                        CommandState::Failed,
-                        CommandResult {
-                            error: Some(format!("cannot wait for {:?}: {err}", argv[0])),
-                            ..Default::default()
-                        },
-                    );
-                }
-            };
-            let exit_code = status.code().or_else(|| {
-                use std::os::unix::process::ExitStatusExt;
-                status.signal().map(|s| 128 + s)
-            });
-            let state = if status.success() {
-                CommandState::Succeeded
-            } else {
-                CommandState::Failed
-            };
+    let ended = tokio::select! {
+        ended = tokio::time::timeout(timeout, work) => ended.ok(),
+        _ = stop.cancelled() => None,
+    };
+    let Some(((stdout, out_cut), (stderr, err_cut), status)) = ended else {
+        // The whole group: a shell's children must not outlive the command.
+        if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = child.kill().await;
+        return if stop.is_cancelled() {
             (
-                state,
+                CommandState::Cancelled,
                 CommandResult {
-                    exit_code,
-                    stdout,
-                    stderr,
-                    truncated: out_cut || err_cut,
+                    error: Some("cancelled".into()),
                     ..Default::default()
                 },
             )
-        }
-        Err(_) => {
-            // The whole group: a shell's children must not outlive the timeout.
-            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
-            let _ = child.kill().await;
+        } else {
             (
                 CommandState::TimedOut,
                 CommandResult {
@@ -184,8 +169,39 @@ async fn run_argv(
                     ..Default::default()
                 },
             )
+        };
+    };
+    let status = match status {
+        Ok(status) => status,
+        Err(err) => {
+            return (
+                CommandState::Failed,
+                CommandResult {
+                    error: Some(format!("cannot wait for {:?}: {err}", argv[0])),
+                    ..Default::default()
+                },
+            );
         }
-    }
+    };
+    let exit_code = status.code().or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        status.signal().map(|s| 128 + s)
+    });
+    let state = if status.success() {
+        CommandState::Succeeded
+    } else {
+        CommandState::Failed
+    };
+    (
+        state,
+        CommandResult {
+            exit_code,
+            stdout,
+            stderr,
+            truncated: out_cut || err_cut,
+            ..Default::default()
+        },
+    )
 }
 
 /// Reads a stream to its end, keeping the first `max` bytes: the child must never block on a
@@ -227,6 +243,7 @@ mod tests {
             &argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
             Duration::from_secs(5),
             1024,
+            &CancellationToken::new(),
         )
         .await;
         assert_eq!(state, CommandState::Failed);
@@ -242,6 +259,7 @@ mod tests {
             &argv(&["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x"]),
             Duration::from_secs(5),
             1000,
+            &CancellationToken::new(),
         )
         .await;
         assert_eq!(state, CommandState::Succeeded);
@@ -259,6 +277,7 @@ mod tests {
             &argv(&["sh", "-c", &script]),
             Duration::from_millis(300),
             1024,
+            &CancellationToken::new(),
         )
         .await;
         assert_eq!(state, CommandState::TimedOut);
@@ -277,6 +296,7 @@ mod tests {
             &argv(&["/nonexistent/program"]),
             Duration::from_secs(1),
             1024,
+            &CancellationToken::new(),
         )
         .await;
         assert_eq!(state, CommandState::Failed);

@@ -41,7 +41,7 @@ pub struct SendArgs {
     /// Do not wait for a result (CommandNACK / EventNACK): done once the node has it.
     #[arg(long)]
     pub nack: bool,
-    /// Method: CLICommand, TextLogging, SayHello, ErrorLog, Echo [default: CLICommand; TextLogging with --event].
+    /// Method: CLICommand, TextLogging, SayHello, ErrorLog, Echo, Cancel [default: CLICommand; TextLogging with --event].
     #[arg(long)]
     pub method: Option<String>,
     /// Longest one attempt may run on the node.
@@ -68,7 +68,8 @@ pub struct SendArgs {
     /// Show a command's state and result instead of sending.
     #[arg(long, value_name = "ID", conflicts_with_all = ["cancel", "file"])]
     pub status: Option<String>,
-    /// Cancel a command that no node has taken yet.
+    /// Cancel a command: withdrawn if no node has it yet, else stopped on its node by a signed
+    /// Cancel (killed if it runs). With --nats-url, also give --node.
     #[arg(long, value_name = "ID", conflicts_with = "file")]
     pub cancel: Option<String>,
     /// Send the messages of a steward message file (JSON array with toNode, data,
@@ -137,19 +138,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     if let Some(id) = &args.cancel {
-        let api = Api::new(&args)?;
-        let value = api
-            .post(
-                &format!("api/v1/commands/{id}/cancel"),
-                &serde_json::json!({}),
-            )
-            .await?;
-        writeln!(
-            out,
-            "{id}: {}",
-            value["state"].as_str().unwrap_or("cancelled")
-        )?;
-        return Ok(0);
+        return cancel(&args, id, &mut out).await;
     }
 
     let key = load_signing_key(args.signing_key.as_deref())?;
@@ -203,19 +192,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     });
     let ids: Vec<String> = submissions.iter().map(|s| s.command.id.clone()).collect();
 
-    let records = if let Some(url) = &args.nats_url {
-        let sender = crate::bus::nats::Sender::connect(&crate::config::NatsConfig {
-            url: Some(url.clone()),
-            prefix: args.nats_prefix.clone(),
-            ca_cert: args.ca_cert.clone(),
-            user: args.nats_user.clone(),
-            password: args.nats_password.clone(),
-            token: args.nats_token.clone(),
-            nkey: args.nats_nkey.clone(),
-            ..Default::default()
-        })
-        .await?;
-        sender
+    let records = if args.nats_url.is_some() {
+        nats_sender(&args)
+            .await?
             .send_and_wait(&submissions, (!args.no_wait).then_some(wait))
             .await?
     } else {
@@ -238,6 +217,118 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     report(&mut out, &ids, &records, args.json)
+}
+
+async fn nats_sender(args: &SendArgs) -> anyhow::Result<crate::bus::nats::Sender> {
+    crate::bus::nats::Sender::connect(&crate::config::NatsConfig {
+        url: args.nats_url.clone(),
+        prefix: args.nats_prefix.clone(),
+        ca_cert: args.ca_cert.clone(),
+        user: args.nats_user.clone(),
+        password: args.nats_password.clone(),
+        token: args.nats_token.clone(),
+        nkey: args.nats_nkey.clone(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// How long a node has to carry out a `Cancel` (it waits up to 5 s for the command it stops).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `fleet send --cancel ID`. A command no node has yet is withdrawn by the controller; one
+/// that is with its node (or on the NATS stream) is stopped there by a signed `Cancel`, which
+/// kills it if it runs and keeps it from starting if it has not.
+async fn cancel(args: &SendArgs, id: &str, out: &mut impl Write) -> anyhow::Result<u8> {
+    let wait = args
+        .wait
+        .unwrap_or(CANCEL_TIMEOUT + Duration::from_secs(15));
+    if args.nats_url.is_some() {
+        let node = args.node.as_deref().context(
+            "with --nats-url, name the command's node: `fleet send --nats-url URL --node NODE --cancel ID`",
+        )?;
+        let key = load_signing_key(args.signing_key.as_deref())?;
+        let submission = cancel_submission(&key, node, id, args);
+        let records = nats_sender(args)
+            .await?
+            .send_and_wait(std::slice::from_ref(&submission), Some(wait))
+            .await?;
+        return report(out, &[submission.command.id], &records, args.json);
+    }
+    let api = Api::new(args)?;
+    let target = api.record(id).await?;
+    if target.state.is_terminal() {
+        writeln!(out, "{id}: already {}; nothing to cancel", target.state)?;
+        return Ok(1);
+    }
+    if let Ok(value) = api
+        .post(
+            &format!("api/v1/commands/{id}/cancel"),
+            &serde_json::json!({}),
+        )
+        .await
+    {
+        writeln!(
+            out,
+            "{id}: {} (its node never had it)",
+            value["state"].as_str().unwrap_or("cancelled")
+        )?;
+        return Ok(0);
+    }
+    // The node has it, or may: only a command signed by a key the node trusts can stop it.
+    let key = load_signing_key(args.signing_key.as_deref()).with_context(|| {
+        format!(
+            "{id} is already with {}; stopping it there takes a Cancel signed with your operator key",
+            target.node
+        )
+    })?;
+    let submission = cancel_submission(&key, &target.node, id, args);
+    let cancel_id = submission.command.id.clone();
+    api.post(
+        "api/v1/commands",
+        &serde_json::json!({ "commands": [submission] }),
+    )
+    .await?;
+    let records = api.wait(std::slice::from_ref(&cancel_id), wait).await?;
+    let Some(sent) = records.first().filter(|r| r.state.is_terminal()) else {
+        writeln!(
+            out,
+            "{id}: a Cancel ({cancel_id}) is on its way to {}; follow with `fleet send --status {id}`",
+            target.node
+        )?;
+        return Ok(EXIT_PENDING);
+    };
+    if sent.state != CommandState::Succeeded {
+        writeln!(out, "{id}: the Cancel ({cancel_id}) {}", one_line(sent))?;
+        return Ok(1);
+    }
+    if let Some(result) = &sent.result {
+        out.write_all(result.stdout.as_bytes())?;
+        writeln!(out)?;
+    }
+    let after = api.record(id).await?;
+    writeln!(out, "{id}: now {}", one_line(&after))?;
+    Ok(if after.state == CommandState::Cancelled {
+        0
+    } else {
+        1
+    })
+}
+
+fn cancel_submission(key: &OperatorKey, node: &str, id: &str, args: &SendArgs) -> Submission {
+    Submission {
+        command: build(
+            key,
+            node,
+            Kind::CommandAck,
+            Method::Cancel,
+            vec![id.to_owned()],
+            CANCEL_TIMEOUT,
+            args.ttl,
+            true,
+        ),
+        retries: args.retries,
+    }
 }
 
 /// Prints the results and works out the exit status.
@@ -555,6 +646,12 @@ impl Api {
 
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         self.call(self.client.get(self.base.join(path)?)).await
+    }
+
+    /// One command's record.
+    pub async fn record(&self, id: &str) -> anyhow::Result<CommandRecord> {
+        let value = self.get(&format!("api/v1/commands/{id}")).await?;
+        serde_json::from_value(value).context("the controller's answer is not a command")
     }
 
     pub async fn post(

@@ -162,7 +162,10 @@ impl CommandQueue {
         let new: Vec<NewCommand> = submissions
             .into_iter()
             .map(|s| NewCommand {
-                sent_by: format!("{sent_by}, key {}", short_key(&s.command.key)),
+                sent_by: format!(
+                    "{sent_by}, key {}",
+                    crate::command::short_key(&s.command.key)
+                ),
                 command: s.command,
                 retries: s.retries,
                 via,
@@ -202,7 +205,7 @@ impl CommandQueue {
                 }
             })
             .map(|command| NewCommand {
-                sent_by: format!("key {}", short_key(&command.key)),
+                sent_by: format!("key {}", crate::command::short_key(&command.key)),
                 command,
                 // Retries are the sender's to make on NATS; the controller only watches.
                 retries: 0,
@@ -258,11 +261,13 @@ impl CommandQueue {
     /// The controller's own methods (`central`): the event log, the error log, presence, echo.
     async fn run_central(&self, c: &Command) -> Result<(), CommandError> {
         let report = match c.method {
-            Method::CliCommand => CommandReport {
+            Method::CliCommand | Method::Cancel => CommandReport {
                 id: c.id.clone(),
                 state: CommandState::Failed,
                 result: Some(CommandResult {
-                    error: Some("refused: the controller runs no commands; address a node".into()),
+                    error: Some(
+                        "refused: the controller runs no commands and has none running to cancel; address a node".into(),
+                    ),
                     ..Default::default()
                 }),
             },
@@ -587,6 +592,19 @@ fn event_of(applied: &Applied, report: &CommandReport) -> Option<NewEvent> {
         fields: fields.clone(),
         category,
     };
+    if report.state == CommandState::Cancelled {
+        let why = report.result.as_ref().and_then(|r| r.error.as_deref());
+        return Some(event(
+            2,
+            format!(
+                "{} {}: {}",
+                applied.method,
+                report.id,
+                why.unwrap_or("cancelled")
+            ),
+            "event",
+        ));
+    }
     if report.state == CommandState::Succeeded {
         match applied.method {
             Method::TextLogging => Some(event(1, applied.args.join(" "), "event")),
@@ -607,10 +625,4 @@ fn event_of(applied: &Applied, report: &CommandReport) -> Option<NewEvent> {
 /// the node has them.
 pub fn settled(r: &CommandRecord) -> bool {
     r.state.is_terminal() || (!r.kind.wants_result() && r.state != CommandState::Queued)
-}
-
-/// The first hex digits of a public key, to name a signer briefly.
-pub fn short_key(key: &str) -> String {
-    let hex = key.strip_prefix("ed25519:").unwrap_or(key);
-    format!("ed25519:{}", &hex[..hex.len().min(16)])
 }

@@ -144,7 +144,9 @@ pub async fn list_commands(
     Ok(Json(serde_json::json!({ "commands": records })))
 }
 
-/// `POST /api/v1/commands/{id}/cancel`: only a command no node has taken can be cancelled.
+/// `POST /api/v1/commands/{id}/cancel`: withdraws a command no node has taken. One its node has
+/// (or may have) is stopped there by a signed `Cancel` command, which only an operator key can
+/// make: the answer says so.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Extension(operator): Extension<Operator>,
@@ -155,14 +157,20 @@ pub async fn cancel(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
-                "command {id} is on the NATS command stream, where its node may already have it; it cannot be withdrawn"
+                "command {id} is on the NATS command stream, where its node may already have it; stop it there with a signed Cancel (`fleet send --cancel {id}` does that)"
             ),
         ));
     }
     if now != CommandState::Cancelled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("command {id} is {now}; only a queued command can be cancelled"),
+            if now.is_terminal() {
+                format!("command {id} is already {now}; nothing to cancel")
+            } else {
+                format!(
+                    "command {id} is {now}, so its node has it; stop it there with a signed Cancel (`fleet send --cancel {id}` does that)"
+                )
+            },
         ));
     }
     Ok(Json(serde_json::json!({ "id": id, "state": now })))

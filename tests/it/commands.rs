@@ -535,15 +535,15 @@ async fn timeouts_retries_and_ttl() {
     let v = rig.wait_state(&short.command.id, "expired").await;
     assert_eq!(v["attempts"], 0);
 
-    // Cancel: only before delivery.
+    // Cancel: withdrawn before delivery; a finished one is left as it is.
     let queued = rig.command("slow", Method::Echo, &[]);
     rig.submit(std::slice::from_ref(&queued)).await;
     let (code, out, err) = rig.send(&["--cancel", &queued.command.id]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cancelled"));
-    let (code, _, err) = rig.send(&["--cancel", &ghost.command.id]);
-    assert_ne!(code, 0);
-    assert!(err.contains("only a queued command"), "{err}");
+    let (code, out, _) = rig.send(&["--cancel", &ghost.command.id]);
+    assert_eq!(code, 1);
+    assert!(out.contains("nothing to cancel"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -830,11 +830,46 @@ async fn a_hung_command_delays_no_other_node_and_parallel_skips_the_queue() {
         v["state"], "queued",
         "the ordered one waits behind the hung command: {v}"
     );
-    let (code, out, _) = rig.send(&["--cancel", &hung]);
-    assert_ne!(code, 0, "a running command cannot be cancelled: {out}");
     let (code, out, err) = rig.send(&["--cancel", queued.trim()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("cancelled"), "{out}");
+    assert!(out.contains("cancelled (its node never had it)"), "{out}");
+    // A running command is stopped on its node by a signed Cancel, which kills it.
+    let started = std::time::Instant::now();
+    let (code, out, err) = rig.send(&["--cancel", &hung]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{hung}: stopped")), "{out}");
+    assert!(out.contains("now busy: cancelled"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let v = rig.api_get(&format!("/api/v1/commands/{hung}")).await;
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let why = v["result"]["error"].as_str().unwrap();
+    assert!(why.starts_with("cancelled by command "), "{v}");
+    // The node is free again, and a second cancel finds nothing to do.
+    let (code, _, err) = rig.send(&["--node", "busy", "--method", "Echo", "--", "free"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = rig.send(&["--cancel", &hung]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("already cancelled; nothing to cancel"),
+        "{out}"
+    );
+    // An event (a notice), not an entry in the error log.
+    let store = rig.env.store().await;
+    let events = store
+        .events_of("event", Some("busy"), 0, 100)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e.level == 2
+            && e.message.contains(&hung)
+            && e.message.contains("cancelled by")),
+        "{events:?}"
+    );
+    let errors = rig.api_get("/api/v1/errors?node=busy").await;
+    assert!(
+        !errors.to_string().contains(&hung),
+        "a cancel is not an error: {errors}"
+    );
 }
 
 /// A malformed report does not hold up the good ones sent with it (the agent would resend the
@@ -850,7 +885,7 @@ async fn a_malformed_report_fails_its_command_and_spares_the_rest() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let body = serde_json::json!({ "reports": [
         { "id": good.command.id, "state": "succeeded", "result": { "exit_code": 0, "stdout": "a" } },
-        { "id": bad.command.id, "state": "cancelled" },
+        { "id": bad.command.id, "state": "expired" },
     ]})
     .to_string();
     let path = "/api/v1/agent/reports";

@@ -83,6 +83,63 @@ async fn an_away_node_gets_its_commands_from_the_stream_when_it_starts() {
     .await;
 }
 
+/// A command already on the stream cannot be withdrawn: it is stopped on its node by a signed
+/// Cancel, whether sent through the controller or straight onto NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_commands_are_cancelled_through_the_api_and_straight_over_nats() {
+    let rig = Rig::with_bus(Backend::Embedded, true).await;
+    let key = enroll(&rig.env, "slow");
+    let config = rig.agent_config("slow", &["sleep *"], "");
+    let _agent = rig.start_agent("slow", &key, &config, 1);
+
+    let (code, out, err) = rig.send(&["--node", "slow", "--no-wait", "--", "sleep", "30"]);
+    assert_eq!(code, 0, "{err}");
+    let through_api = out.trim().to_owned();
+    rig.wait_state(&through_api, "running").await;
+    let (code, out, err) = rig.send(&["--cancel", &through_api]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("now slow: cancelled"), "{out}");
+
+    let (code, out, err) = rig.send(&[
+        "--nats-url",
+        crate::commands::NATS_URL,
+        "--node",
+        "slow",
+        "--no-wait",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let straight = out.trim().to_owned();
+    rig.wait_state(&straight, "running").await;
+    let (code, out, err) = rig.send(&[
+        "--nats-url",
+        crate::commands::NATS_URL,
+        "--cancel",
+        &straight,
+    ]);
+    assert_ne!(code, 0, "the node must be named over NATS");
+    assert!(err.contains("--node"), "{err}");
+    let (code, out2, err2) = rig.send(&[
+        "--nats-url",
+        crate::commands::NATS_URL,
+        "--node",
+        "slow",
+        "--cancel",
+        &straight,
+    ]);
+    assert_eq!(code, 0, "{out}{err}{out2}{err2}");
+    assert!(out2.contains(&format!("{straight}: stopped")), "{out2}");
+    let v = rig.wait_state(&straight, "cancelled").await;
+    assert!(
+        v["result"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled by command")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_commands_to_ten_nodes_over_nats() {
     thousand_to_ten(Rig::with_bus(Backend::Embedded, true).await).await
@@ -266,5 +323,27 @@ impl Drop for PrivateNats {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One durable consumer per node: the streams carry an explicit consumer limit far above any
+/// fleet, because servers from 2.15 read 0 (and -1) as a default cap of 1,000 consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_admit_a_consumer_for_every_node() {
+    let prefix = format!("t{:012x}", rand::random::<u64>() >> 16);
+    let subjects = fleet::bus::nats::Subjects::new(&prefix).unwrap();
+    let client = async_nats::connect(crate::commands::NATS_URL)
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    fleet::bus::nats::ensure_streams(&js, &subjects, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let upper = prefix.to_uppercase();
+    for name in [format!("{upper}_COMMANDS"), format!("{upper}_REPLIES")] {
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let limit = stream.info().await.unwrap().config.max_consumers;
+        let _ = js.delete_stream(&name).await;
+        assert!(limit >= 100_000, "{name} admits only {limit} consumers");
     }
 }
