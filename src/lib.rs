@@ -7,6 +7,7 @@
 //! - [`collectors`]: what the agent measures, one file per collector.
 //! - [`command`]: the command model: the signed envelope, kinds, methods, states, results.
 //! - [`executor`]: the node's side of a command: policy, the exactly-once journal, running it.
+//! - [`heartbeat`]: heartbeats and events as values: pulses, states, levels, limits.
 //! - [`bus`]: how data and commands move: the signed wire format, the agent's spool, the HTTP
 //!   and NATS backends.
 //! - [`pipeline`]: the one path data takes in the controller: verify → decode → store.
@@ -20,6 +21,7 @@ pub mod collectors;
 pub mod command;
 pub mod config;
 pub mod executor;
+pub mod heartbeat;
 pub mod model;
 pub mod modes;
 pub mod pipeline;

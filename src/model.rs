@@ -364,7 +364,7 @@ impl NodeState {
         };
         let silence = now_ms - last_seen;
         let stale = (stale_after.as_millis() as i64).max(3 * interval_ms);
-        let down = (down_after.as_millis() as i64).max(10 * interval_ms);
+        let down = down_after_ms(interval_ms, down_after);
         if silence >= down {
             NodeState::Down
         } else if silence >= stale {
@@ -373,6 +373,12 @@ impl NodeState {
             NodeState::Up
         }
     }
+}
+
+/// How long a node may be silent before it is down: `down_after` or 10 of its intervals,
+/// whichever is longer. Its own heartbeat (`node:<name>`) uses the same figure.
+pub fn down_after_ms(interval_ms: i64, down_after: std::time::Duration) -> i64 {
+    (down_after.as_millis() as i64).max(10 * interval_ms)
 }
 
 /// The few figures the overview shows for a node, taken from its latest samples.

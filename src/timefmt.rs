@@ -17,6 +17,15 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A span for people, to the second: `3m 12s`, `1h`, `250ms` below a second.
+pub fn span(ms: i64) -> String {
+    let ms = ms.max(0) as u64;
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+}
+
 /// Parses a time given by a user: RFC 3339 (`2026-11-22T01:00:00Z`, any offset), `now`, or a
 /// duration before now (`-1h`, `-30m`, `-7d`). Returns milliseconds since the epoch.
 pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {

@@ -77,12 +77,18 @@ pub async fn start(
         (Some(token), file)
     };
 
+    let (heartbeats, heartbeat_tasks) = crate::pipeline::Heartbeats::start(
+        durable.clone(),
+        config.status.down_after,
+        shutdown.clone(),
+    );
     let (ingest, writer) = Ingest::start(
         config.ingest.clone(),
         &config.retention,
         registry.clone(),
         durable.clone(),
         hot.clone(),
+        heartbeats.clone(),
     );
     let nats = match &config.nats.url {
         Some(_) => Some(crate::bus::nats::ControllerNats::connect(&config.nats).await?),
@@ -106,6 +112,7 @@ pub async fn start(
         hot,
         status: config.status.clone(),
         commands: commands.clone(),
+        heartbeats,
     });
 
     // Tasks that feed the ingest pipeline: they must end before its writer can.
@@ -192,6 +199,9 @@ pub async fn start(
         drop(state);
         drop(ingest);
         writer.await.context("the ingest writer panicked")?;
+        heartbeat_tasks
+            .await
+            .context("the heartbeat monitor panicked")?;
         background.wait().await;
         Ok(())
     });

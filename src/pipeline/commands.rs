@@ -20,7 +20,8 @@ use crate::bus::wire;
 use crate::command::{self, CENTRAL, Command, CommandReport, CommandResult, CommandState, Method};
 use crate::config::CommandQueueConfig;
 use crate::pipeline::registry::Registry;
-use crate::store::commands::{Applied, ApplyOutcome, CommandRecord, NewCommand, NewEvent};
+use crate::store::commands::{Applied, ApplyOutcome, CommandRecord, NewCommand};
+use crate::store::events::NewEvent;
 use crate::store::{Durable, StoreError};
 
 /// Why a submission or an agent request was refused.
@@ -586,7 +587,8 @@ fn event_of(applied: &Applied, report: &CommandReport) -> Option<NewEvent> {
     }
     let fields = serde_json::json!({"command": report.id, "method": applied.method});
     let event = |level, message: String, category| NewEvent {
-        node: applied.node.clone(),
+        node: Some(applied.node.clone()),
+        service: None,
         level,
         message,
         fields: fields.clone(),

@@ -87,6 +87,7 @@ pub struct Ingest {
     config: IngestConfig,
     registry: Arc<Registry>,
     hot: Arc<HotStore>,
+    heartbeats: Arc<super::Heartbeats>,
     writer: mpsc::Sender<Job>,
 }
 
@@ -99,6 +100,7 @@ impl Ingest {
         registry: Arc<Registry>,
         durable: Durable,
         hot: Arc<HotStore>,
+        heartbeats: Arc<super::Heartbeats>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.max_group * 4);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -126,6 +128,7 @@ impl Ingest {
                 config,
                 registry,
                 hot,
+                heartbeats,
                 writer: tx,
             },
             writer,
@@ -148,6 +151,7 @@ impl Ingest {
         };
         let (reply_tx, reply_rx) = oneshot::channel();
         let seq = batch.seq;
+        let interval_ms = batch.body.interval_ms as i64;
         self.writer
             .send(Job {
                 batch,
@@ -167,6 +171,9 @@ impl Ingest {
         if outcome == IngestOutcome::Stored {
             self.hot.push(&headers.node, &batch_records).await;
         }
+        // A duplicate is a resend, and a sign of life as good as any.
+        self.heartbeats
+            .node_seen(&headers.node, interval_ms, received_at_ms);
         Ok(IngestReply {
             seq,
             status: match outcome {

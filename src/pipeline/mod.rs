@@ -2,13 +2,16 @@
 //! verify → decode → store (durable, then hot) → (later: fan out, evaluate rules).
 //!
 //! [`registry`] says who may send; [`ingest`] runs the steps for signed batches; [`commands`]
-//! is the command queue (submit → deliver → report → final state, deadlines). The pipeline
+//! is the command queue (submit → deliver → report → final state, deadlines); [`heartbeats`]
+//! stores pulses and notices deadlines passing. The pipeline
 //! knows stores and the wire format, never HTTP: `web/` adapts requests to it.
 
 pub mod commands;
+pub mod heartbeats;
 pub mod ingest;
 pub mod registry;
 
 pub use commands::{CommandError, CommandQueue};
+pub use heartbeats::Heartbeats;
 pub use ingest::{Ingest, IngestError, IngestReply, RawBatch};
 pub use registry::Registry;

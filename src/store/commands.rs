@@ -10,6 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::durable::{Durable, StoreError};
+use super::events::NewEvent;
 use crate::command::{Command, CommandReport, CommandResult, CommandState, Kind, Method};
 
 /// How long a handed-out command may go without word from its node before a poll sends it
@@ -71,17 +72,6 @@ pub struct Applied {
     pub node: String,
     pub method: Method,
     pub args: Vec<String>,
-}
-
-/// An entry of the central error log or the event log.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventEntry {
-    pub id: i64,
-    pub ts: String,
-    pub node: Option<String>,
-    pub level: i64,
-    pub message: String,
-    pub fields: serde_json::Value,
 }
 
 const COLUMNS: &str = "id, node, kind, method, envelope, state, attempts, retries, timeout_ms, \
@@ -360,22 +350,7 @@ impl Durable {
             outcomes.push(outcome);
         }
         self.insert_logs(&mut tx, &logs).await?;
-        self.insert_rows(
-            &mut tx,
-            "INSERT INTO events (ts, node, level, message, fields, category) VALUES ",
-            6,
-            "",
-            &events,
-            |q, e| {
-                q.bind(now_ms)
-                    .bind(&e.node)
-                    .bind(e.level)
-                    .bind(&e.message)
-                    .bind(e.fields.to_string())
-                    .bind(e.category)
-            },
-        )
-        .await?;
+        self.insert_events(&mut tx, now_ms, &events).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -592,50 +567,6 @@ impl Durable {
             })
             .collect()
     }
-
-    /// Entries of one category, newest first.
-    pub async fn events_of(
-        &self,
-        category: &str,
-        node: Option<&str>,
-        since_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<EventEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, ts, node, level, message, fields FROM events \
-             WHERE category = $1 AND ts >= $2 AND ($3 IS NULL OR node = $3) \
-             ORDER BY ts DESC, id DESC LIMIT $4",
-        )
-        .bind(category)
-        .bind(since_ms)
-        .bind(node)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let fields: String = row.try_get(5)?;
-                Ok(EventEntry {
-                    id: row.try_get(0)?,
-                    ts: time(row.try_get(1)?),
-                    node: row.try_get(2)?,
-                    level: row.try_get(3)?,
-                    message: row.try_get(4)?,
-                    fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect()
-    }
-}
-
-/// An entry for the event log (`category` `event`) or the central error log (`error`).
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub node: String,
-    pub level: i64,
-    pub message: String,
-    pub fields: serde_json::Value,
-    pub category: &'static str,
 }
 
 /// What one report did.

@@ -6,6 +6,8 @@
 
 pub mod commands;
 pub mod durable;
+pub mod events;
+pub mod heartbeats;
 pub mod hot;
 
 pub use durable::{Durable, IngestBatch, IngestOutcome, StoreError};

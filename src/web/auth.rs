@@ -1,25 +1,33 @@
-//! Operator authentication for the API: `Authorization: Bearer <token>`, checked against the
-//! registry's token hashes. Agents do not use this; their batches carry signatures.
+//! Who is asking: operators by `Authorization: Bearer <token>` (checked against the registry's
+//! token hashes), nodes by requests signed with their node key (`X-Fleet-Signature`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::bus::wire;
 
 /// Refuses a request without a valid operator token.
 pub async fn require_operator(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = request
-        .headers()
+    let who = operator(&state, request.headers())?;
+    request.extensions_mut().insert(who);
+    Ok(next.run(request).await)
+}
+
+/// The operator a request's bearer token belongs to.
+pub fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError> {
+    let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -30,12 +38,7 @@ pub async fn require_operator(
             "missing operator token: send `Authorization: Bearer <token>` (see `fleet token create`)",
         )),
         Some(token) => match state.registry.snapshot().operator(token) {
-            Some(label) => {
-                let operator = Operator(format!("token {label:?}"));
-                let mut request = request;
-                request.extensions_mut().insert(operator);
-                Ok(next.run(request).await)
-            }
+            Some(label) => Ok(Operator(format!("token {label:?}"))),
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "the operator token is not valid",
@@ -44,6 +47,71 @@ pub async fn require_operator(
     }
 }
 
-/// Who made an authenticated operator request (the token's label), for the audit log.
+/// Who sent a request that operators and nodes may both make.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Operator(Operator),
+    Node(String),
+}
+
+/// A node when the request is signed (`X-Fleet-Signature`), else an operator by token.
+pub fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    what: &str,
+    body: &[u8],
+) -> Result<Caller, ApiError> {
+    if headers.contains_key(wire::HEADER_SIGNATURE) {
+        agent(state, headers, peer, what, body).map(Caller::Node)
+    } else {
+        operator(state, headers).map(Caller::Operator)
+    }
+}
+
+/// Who made an authenticated operator request (the token's label), for the audit log. As an
+/// extractor it is the check itself, for routes that sit outside the operator-only router.
 #[derive(Debug, Clone)]
 pub struct Operator(pub String);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(known) = parts.extensions.get::<Operator>() {
+            return Ok(known.clone());
+        }
+        operator(state, &parts.headers)
+    }
+}
+
+/// Checks a request signed by a node (`fleet-agent-v1`, see docs/commands.md) and returns the
+/// node's name.
+pub fn agent(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    what: &str,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let node = text(wire::HEADER_NODE);
+    state.commands.authenticate_agent(
+        &node,
+        Some(peer.ip()),
+        what,
+        &text(wire::HEADER_TIMESTAMP),
+        body,
+        &text(wire::HEADER_SIGNATURE),
+    )?;
+    Ok(node)
+}

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use super::auth::Operator;
 use super::error::ApiError;
 use super::{ApiQuery, AppState};
-use crate::bus::wire;
 use crate::command::{CommandReport, CommandState};
 use crate::pipeline::commands::Submission;
 
@@ -37,7 +36,7 @@ pub async fn submit(
     Extension(operator): Extension<Operator>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let body: SubmitBody = decode(&body)?;
+    let body: SubmitBody = super::error::json_body(&body)?;
     let ids: Vec<String> = body.commands.iter().map(|s| s.command.id.clone()).collect();
     let fresh = state
         .commands
@@ -47,14 +46,6 @@ pub async fn submit(
         StatusCode::CREATED,
         Json(serde_json::json!({ "ids": ids, "new": fresh })),
     ))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::bad_request(format!("{path}: {}", e.into_inner()))
-    })
 }
 
 #[derive(Deserialize)]
@@ -105,7 +96,7 @@ pub async fn wait_many(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body: WaitBody = decode(&body)?;
+    let body: WaitBody = super::error::json_body(&body)?;
     if body.ids.len() > crate::command::limits::SUBMISSION_MAX {
         return Err(ApiError::bad_request(format!(
             "ids: at most {} at once",
@@ -197,7 +188,13 @@ pub async fn errors(
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let entries = state
         .durable
-        .events_of("error", query.node.as_deref(), since, limit)
+        .events(&crate::store::events::EventQuery {
+            category: "error",
+            node: query.node.clone(),
+            from_ms: Some(since),
+            limit,
+            ..Default::default()
+        })
         .await?;
     Ok(Json(serde_json::json!({ "errors": entries })))
 }
@@ -206,32 +203,6 @@ pub async fn errors(
 
 pub const AGENT_POLL_PATH: &str = "/api/v1/agent/commands";
 pub const AGENT_REPORTS_PATH: &str = "/api/v1/agent/reports";
-
-fn agent_auth(
-    state: &AppState,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    what: &str,
-    body: &[u8],
-) -> Result<String, ApiError> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let node = text(wire::HEADER_NODE);
-    state.commands.authenticate_agent(
-        &node,
-        Some(peer.ip()),
-        what,
-        &text(wire::HEADER_TIMESTAMP),
-        body,
-        &text(wire::HEADER_SIGNATURE),
-    )?;
-    Ok(node)
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,7 +218,7 @@ pub async fn agent_poll(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<PollQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let node = agent_auth(
+    let node = super::auth::agent(
         &state,
         &headers,
         peer,
@@ -280,14 +251,14 @@ pub async fn agent_reports(
                 format!("reports are limited to {REPORTS_BODY_MAX} bytes per request"),
             )
         })?;
-    let node = agent_auth(
+    let node = super::auth::agent(
         &state,
         &headers,
         peer,
         &format!("POST {AGENT_REPORTS_PATH}"),
         &body,
     )?;
-    let body: ReportsBody = decode(&body)?;
+    let body: ReportsBody = super::error::json_body(&body)?;
     state.commands.report(&node, &body.reports).await?;
     Ok(Json(serde_json::json!({ "stored": body.reports.len() })))
 }

@@ -30,6 +30,19 @@ impl ApiError {
     }
 }
 
+/// Parses a JSON body; the error names the field at fault.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." || path == "?" {
+            ApiError::bad_request(format!("the body is not valid: {}", e.into_inner()))
+        } else {
+            ApiError::bad_request(format!("{path}: {}", e.into_inner()))
+        }
+    })
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -54,6 +67,22 @@ impl From<IngestError> for ApiError {
         let status =
             StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self::new(status, err.to_string())
+    }
+}
+
+impl From<crate::model::InvalidInput> for ApiError {
+    fn from(err: crate::model::InvalidInput) -> Self {
+        Self::bad_request(err.to_string())
+    }
+}
+
+impl From<crate::pipeline::heartbeats::HeartbeatError> for ApiError {
+    fn from(err: crate::pipeline::heartbeats::HeartbeatError) -> Self {
+        use crate::pipeline::heartbeats::HeartbeatError;
+        match err {
+            HeartbeatError::Invalid(e) => e.into(),
+            HeartbeatError::Unavailable(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
     }
 }
 

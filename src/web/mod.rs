@@ -1,5 +1,6 @@
 //! The HTTP face of the controller: the axum router, its shared state, and the handlers for
-//! ingest ([`ingest`]), the read API ([`api`]) and operator auth ([`auth`]).
+//! ingest ([`ingest`]), the read API ([`api`]), commands ([`commands`]), heartbeats and events
+//! ([`heartbeats`]) and auth ([`auth`]).
 //!
 //! Handlers adapt HTTP to the pipeline and the stores; they hold no rules of their own. Nothing
 //! here opens sockets: `modes::controller` binds and serves the router.
@@ -8,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod error;
+pub mod heartbeats;
 pub mod ingest;
 
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::config::{IngestConfig, StatusConfig};
-use crate::pipeline::{CommandQueue, Ingest, Registry};
+use crate::pipeline::{CommandQueue, Heartbeats, Ingest, Registry};
 use crate::store::{Durable, HotStore};
 
 /// Most ingest requests handled at once.
@@ -34,6 +36,7 @@ pub struct AppState {
     pub hot: Arc<HotStore>,
     pub status: StatusConfig,
     pub commands: Arc<CommandQueue>,
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 /// `Query<T>` whose rejection (an unknown parameter, a wrong type) is a JSON [`ApiError`] like
@@ -77,6 +80,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/commands/{id}", get(commands::get_command))
         .route("/api/v1/commands/{id}/cancel", post(commands::cancel))
         .route("/api/v1/errors", get(commands::errors))
+        .route(
+            "/api/v1/heartbeats/{service}",
+            get(heartbeats::get_one).delete(heartbeats::cancel),
+        )
+        .route("/api/v1/alerts", get(heartbeats::alerts))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_operator,
@@ -97,6 +105,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(commands::agent_reports).layer(tower::limit::ConcurrencyLimitLayer::new(
                 AGENT_REPORTS_CONCURRENCY,
             )),
+        )
+        // Operators (token) and nodes (signed) both pulse and log; reading is for operators
+        // (the `Operator` extractor checks it).
+        .route(
+            heartbeats::HEARTBEATS_PATH,
+            get(heartbeats::list).post(heartbeats::pulse),
+        )
+        .route(
+            heartbeats::EVENTS_PATH,
+            get(heartbeats::events).post(heartbeats::add_event),
         )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

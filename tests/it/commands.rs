@@ -856,7 +856,12 @@ async fn a_hung_command_delays_no_other_node_and_parallel_skips_the_queue() {
     // An event (a notice), not an entry in the error log.
     let store = rig.env.store().await;
     let events = store
-        .events_of("event", Some("busy"), 0, 100)
+        .events(&fleet::store::events::EventQuery {
+            category: "event",
+            node: Some("busy".into()),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(

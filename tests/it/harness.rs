@@ -358,9 +358,33 @@ impl Client {
 
     /// GET an API path with the operator token.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
+        self.call(self.http.get(format!("{}{path}", self.url)))
+            .await
+    }
+
+    /// POST a body (JSON, or raw bytes as given) with the operator token.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        self.call(
+            self.http
+                .post(format!("{}{path}", self.url))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// DELETE an API path with the operator token.
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(self.http.delete(format!("{}{path}", self.url)))
+            .await
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let response = request
             .bearer_auth(&self.token)
             .send()
             .await

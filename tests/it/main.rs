@@ -7,6 +7,7 @@ mod commands;
 mod deploy;
 mod e2e;
 mod harness;
+mod heartbeats;
 mod hot;
 mod ingest;
 mod nats;

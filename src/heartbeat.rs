@@ -1,0 +1,393 @@
+//! Heartbeats and events as values: a pulse ("expect me again within `next_in`"), the states a
+//! watched service goes through, event levels, and the limits on all of them. No I/O: the store
+//! keeps them (`store::heartbeats`, `store::events`), the pipeline watches them
+//! (`pipeline::heartbeats`), the API and the watchTower listener parse into them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::InvalidInput;
+
+pub mod limits {
+    /// Bytes in a service name.
+    pub const SERVICE_MAX: usize = 200;
+    /// The longest `next_in` (and `grace`): a year. Longer is a mistake, not a heartbeat.
+    pub const NEXT_IN_MAX_MS: i64 = 366 * 24 * 3600 * 1000;
+    /// Bytes in an alert channel or target.
+    pub const ALERT_FIELD_MAX: usize = 500;
+    /// Bytes in an event message; longer ones are refused, not cut.
+    pub const MESSAGE_MAX: usize = 16 * 1024;
+    /// Bytes of an event's `fields` as JSON.
+    pub const FIELDS_MAX: usize = 16 * 1024;
+}
+
+/// The name an agent's own heartbeat goes by.
+pub fn node_service(node: &str) -> String {
+    format!("node:{node}")
+}
+
+/// Where a service's alerts go (the notifier reads these; `email`, `slack`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRoute {
+    pub channel: String,
+    pub target: String,
+}
+
+/// One "I am alive; expect me again within `next_in_ms`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulse {
+    pub service: String,
+    pub node: Option<String>,
+    pub next_in_ms: i64,
+    pub grace_ms: i64,
+    pub alert: Option<AlertRoute>,
+}
+
+impl Pulse {
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        check_service(&self.service)?;
+        if let Some(node) = &self.node {
+            crate::model::NodeName::parse(node)
+                .map_err(|e| InvalidInput::new("node", e.problem))?;
+        }
+        if self.next_in_ms <= 0 || self.next_in_ms > limits::NEXT_IN_MAX_MS {
+            return Err(InvalidInput::new(
+                "next_in",
+                "must be more than 0 and at most 366 days",
+            ));
+        }
+        if self.grace_ms < 0 || self.grace_ms > limits::NEXT_IN_MAX_MS {
+            return Err(InvalidInput::new("grace", "must be between 0 and 366 days"));
+        }
+        if let Some(alert) = &self.alert {
+            for (field, value) in [
+                ("alert.channel", &alert.channel),
+                ("alert.target", &alert.target),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(InvalidInput::new(field, "is empty"));
+                }
+                if value.len() > limits::ALERT_FIELD_MAX || value.chars().any(char::is_control) {
+                    return Err(InvalidInput::new(
+                        field,
+                        format!(
+                            "must be at most {} bytes without control characters",
+                            limits::ALERT_FIELD_MAX
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When it is due (`next_in` after `at_ms`) and when it is down (`grace` after that).
+    pub fn due_and_deadline(&self, at_ms: i64) -> (i64, i64) {
+        let due = at_ms + self.next_in_ms;
+        (due, due + self.grace_ms)
+    }
+}
+
+/// A service name: 1–200 bytes, no control characters.
+pub fn check_service(service: &str) -> Result<(), InvalidInput> {
+    if service.trim().is_empty() {
+        return Err(InvalidInput::new("service", "is empty"));
+    }
+    if service.len() > limits::SERVICE_MAX || service.chars().any(char::is_control) {
+        return Err(InvalidInput::new(
+            "service",
+            format!(
+                "must be at most {} bytes without control characters",
+                limits::SERVICE_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where a watched service stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatState {
+    /// It pulsed once; nothing has been expected of it yet.
+    New,
+    /// It pulsed in time.
+    Up,
+    /// `next_in` has passed without a pulse, the grace has not.
+    Late,
+    /// Its deadline passed without a pulse: reported.
+    Down,
+    /// Withdrawn by an operator: never reported, until it pulses again.
+    Cancelled,
+}
+
+impl HeartbeatState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Up => "up",
+            Self::Late => "late",
+            Self::Down => "down",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The stored state (new, up, down, cancelled), read as of `now_ms`: an up or new service
+    /// past its due time is late.
+    pub fn read(stored: &str, due_ms: i64, now_ms: i64) -> Self {
+        match stored {
+            "down" => Self::Down,
+            "cancelled" => Self::Cancelled,
+            _ if now_ms > due_ms => Self::Late,
+            "new" => Self::New,
+            _ => Self::Up,
+        }
+    }
+}
+
+impl fmt::Display for HeartbeatState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A heartbeat as the store has it, read at some moment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub service: String,
+    pub node: Option<String>,
+    pub state: HeartbeatState,
+    pub next_in_ms: i64,
+    pub grace_ms: i64,
+    pub alert: Option<AlertRoute>,
+    pub last_pulse: String,
+    pub last_pulse_ms: i64,
+    /// When it is reported down without another pulse.
+    pub deadline: String,
+    pub deadline_ms: i64,
+    pub state_since: String,
+    pub state_since_ms: i64,
+    /// Milliseconds in its current state.
+    pub for_ms: i64,
+    pub pulses: i64,
+}
+
+/// A time span given as seconds (a JSON number) or a duration string (`"10m"`), in ms.
+pub fn span_ms(field: &str, value: &serde_json::Value) -> Result<i64, InvalidInput> {
+    let ms = match value {
+        serde_json::Value::Number(n) => {
+            let seconds = n
+                .as_f64()
+                .ok_or_else(|| InvalidInput::new(field, "is not a number"))?;
+            if !seconds.is_finite() || seconds > (limits::NEXT_IN_MAX_MS / 1000) as f64 * 2.0 {
+                return Err(InvalidInput::new(field, "is too large"));
+            }
+            (seconds * 1000.0).round() as i64
+        }
+        serde_json::Value::String(text) => {
+            // A number in a string (form-encoded bodies have nothing else) is seconds.
+            if let Ok(seconds) = text.trim().parse::<f64>() {
+                return span_ms(field, &serde_json::json!(seconds));
+            }
+            let span =
+                crate::config::parse_duration(text).map_err(|e| InvalidInput::new(field, e))?;
+            i64::try_from(span.as_millis()).map_err(|_| InvalidInput::new(field, "is too large"))?
+        }
+        _ => {
+            return Err(InvalidInput::new(
+                field,
+                "must be seconds (a number) or a duration like \"10m\"",
+            ));
+        }
+    };
+    Ok(ms)
+}
+
+/// Event levels: a higher number is more severe (watchTower's order, the reverse of syslog's).
+pub const LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// A level given as a number (0–7) or a name (`warning`, also `warn`, `err`, `crit`, `emerg`).
+pub fn parse_level(value: &serde_json::Value) -> Result<i64, InvalidInput> {
+    let out_of_range = || {
+        InvalidInput::new(
+            "level",
+            format!("must be 0–7 or one of {}", LEVELS.join(", ")),
+        )
+    };
+    match value {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .filter(|l| (0..=7).contains(l))
+            .ok_or_else(out_of_range),
+        serde_json::Value::String(text) => level_of_name(text).ok_or_else(out_of_range),
+        _ => Err(out_of_range()),
+    }
+}
+
+/// A level from its name or its number as text.
+pub fn level_of_name(text: &str) -> Option<i64> {
+    let text = text.trim().to_ascii_lowercase();
+    if let Ok(n) = text.parse::<i64>() {
+        return (0..=7).contains(&n).then_some(n);
+    }
+    let canonical = match text.as_str() {
+        "warn" => "warning",
+        "err" => "error",
+        "crit" => "critical",
+        "emerg" => "emergency",
+        other => other,
+    };
+    LEVELS
+        .iter()
+        .position(|l| *l == canonical)
+        .map(|p| p as i64)
+}
+
+/// An event's message: present, and within bounds.
+pub fn check_message(message: &str) -> Result<(), InvalidInput> {
+    if message.trim().is_empty() {
+        return Err(InvalidInput::new("message", "is empty"));
+    }
+    if message.len() > limits::MESSAGE_MAX {
+        return Err(InvalidInput::new(
+            "message",
+            format!(
+                "is {} bytes; the limit is {}",
+                message.len(),
+                limits::MESSAGE_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_seconds_or_durations() {
+        assert_eq!(span_ms("next_in", &serde_json::json!(10)), Ok(10_000));
+        assert_eq!(span_ms("next_in", &serde_json::json!(1.5)), Ok(1_500));
+        assert_eq!(span_ms("next_in", &serde_json::json!("10m")), Ok(600_000));
+        assert_eq!(span_ms("next_in", &serde_json::json!("30")), Ok(30_000));
+        assert!(span_ms("next_in", &serde_json::json!("soon")).is_err());
+        assert!(span_ms("next_in", &serde_json::json!(true)).is_err());
+        assert!(span_ms("next_in", &serde_json::json!(1e300)).is_err());
+    }
+
+    #[test]
+    fn levels_by_number_or_name() {
+        assert_eq!(parse_level(&serde_json::json!(4)), Ok(4));
+        assert_eq!(parse_level(&serde_json::json!("warning")), Ok(3));
+        assert_eq!(parse_level(&serde_json::json!("WARN")), Ok(3));
+        assert_eq!(parse_level(&serde_json::json!("emergency")), Ok(7));
+        assert!(parse_level(&serde_json::json!(8)).is_err());
+        assert!(parse_level(&serde_json::json!(-1)).is_err());
+        assert!(parse_level(&serde_json::json!("loud")).is_err());
+    }
+
+    #[test]
+    fn bad_pulses_are_refused_with_the_field() {
+        let ok = Pulse {
+            service: "backup".into(),
+            node: None,
+            next_in_ms: 1000,
+            grace_ms: 0,
+            alert: None,
+        };
+        assert!(ok.validate().is_ok());
+        for (bad, field) in [
+            (
+                Pulse {
+                    service: " ".into(),
+                    ..ok.clone()
+                },
+                "service",
+            ),
+            (
+                Pulse {
+                    service: "x".repeat(201),
+                    ..ok.clone()
+                },
+                "service",
+            ),
+            (
+                Pulse {
+                    service: "a\nb".into(),
+                    ..ok.clone()
+                },
+                "service",
+            ),
+            (
+                Pulse {
+                    next_in_ms: 0,
+                    ..ok.clone()
+                },
+                "next_in",
+            ),
+            (
+                Pulse {
+                    next_in_ms: -5,
+                    ..ok.clone()
+                },
+                "next_in",
+            ),
+            (
+                Pulse {
+                    next_in_ms: limits::NEXT_IN_MAX_MS + 1,
+                    ..ok.clone()
+                },
+                "next_in",
+            ),
+            (
+                Pulse {
+                    grace_ms: -1,
+                    ..ok.clone()
+                },
+                "grace",
+            ),
+            (
+                Pulse {
+                    node: Some("bad name!".into()),
+                    ..ok.clone()
+                },
+                "node",
+            ),
+            (
+                Pulse {
+                    alert: Some(AlertRoute {
+                        channel: "".into(),
+                        target: "x".into(),
+                    }),
+                    ..ok.clone()
+                },
+                "alert.channel",
+            ),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().field, field, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn late_is_read_from_the_clock() {
+        assert_eq!(HeartbeatState::read("up", 100, 50), HeartbeatState::Up);
+        assert_eq!(HeartbeatState::read("up", 100, 150), HeartbeatState::Late);
+        assert_eq!(HeartbeatState::read("new", 100, 150), HeartbeatState::Late);
+        assert_eq!(HeartbeatState::read("down", 100, 150), HeartbeatState::Down);
+        assert_eq!(
+            HeartbeatState::read("cancelled", 100, 150),
+            HeartbeatState::Cancelled
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The heartbeat monitor: takes pulses (from the API, `fleet pulse`, the watchTower listener,
+//! and every batch an agent delivers), stores them in groups, and notices a deadline passing.
+//!
+//! Exact, not polled: the monitor sleeps until the earliest deadline in the store (woken sooner
+//! when a pulse brings an earlier one), then claims what has passed. It looks again at least
+//! every [`RESYNC`], which bounds how late it learns of deadlines set by another controller on
+//! the same database. Deadlines live only in the store, so a restart loses none: what passed
+//! while the controller was down is claimed on its first look.
+//!
+//! A pulse is acknowledged only once stored. Claims are the store's conditional updates, so a
+//! transition is reported once however many controllers watch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::heartbeat::Pulse;
+use crate::model::InvalidInput;
+use crate::store::Durable;
+use crate::store::heartbeats::{PulseOutcome, Transition};
+
+/// The monitor looks at the store at least this often.
+pub const RESYNC: Duration = Duration::from_secs(1);
+/// Most pulses written in one transaction.
+const GROUP_MAX: usize = 2000;
+/// Pulses waiting for the writer; past this, callers wait (backpressure, not memory).
+const QUEUE: usize = 20_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+struct Job {
+    pulse: Pulse,
+    reply: Option<oneshot::Sender<Result<PulseOutcome, String>>>,
+}
+
+/// When the monitor plans to look next, and how to make it look sooner.
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    planned_ms: AtomicI64,
+}
+
+pub struct Heartbeats {
+    queue: mpsc::Sender<Job>,
+    durable: Durable,
+    /// The spine's rule for when a silent node is down (`status.down_after`).
+    down_after: Duration,
+    /// When each node's own heartbeat was last queued: an agent's batches are far more frequent
+    /// than its deadline needs.
+    node_pulses: Mutex<HashMap<String, i64>>,
+}
+
+impl Heartbeats {
+    /// Starts the writer and the monitor. The monitor stops at `shutdown`; the writer once
+    /// every `Heartbeats` is dropped, after storing what was queued. The handle waits for both.
+    pub fn start(
+        durable: Durable,
+        down_after: Duration,
+        shutdown: CancellationToken,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let wake = Arc::new(Wake {
+            notify: Notify::new(),
+            planned_ms: AtomicI64::new(i64::MAX),
+        });
+        let writer = tokio::spawn(write_loop(durable.clone(), rx, wake.clone()));
+        let monitor = tokio::spawn(monitor_loop(durable.clone(), wake, shutdown));
+        let tasks = tokio::spawn(async move {
+            let _ = monitor.await;
+            let _ = writer.await;
+        });
+        (
+            Arc::new(Self {
+                queue,
+                durable,
+                down_after,
+                node_pulses: Mutex::new(HashMap::new()),
+            }),
+            tasks,
+        )
+    }
+
+    /// Stores a pulse; returns once it is durable.
+    pub async fn pulse(&self, pulse: Pulse) -> Result<PulseOutcome, HeartbeatError> {
+        pulse.validate()?;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job {
+                pulse,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| shutting_down())?;
+        match answer.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => Err(HeartbeatError::Unavailable(err)),
+            Err(_) => Err(shutting_down()),
+        }
+    }
+
+    /// A batch from `node` was stored: its own heartbeat (`node:<name>`) pulses, with the
+    /// deadline after which the spine calls a silent node down. Queued, not awaited: ingest
+    /// must not wait on it, and the next batch pulses again.
+    pub fn node_seen(&self, node: &str, interval_ms: i64, now_ms: i64) {
+        let next_in_ms = crate::model::down_after_ms(interval_ms, self.down_after);
+        {
+            let mut last = self.node_pulses.lock().expect("node pulse lock poisoned");
+            // Often enough that the stored deadline stays far ahead of a live node's silence.
+            let every = (next_in_ms / 20).max(1000);
+            match last.get(node) {
+                Some(at) if now_ms - at < every => return,
+                _ => {
+                    last.insert(node.to_owned(), now_ms);
+                }
+            }
+        }
+        let job = Job {
+            pulse: Pulse {
+                service: crate::heartbeat::node_service(node),
+                node: Some(node.to_owned()),
+                next_in_ms,
+                grace_ms: 0,
+                alert: None,
+            },
+            reply: None,
+        };
+        if self.queue.try_send(job).is_err() {
+            // Full: the next batch tries again. Forget this one so it does.
+            self.node_pulses
+                .lock()
+                .expect("node pulse lock poisoned")
+                .remove(node);
+        }
+    }
+
+    /// Withdraws a service from watching; false when there is none of that name.
+    pub async fn cancel(&self, service: &str) -> Result<bool, crate::store::StoreError> {
+        self.durable
+            .cancel_heartbeat(service, crate::timefmt::now_ms())
+            .await
+    }
+}
+
+fn shutting_down() -> HeartbeatError {
+    HeartbeatError::Unavailable("the controller is shutting down".into())
+}
+
+/// Writes queued pulses in groups: whatever arrived while the previous group was committing.
+async fn write_loop(durable: Durable, mut rx: mpsc::Receiver<Job>, wake: Arc<Wake>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(GROUP_MAX);
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        while jobs.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // One row per service per statement (PostgreSQL refuses to touch a row twice in one
+        // upsert): the latest pulse of a service stands for its repeats.
+        let mut latest: HashMap<&str, usize> = HashMap::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            latest.insert(&job.pulse.service, i);
+        }
+        let mut order: Vec<usize> = latest.values().copied().collect();
+        order.sort_unstable();
+        let pulses: Vec<Pulse> = order.iter().map(|&i| jobs[i].pulse.clone()).collect();
+        let now_ms = crate::timefmt::now_ms();
+        let written = durable.pulse(&pulses, now_ms).await;
+        match written {
+            Ok(outcomes) => {
+                let by_service: HashMap<&str, &PulseOutcome> =
+                    outcomes.iter().map(|o| (o.service.as_str(), o)).collect();
+                for o in outcomes.iter().filter(|o| o.recovered) {
+                    tracing::info!(service = %o.service, "heartbeat recovered");
+                }
+                if let Some(earliest) = outcomes.iter().map(|o| o.deadline_ms).min()
+                    && earliest < wake.planned_ms.load(Ordering::SeqCst)
+                {
+                    wake.notify.notify_one();
+                }
+                for job in jobs.drain(..) {
+                    if let Some(reply) = job.reply {
+                        let outcome = by_service
+                            .get(job.pulse.service.as_str())
+                            .map(|o| (*o).clone())
+                            .ok_or_else(|| "the pulse was not stored".to_owned());
+                        let _ = reply.send(outcome);
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, pulses = pulses.len(), "cannot store pulses");
+                for job in jobs.drain(..) {
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(Err(format!("the pulse could not be stored: {err}")));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until the earliest deadline (or [`RESYNC`]), claims what has passed, and again.
+async fn monitor_loop(durable: Durable, wake: Arc<Wake>, shutdown: CancellationToken) {
+    loop {
+        let looked = look(&durable).await;
+        let now = crate::timefmt::now_ms();
+        let until = match looked {
+            Ok(Some(next)) => next.min(now + RESYNC.as_millis() as i64),
+            Ok(None) => now + RESYNC.as_millis() as i64,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot check heartbeat deadlines; retrying in 1 s");
+                now + 1000
+            }
+        };
+        wake.planned_ms.store(until, Ordering::SeqCst);
+        let sleep = Duration::from_millis((until - now).max(0) as u64);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {}
+            _ = wake.notify.notified() => {}
+        }
+    }
+}
+
+/// Claims every passed deadline; returns the next one.
+async fn look(durable: &Durable) -> Result<Option<i64>, crate::store::StoreError> {
+    let claimed = durable.claim_overdue(crate::timefmt::now_ms()).await?;
+    for Transition {
+        service, message, ..
+    } in &claimed
+    {
+        tracing::warn!(%service, "{message}");
+    }
+    durable.next_deadline().await
+}

@@ -1,0 +1,376 @@
+//! Heartbeats kept durably, and the two transitions they make, each claimed by one conditional
+//! statement so that however many controllers share the database, each transition happens once:
+//! a pulse that finds its service down is the recovery (the upsert returns the state it
+//! replaced); a deadline passing is claimed by the `UPDATE … WHERE deadline <= now AND state IN
+//! ('new', 'up')` that moves it to down. Each transition writes its event and its alert in the
+//! same transaction.
+//!
+//! Takes validated pulses (`crate::heartbeat`); never decides when to look (that is the
+//! monitor's, `pipeline::heartbeats`).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::durable::{Durable, StoreError};
+use super::events::NewEvent;
+use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Pulse};
+
+/// What one pulse did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulseOutcome {
+    pub service: String,
+    /// It was down: this pulse is its recovery (reported by this call, once).
+    pub recovered: bool,
+    pub deadline_ms: i64,
+}
+
+/// A reported change: down, or up again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub service: String,
+    pub node: Option<String>,
+    pub kind: TransitionKind,
+    pub level: i64,
+    pub message: String,
+    pub alert: Option<AlertRoute>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionKind {
+    Down,
+    Recovered,
+}
+
+impl TransitionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Down => "down",
+            Self::Recovered => "recovered",
+        }
+    }
+}
+
+/// An alert waiting for (or handed to) the notifier.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AlertEntry {
+    pub id: i64,
+    pub ts: String,
+    pub source: String,
+    pub subject: String,
+    pub kind: String,
+    pub level: i64,
+    pub message: String,
+    pub channel: Option<String>,
+    pub target: Option<String>,
+    pub delivered_at: Option<String>,
+}
+
+/// Most overdue services claimed in one statement; the monitor loops until none are left.
+const CLAIM_CHUNK: i64 = 1000;
+
+const COLUMNS: &str = "service, node, next_in_ms, grace_ms, alert_channel, alert_target, state, \
+     last_pulse, deadline, state_since, pulses";
+
+impl Durable {
+    /// Records pulses (at most one per service: the caller merges repeats) and returns what
+    /// each did, in the order given. Acknowledge a pulse only after this returns.
+    pub async fn pulse(
+        &self,
+        pulses: &[Pulse],
+        now_ms: i64,
+    ) -> Result<Vec<PulseOutcome>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = self
+            .insert_rows(
+                &mut tx,
+                "INSERT INTO heartbeats (service, node, next_in_ms, grace_ms, alert_channel, \
+                 alert_target, state, last_pulse, deadline, state_since, pulses, created_at, \
+                 updated_at) VALUES ",
+                13,
+                " ON CONFLICT (service) DO UPDATE SET \
+                 node = COALESCE(excluded.node, heartbeats.node), \
+                 next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
+                 alert_channel = COALESCE(excluded.alert_channel, heartbeats.alert_channel), \
+                 alert_target = COALESCE(excluded.alert_target, heartbeats.alert_target), \
+                 prev_state = heartbeats.state, prev_since = heartbeats.state_since, \
+                 state = 'up', \
+                 state_since = CASE WHEN heartbeats.state = 'up' THEN heartbeats.state_since \
+                               ELSE excluded.state_since END, \
+                 last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
+                 pulses = heartbeats.pulses + 1, updated_at = excluded.updated_at \
+                 RETURNING service, prev_state, prev_since, deadline, node, alert_channel, \
+                 alert_target",
+                pulses,
+                |q, p| {
+                    let (_, deadline) = p.due_and_deadline(now_ms);
+                    q.bind(&p.service)
+                        .bind(&p.node)
+                        .bind(p.next_in_ms)
+                        .bind(p.grace_ms)
+                        .bind(p.alert.as_ref().map(|a| a.channel.clone()))
+                        .bind(p.alert.as_ref().map(|a| a.target.clone()))
+                        .bind("new")
+                        .bind(now_ms)
+                        .bind(deadline)
+                        .bind(now_ms)
+                        .bind(1_i64)
+                        .bind(now_ms)
+                        .bind(now_ms)
+                },
+            )
+            .await?;
+        let mut by_service = std::collections::HashMap::with_capacity(rows.len());
+        let mut recovered = Vec::new();
+        for row in &rows {
+            let service: String = row.try_get(0)?;
+            let prev: Option<String> = row.try_get(1)?;
+            let prev_since: Option<i64> = row.try_get(2)?;
+            let deadline: i64 = row.try_get(3)?;
+            let node: Option<String> = row.try_get(4)?;
+            let was_down = prev.as_deref() == Some("down");
+            if was_down {
+                let down_for = now_ms - prev_since.unwrap_or(now_ms);
+                recovered.push(Transition {
+                    message: format!(
+                        "{service} is up again after {} down",
+                        crate::timefmt::span(down_for)
+                    ),
+                    service: service.clone(),
+                    node,
+                    kind: TransitionKind::Recovered,
+                    level: 2,
+                    alert: route(row, 5)?,
+                });
+            }
+            by_service.insert(service, (was_down, deadline));
+        }
+        self.record_transitions(&mut tx, &recovered, now_ms).await?;
+        tx.commit().await?;
+        pulses
+            .iter()
+            .map(|p| {
+                let (recovered, deadline_ms) =
+                    by_service.get(&p.service).copied().ok_or_else(|| {
+                        StoreError::Corrupt(format!("the pulse of {} returned no row", p.service))
+                    })?;
+                Ok(PulseOutcome {
+                    service: p.service.clone(),
+                    recovered,
+                    deadline_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves every watched service whose deadline has passed to down, and returns those this
+    /// call moved (another controller's claim is not returned here).
+    pub async fn claim_overdue(&self, now_ms: i64) -> Result<Vec<Transition>, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let mut tx = self.pool().begin().await?;
+            // The state and deadline are tested again on the row itself, so when two
+            // controllers pick the same service only the first update matches.
+            let rows = sqlx::query(
+                "UPDATE heartbeats SET prev_state = state, prev_since = state_since, \
+                 state = 'down', state_since = $1, updated_at = $1 \
+                 WHERE service IN (SELECT service FROM heartbeats \
+                   WHERE state IN ('new', 'up') AND deadline <= $1 ORDER BY deadline LIMIT $2) \
+                 AND state IN ('new', 'up') AND deadline <= $1 \
+                 RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, \
+                 alert_target",
+            )
+            .bind(now_ms)
+            .bind(CLAIM_CHUNK)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let service: String = row.try_get(0)?;
+                let last: i64 = row.try_get(2)?;
+                let next_in: i64 = row.try_get(3)?;
+                let grace: i64 = row.try_get(4)?;
+                let grace_text = if grace > 0 {
+                    format!(" + {} grace", crate::timefmt::span(grace))
+                } else {
+                    String::new()
+                };
+                claimed.push(Transition {
+                    message: format!(
+                        "{service} is down: no pulse since {} (expected every {}{grace_text})",
+                        crate::timefmt::rfc3339(last),
+                        crate::timefmt::span(next_in)
+                    ),
+                    service,
+                    node: row.try_get(1)?,
+                    kind: TransitionKind::Down,
+                    level: 4,
+                    alert: route(row, 5)?,
+                });
+            }
+            self.record_transitions(&mut tx, &claimed, now_ms).await?;
+            tx.commit().await?;
+            let done = (claimed.len() as i64) < CLAIM_CHUNK;
+            all.extend(claimed);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// The earliest deadline of a watched service.
+    pub async fn next_deadline(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(deadline) FROM heartbeats WHERE state IN ('new', 'up')")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Withdraws a service from watching. False when there is no such service.
+    pub async fn cancel_heartbeat(&self, service: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE heartbeats SET prev_state = state, prev_since = state_since, \
+             state = 'cancelled', state_since = CASE WHEN state = 'cancelled' THEN state_since \
+             ELSE $2 END, updated_at = $2 WHERE service = $1",
+        )
+        .bind(service)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every heartbeat, by service name, read as of `now_ms`.
+    pub async fn heartbeats(&self, now_ms: i64) -> Result<Vec<Heartbeat>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM heartbeats ORDER BY service"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| heartbeat_from_row(r, now_ms)).collect()
+    }
+
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        now_ms: i64,
+    ) -> Result<Option<Heartbeat>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM heartbeats WHERE service = $1"
+        ))
+        .bind(service)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| heartbeat_from_row(&r, now_ms)).transpose()
+    }
+
+    /// Alerts, newest first.
+    pub async fn alerts(&self, limit: i64) -> Result<Vec<AlertEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, ts, source, subject, kind, level, message, channel, target, delivered_at \
+             FROM alerts ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AlertEntry {
+                    id: r.try_get(0)?,
+                    ts: crate::timefmt::rfc3339(r.try_get(1)?),
+                    source: r.try_get(2)?,
+                    subject: r.try_get(3)?,
+                    kind: r.try_get(4)?,
+                    level: r.try_get(5)?,
+                    message: r.try_get(6)?,
+                    channel: r.try_get(7)?,
+                    target: r.try_get(8)?,
+                    delivered_at: r.try_get::<Option<i64>, _>(9)?.map(crate::timefmt::rfc3339),
+                })
+            })
+            .collect()
+    }
+
+    /// The event and the alert of each transition, inside the transaction that made it.
+    async fn record_transitions(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        transitions: &[Transition],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if transitions.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<NewEvent> = transitions
+            .iter()
+            .map(|t| NewEvent {
+                node: t.node.clone(),
+                service: Some(t.service.clone()),
+                level: t.level,
+                message: t.message.clone(),
+                fields: serde_json::json!({ "heartbeat": t.kind.as_str() }),
+                category: "event",
+            })
+            .collect();
+        self.insert_events(tx, now_ms, &events).await?;
+        self.insert_rows(
+            tx,
+            "INSERT INTO alerts (ts, source, subject, kind, level, message, channel, target) \
+             VALUES ",
+            8,
+            "",
+            transitions,
+            |q, t| {
+                q.bind(now_ms)
+                    .bind("heartbeat")
+                    .bind(&t.service)
+                    .bind(t.kind.as_str())
+                    .bind(t.level)
+                    .bind(&t.message)
+                    .bind(t.alert.as_ref().map(|a| a.channel.clone()))
+                    .bind(t.alert.as_ref().map(|a| a.target.clone()))
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The alert route in columns `at` and `at + 1`, when both are set.
+fn route(row: &AnyRow, at: usize) -> Result<Option<AlertRoute>, StoreError> {
+    let channel: Option<String> = row.try_get(at)?;
+    let target: Option<String> = row.try_get(at + 1)?;
+    Ok(match (channel, target) {
+        (Some(channel), Some(target)) => Some(AlertRoute { channel, target }),
+        _ => None,
+    })
+}
+
+fn heartbeat_from_row(row: &AnyRow, now_ms: i64) -> Result<Heartbeat, StoreError> {
+    let next_in_ms: i64 = row.try_get(2)?;
+    let grace_ms: i64 = row.try_get(3)?;
+    let stored: String = row.try_get(6)?;
+    let last_pulse_ms: i64 = row.try_get(7)?;
+    let deadline_ms: i64 = row.try_get(8)?;
+    let mut state_since_ms: i64 = row.try_get(9)?;
+    let due_ms = last_pulse_ms + next_in_ms;
+    let state = HeartbeatState::read(&stored, due_ms, now_ms);
+    if state == HeartbeatState::Late {
+        state_since_ms = due_ms;
+    }
+    Ok(Heartbeat {
+        service: row.try_get(0)?,
+        node: row.try_get(1)?,
+        state,
+        next_in_ms,
+        grace_ms,
+        alert: route(row, 4)?,
+        last_pulse: crate::timefmt::rfc3339(last_pulse_ms),
+        last_pulse_ms,
+        deadline: crate::timefmt::rfc3339(deadline_ms),
+        deadline_ms,
+        state_since: crate::timefmt::rfc3339(state_since_ms),
+        state_since_ms,
+        for_ms: (now_ms - state_since_ms).max(0),
+        pulses: row.try_get(10)?,
+    })
+}

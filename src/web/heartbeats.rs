@@ -1,0 +1,271 @@
+//! The heartbeat and event API: `POST/GET /api/v1/heartbeats`, `GET/DELETE
+//! /api/v1/heartbeats/{service}`, `POST/GET /api/v1/events`, `GET /api/v1/alerts`.
+//!
+//! Pulses and events come from operators (token) or nodes (signed; a node's entries always
+//! carry its own name). Parsing and limits are `crate::heartbeat`'s; this only adapts HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use super::auth::{Caller, Operator, caller};
+use super::error::{ApiError, json_body};
+use super::{ApiQuery, AppState};
+use crate::heartbeat::{self, AlertRoute, Pulse};
+use crate::store::events::{EventQuery, NewEvent};
+
+pub const HEARTBEATS_PATH: &str = "/api/v1/heartbeats";
+pub const EVENTS_PATH: &str = "/api/v1/events";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PulseBody {
+    service: String,
+    next_in: serde_json::Value,
+    grace: Option<serde_json::Value>,
+    node: Option<String>,
+    alert: Option<AlertRoute>,
+}
+
+/// `POST /api/v1/heartbeats`: a pulse. Answered once it is stored.
+pub async fn pulse(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = caller(
+        &state,
+        &headers,
+        peer,
+        &format!("POST {HEARTBEATS_PATH}"),
+        &body,
+    )?;
+    let body: PulseBody = json_body(&body)?;
+    let pulse = Pulse {
+        service: body.service,
+        node: own_node(&who, body.node)?,
+        next_in_ms: heartbeat::span_ms("next_in", &body.next_in)?,
+        grace_ms: match &body.grace {
+            Some(g) => heartbeat::span_ms("grace", g)?,
+            None => 0,
+        },
+        alert: body.alert,
+    };
+    let service = pulse.service.clone();
+    let outcome = state.heartbeats.pulse(pulse).await?;
+    let now = crate::timefmt::now_ms();
+    let current = state.durable.heartbeat(&service, now).await?;
+    Ok(Json(serde_json::json!({
+        "recovered": outcome.recovered,
+        "heartbeat": current,
+    })))
+}
+
+/// A node speaks for itself only; an operator may name any node (or none).
+fn own_node(who: &Caller, named: Option<String>) -> Result<Option<String>, ApiError> {
+    match (who, named) {
+        (Caller::Node(me), Some(named)) if &named != me => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("node {me} cannot speak for node {named}"),
+        )),
+        (Caller::Node(me), _) => Ok(Some(me.clone())),
+        (Caller::Operator(_), named) => Ok(named),
+    }
+}
+
+/// `GET /api/v1/heartbeats`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    _: Operator,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let all = state.durable.heartbeats(crate::timefmt::now_ms()).await?;
+    Ok(Json(serde_json::json!({ "heartbeats": all })))
+}
+
+/// `GET /api/v1/heartbeats/{service}`.
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Path(service): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state
+        .durable
+        .heartbeat(&service, crate::timefmt::now_ms())
+        .await?
+    {
+        Some(h) => Ok(Json(serde_json::to_value(h).expect("heartbeats serialise"))),
+        None => Err(ApiError::not_found(format!(
+            "no heartbeat named {service:?}: see GET {HEARTBEATS_PATH}"
+        ))),
+    }
+}
+
+/// `DELETE /api/v1/heartbeats/{service}`: stops watching it; it stays listed, cancelled, until
+/// it pulses again.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(service): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.heartbeats.cancel(&service).await? {
+        return Err(ApiError::not_found(format!(
+            "no heartbeat named {service:?}: see GET {HEARTBEATS_PATH}"
+        )));
+    }
+    let current = state
+        .durable
+        .heartbeat(&service, crate::timefmt::now_ms())
+        .await?;
+    Ok(Json(serde_json::json!({ "heartbeat": current })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    service: Option<String>,
+    node: Option<String>,
+    level: Option<serde_json::Value>,
+    message: String,
+    fields: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `POST /api/v1/events`: an entry for the event log.
+pub async fn add_event(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let who = caller(
+        &state,
+        &headers,
+        peer,
+        &format!("POST {EVENTS_PATH}"),
+        &body,
+    )?;
+    let body: EventBody = json_body(&body)?;
+    let event = NewEvent {
+        node: own_node(&who, body.node)?,
+        service: body.service,
+        level: match &body.level {
+            Some(level) => heartbeat::parse_level(level)?,
+            None => 1,
+        },
+        message: body.message,
+        fields: serde_json::Value::Object(body.fields.unwrap_or_default()),
+        category: "event",
+    };
+    check_event(&event)?;
+    let id = state
+        .durable
+        .add_event(&event, crate::timefmt::now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+/// The rules every new event meets, whichever door it came in by.
+pub fn check_event(event: &NewEvent) -> Result<(), crate::model::InvalidInput> {
+    use crate::model::InvalidInput;
+    if event.service.is_none() && event.node.is_none() {
+        return Err(InvalidInput::new(
+            "service",
+            "an event needs a service or a node",
+        ));
+    }
+    if let Some(service) = &event.service {
+        heartbeat::check_service(service)?;
+    }
+    if let Some(node) = &event.node {
+        crate::model::NodeName::parse(node).map_err(|e| InvalidInput::new("node", e.problem))?;
+    }
+    heartbeat::check_message(&event.message)?;
+    if event.fields.to_string().len() > heartbeat::limits::FIELDS_MAX {
+        return Err(InvalidInput::new(
+            "fields",
+            format!(
+                "are more than {} bytes as JSON",
+                heartbeat::limits::FIELDS_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub level: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub q: Option<String>,
+    pub limit: Option<i64>,
+    pub before: Option<i64>,
+}
+
+/// `GET /api/v1/events?service=&node=&level=&from=&to=&q=&limit=&before=`: newest first;
+/// `next_before` continues the list.
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    _: Operator,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = crate::timefmt::now_ms();
+    let time = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|t| crate::timefmt::parse_time(t, now))
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+    };
+    let min_level = match &query.level {
+        Some(l) => Some(heartbeat::level_of_name(l).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "level: {l:?} is not 0–7 or one of {}",
+                heartbeat::LEVELS.join(", ")
+            ))
+        })?),
+        None => None,
+    };
+    if query.q.as_ref().is_some_and(|q| q.len() > 1000) {
+        return Err(ApiError::bad_request("q: at most 1000 bytes"));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: between 1 and 1000"));
+    }
+    let entries = state
+        .durable
+        .events(&EventQuery {
+            category: "event",
+            service: query.service,
+            node: query.node,
+            min_level,
+            from_ms: time("from", &query.from)?,
+            to_ms: time("to", &query.to)?,
+            text: query.q,
+            before_id: query.before,
+            after_id: None,
+            limit,
+        })
+        .await?;
+    let next_before = (entries.len() as i64 == limit)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(
+        serde_json::json!({ "events": entries, "next_before": next_before }),
+    ))
+}
+
+/// `GET /api/v1/alerts`: alerts raised, newest first (delivered by the notifier once it runs).
+pub async fn alerts(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let alerts = state.durable.alerts(200).await?;
+    Ok(Json(serde_json::json!({ "alerts": alerts })))
+}

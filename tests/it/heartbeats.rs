@@ -1,0 +1,458 @@
+//! Heartbeats and the event log through the API, against SQLite and PostgreSQL: a silent
+//! service goes down once and comes back once, a restart loses no deadline, two controllers on
+//! one database report each transition once, agents pulse for their nodes, bad input changes
+//! nothing. Detection bounds here keep a margin for a loaded machine; the tight figure is the
+//! benchmark's (`fleet bench heartbeats`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::both_backends;
+use crate::harness::{Backend, Client, Env, InProcess, eventually};
+
+/// Real-time tests allow this much between a deadline and its report.
+const MARGIN_MS: i64 = 3000;
+
+async fn controller(env: &Env) -> InProcess {
+    let mut config = env.controller_config();
+    config.api_tokens = vec!["heartbeat-test-token".into()];
+    InProcess::start(config).await
+}
+
+async fn events_of(client: &Client, service: &str) -> Vec<serde_json::Value> {
+    let (status, v) = client
+        .get(&format!("/api/v1/events?service={service}&limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["events"].as_array().unwrap().clone()
+}
+
+async fn state_of(client: &Client, service: &str) -> serde_json::Value {
+    let (status, v) = client.get(&format!("/api/v1/heartbeats/{service}")).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+both_backends!(a_silent_service_goes_down_once_and_comes_back_once);
+async fn a_silent_service_goes_down_once_and_comes_back_once(backend: Backend) {
+    let env = Env::new(backend).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let (status, v) = client
+        .post(
+            "/api/v1/heartbeats",
+            json!({"service": "backup", "next_in": 1, "grace": "1s",
+                   "alert": {"channel": "email", "target": "ops@example.com"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["heartbeat"]["state"], "new");
+    assert_eq!(v["recovered"], false);
+    let deadline = v["heartbeat"]["deadline_ms"].as_i64().unwrap();
+    let pulsed = v["heartbeat"]["last_pulse_ms"].as_i64().unwrap();
+    assert_eq!(deadline - pulsed, 2000, "next_in + grace");
+
+    // Past next_in, within the grace: late, not yet down.
+    let late = eventually(Duration::from_secs(5), "late", || async {
+        let v = state_of(&client, "backup").await;
+        (v["state"] != "new").then_some(v)
+    })
+    .await;
+    assert_eq!(late["state"], "late", "{late}");
+    assert!(events_of(&client, "backup").await.is_empty());
+
+    let down = eventually(Duration::from_secs(10), "down", || async {
+        let v = state_of(&client, "backup").await;
+        (v["state"] == "down").then_some(v)
+    })
+    .await;
+    let reported = down["state_since_ms"].as_i64().unwrap();
+    assert!(
+        (deadline..deadline + MARGIN_MS).contains(&reported),
+        "reported at {reported}, deadline {deadline}"
+    );
+    // Once, however long it stays down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = events_of(&client, "backup").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["level"], 4);
+    assert!(
+        events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("backup is down")
+    );
+
+    // It pulses again: recovered, once.
+    let (_, v) = client
+        .post(
+            "/api/v1/heartbeats",
+            json!({"service": "backup", "next_in": "1h"}).to_string(),
+        )
+        .await;
+    assert_eq!(v["recovered"], true, "{v}");
+    assert_eq!(v["heartbeat"]["state"], "up");
+    let (_, v) = client
+        .post(
+            "/api/v1/heartbeats",
+            json!({"service": "backup", "next_in": "1h"}).to_string(),
+        )
+        .await;
+    assert_eq!(v["recovered"], false, "{v}");
+    // The alert route given once is kept.
+    assert_eq!(v["heartbeat"]["alert"]["target"], "ops@example.com");
+    let events = events_of(&client, "backup").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0]["message"].as_str().unwrap().contains("up again"));
+
+    let (_, alerts) = client.get("/api/v1/alerts").await;
+    let kinds: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["recovered", "down"]);
+    assert_eq!(alerts["alerts"][1]["channel"], "email");
+    c.stop().await;
+}
+
+both_backends!(a_cancelled_service_is_never_reported);
+async fn a_cancelled_service_is_never_reported(backend: Backend) {
+    let env = Env::new(backend).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let (status, _) = client
+        .post(
+            "/api/v1/heartbeats",
+            json!({"service": "cron/nightly", "next_in": 0.5}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = client.delete("/api/v1/heartbeats/cron%2Fnightly").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["heartbeat"]["state"], "cancelled");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        state_of(&client, "cron%2Fnightly").await["state"],
+        "cancelled"
+    );
+    assert!(events_of(&client, "cron/nightly").await.is_empty());
+    let (status, v) = client.delete("/api/v1/heartbeats/nonesuch").await;
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no heartbeat named"));
+    c.stop().await;
+}
+
+// Deadlines are durable: one that passed while the controller was down is reported once after
+// the restart; one that is still ahead is not.
+both_backends!(a_deadline_that_passes_while_the_controller_is_down_is_reported_once_after);
+async fn a_deadline_that_passes_while_the_controller_is_down_is_reported_once_after(
+    backend: Backend,
+) {
+    let env = Env::new(backend).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    for (service, next_in) in [("dies", json!(1)), ("lives", json!("1h"))] {
+        let (status, _) = client
+            .post(
+                "/api/v1/heartbeats",
+                json!({"service": service, "next_in": next_in}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    c.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    eventually(Duration::from_secs(5), "the missed deadline", || async {
+        (state_of(&client, "dies").await["state"] == "down").then_some(())
+    })
+    .await;
+    c.stop().await;
+    // And a second restart does not report it again.
+    let c = controller(&env).await;
+    let client = c.client();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(events_of(&client, "dies").await.len(), 1);
+    assert_eq!(state_of(&client, "lives").await["state"], "new");
+    assert!(events_of(&client, "lives").await.is_empty());
+    c.stop().await;
+}
+
+/// Two controllers on one PostgreSQL both watch every deadline; each transition is reported
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_on_one_database_report_each_transition_once() {
+    let env = Env::new(Backend::Engines).await;
+    let a = controller(&env).await;
+    let b = controller(&env).await;
+    let (ca, cb) = (a.client(), b.client());
+    let services: Vec<String> = (0..100).map(|i| format!("svc-{i}")).collect();
+    for (i, service) in services.iter().enumerate() {
+        let client = if i % 2 == 0 { &ca } else { &cb };
+        let (status, _) = client
+            .post(
+                "/api/v1/heartbeats",
+                json!({"service": service, "next_in": 1}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    eventually(Duration::from_secs(10), "all down", || async {
+        let (_, v) = ca.get("/api/v1/heartbeats").await;
+        v["heartbeats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["state"] == "down")
+            .then_some(())
+    })
+    .await;
+    // Back up, through either controller.
+    for (i, service) in services.iter().enumerate() {
+        let client = if i % 3 == 0 { &ca } else { &cb };
+        client
+            .post(
+                "/api/v1/heartbeats",
+                json!({"service": service, "next_in": "1h"}).to_string(),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, v) = ca.get("/api/v1/events?limit=1000").await;
+    let events = v["events"].as_array().unwrap();
+    for service in &services {
+        let of: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["service"] == *service).collect();
+        assert_eq!(of.len(), 2, "{service}: {of:?}");
+    }
+    let (_, alerts) = cb.get("/api/v1/alerts").await;
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 200);
+    a.stop().await;
+    b.stop().await;
+}
+
+// Ten thousand services pulsing at once are all stored and listed.
+both_backends!(ten_thousand_services_pulse);
+async fn ten_thousand_services_pulse(backend: Backend) {
+    use futures::StreamExt;
+    let env = Env::new(backend).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let started = Instant::now();
+    let statuses: Vec<u16> = futures::stream::iter(0..10_000)
+        .map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .post(
+                        "/api/v1/heartbeats",
+                        json!({"service": format!("s{i:05}"), "next_in": "1h"}).to_string(),
+                    )
+                    .await
+                    .0
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    eprintln!("10,000 pulses in {:?}", started.elapsed());
+    let (_, v) = client.get("/api/v1/heartbeats").await;
+    let all = v["heartbeats"].as_array().unwrap();
+    assert_eq!(all.len(), 10_000);
+    assert!(all.iter().all(|h| h["state"] == "new" && h["pulses"] == 1));
+    c.stop().await;
+}
+
+both_backends!(bad_pulses_and_events_are_refused_and_change_nothing);
+async fn bad_pulses_and_events_are_refused_and_change_nothing(backend: Backend) {
+    let env = Env::new(backend).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let huge = "x".repeat(20_000);
+    for (body, words) in [
+        (json!({"next_in": 10}).to_string(), "service"),
+        (json!({"service": "a"}).to_string(), "next_in"),
+        (json!({"service": "a", "next_in": 0}).to_string(), "next_in"),
+        (
+            json!({"service": "a", "next_in": -3}).to_string(),
+            "next_in",
+        ),
+        (
+            json!({"service": "a", "next_in": 1e12}).to_string(),
+            "next_in",
+        ),
+        (
+            json!({"service": "a", "next_in": "400d"}).to_string(),
+            "next_in",
+        ),
+        (
+            json!({"service": "a", "next_in": "soon"}).to_string(),
+            "next_in",
+        ),
+        (
+            json!({"service": "a", "next_in": [1]}).to_string(),
+            "next_in",
+        ),
+        (json!({"service": 5, "next_in": 1}).to_string(), "service"),
+        (json!({"service": "", "next_in": 1}).to_string(), "service"),
+        (
+            json!({"service": huge, "next_in": 1}).to_string(),
+            "service",
+        ),
+        (
+            json!({"service": "a", "next_in": 1, "grace": -1}).to_string(),
+            "grace",
+        ),
+        (
+            json!({"service": "a", "next_in": 1, "colour": "red"}).to_string(),
+            "colour",
+        ),
+        (
+            json!({"service": "a", "next_in": 1, "alert": {"channel": "email"}}).to_string(),
+            "alert",
+        ),
+        ("{not json".to_owned(), "not valid"),
+    ] {
+        let (status, v) = client.post("/api/v1/heartbeats", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(error.contains(words), "{body}: {error}");
+    }
+    for (body, words) in [
+        (json!({"service": "a", "level": 3}).to_string(), "message"),
+        (
+            json!({"level": 3, "message": "m"}).to_string(),
+            "service or a node",
+        ),
+        (
+            json!({"service": "a", "level": 9, "message": "m"}).to_string(),
+            "level",
+        ),
+        (
+            json!({"service": "a", "level": "loud", "message": "m"}).to_string(),
+            "level",
+        ),
+        (
+            json!({"service": "a", "message": huge}).to_string(),
+            "limit",
+        ),
+        (
+            json!({"service": "a", "message": "m", "fields": [1]}).to_string(),
+            "fields",
+        ),
+    ] {
+        let (status, v) = client.post("/api/v1/events", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(words), "{body}: {v}");
+    }
+    for query in [
+        "level=loud",
+        "from=yesterday",
+        "limit=0",
+        "limit=5000",
+        "colour=red",
+    ] {
+        let (status, v) = client.get(&format!("/api/v1/events?{query}")).await;
+        assert_eq!(status, 400, "{query}: {v}");
+    }
+    // Nothing was stored.
+    let (_, v) = client.get("/api/v1/heartbeats").await;
+    assert_eq!(v["heartbeats"], json!([]));
+    let (_, v) = client.get("/api/v1/events").await;
+    assert_eq!(v["events"], json!([]));
+    // Without a token: refused.
+    let anonymous = Client::new(&c.url, "wrong");
+    let (status, _) = anonymous
+        .post(
+            "/api/v1/heartbeats",
+            json!({"service": "a", "next_in": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = anonymous.get("/api/v1/events").await;
+    assert_eq!(status, 401);
+    c.stop().await;
+}
+
+both_backends!(events_are_searched_newest_first_with_a_cursor);
+async fn events_are_searched_newest_first_with_a_cursor(backend: Backend) {
+    let env = Env::new(backend).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let entries = [
+        ("web", json!(1), "request served"),
+        ("web", json!("warning"), "Slow Request: 2.5 s"),
+        ("db", json!("error"), "replication 100% behind"),
+        ("db", json!(0), "vacuum done"),
+        ("web", json!("critical"), "Out of memory"),
+    ];
+    for (service, level, message) in entries.clone() {
+        let (status, v) = client
+            .post(
+                "/api/v1/events",
+                json!({"service": service, "level": level, "message": message,
+                       "fields": {"pid": 42}})
+                .to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let messages = |v: &serde_json::Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, v) = client.get("/api/v1/events?service=web").await;
+    assert_eq!(
+        messages(&v),
+        ["Out of memory", "Slow Request: 2.5 s", "request served"]
+    );
+    let (_, v) = client.get("/api/v1/events?level=warning").await;
+    assert_eq!(
+        messages(&v),
+        [
+            "Out of memory",
+            "replication 100% behind",
+            "Slow Request: 2.5 s"
+        ]
+    );
+    let (_, v) = client.get("/api/v1/events?q=SLOW%20request").await;
+    assert_eq!(messages(&v), ["Slow Request: 2.5 s"]);
+    // `%` and `_` are literal in `q`.
+    let (_, v) = client.get("/api/v1/events?q=100%25").await;
+    assert_eq!(messages(&v), ["replication 100% behind"]);
+    let (_, v) = client.get("/api/v1/events?q=_").await;
+    assert_eq!(messages(&v), Vec::<String>::new());
+    let (_, v) = client.get("/api/v1/events?from=-1h&to=now&level=4").await;
+    assert_eq!(messages(&v).len(), 2);
+    let (_, v) = client.get("/api/v1/events?service=none").await;
+    assert_eq!(messages(&v).len(), 0);
+    assert_eq!(
+        client.get("/api/v1/events?limit=2").await.1["events"][0]["fields"]["pid"],
+        42
+    );
+    // Pages of two, newest first, each continuing where the last ended.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/events?limit=2".to_owned();
+    loop {
+        let (_, v) = client.get(&path).await;
+        seen.extend(messages(&v));
+        match v["next_before"].as_i64() {
+            Some(id) => path = format!("/api/v1/events?limit=2&before={id}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = entries.iter().map(|e| e.2.to_owned()).collect();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    c.stop().await;
+}
