@@ -51,6 +51,12 @@ enum Command {
     },
     /// Send commands or events to nodes and print their results.
     Send(Box<fleet::modes::send::SendArgs>),
+    /// Pulse a heartbeat: "SERVICE is alive; expect it again within --next-in".
+    Pulse(Box<fleet::modes::pulse::PulseArgs>),
+    /// Run a command; pulse its heartbeat on success, record an error event on failure.
+    Run(Box<fleet::modes::pulse::RunArgs>),
+    /// Show the event log; --follow keeps printing new entries.
+    Events(Box<fleet::modes::pulse::EventsArgs>),
     /// Operator signing keys.
     Operator {
         #[command(subcommand)]
@@ -234,6 +240,9 @@ enum BenchCommand {
     /// Round trips of commands over the NATS or HTTP bus (latency, throughput, fan-out) beside
     /// the raw NATS, HTTP and fsync floors of this machine.
     Commands(fleet::modes::bench_commands::CommandsBenchArgs),
+    /// Pulses per second accepted, and how late missed deadlines are noticed among many
+    /// watched services.
+    Heartbeats(fleet::modes::bench_heartbeats::HeartbeatsBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -308,6 +317,9 @@ fn shutdown_on_signals() -> CancellationToken {
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Send(args) => return fleet::modes::send::run(*args).await,
+        Command::Pulse(args) => return fleet::modes::pulse::pulse(*args).await,
+        Command::Run(args) => return fleet::modes::pulse::run(*args).await,
+        Command::Events(args) => return fleet::modes::pulse::events(*args).await,
         Command::Operator {
             command: OperatorCommand::Keygen { out, force },
         } => {
@@ -395,6 +407,9 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Bench {
             command: BenchCommand::Commands(args),
         } => fleet::modes::bench_commands::commands(args).await?,
+        Command::Bench {
+            command: BenchCommand::Heartbeats(args),
+        } => fleet::modes::bench_heartbeats::heartbeats(args).await?,
     }
     Ok(0)
 }

@@ -114,24 +114,22 @@ impl SendOutcome {
     }
 }
 
-/// The agent's end of the HTTP command bus: long-polls `GET /api/v1/agent/commands` and posts
-/// reports to `POST /api/v1/agent/reports`, both signed with the node key.
-pub struct HttpCommandSource {
+/// Requests to the controller signed with a node's key (`fleet-agent-v1`, docs/commands.md):
+/// what the agent polls and reports with, and what `fleet pulse` uses on a node.
+pub struct NodeClient {
     client: reqwest::Client,
     base: reqwest::Url,
     node: String,
     key: String,
-    poll_timeout: Duration,
 }
 
-impl HttpCommandSource {
+impl NodeClient {
     pub fn new(
         controller: &str,
         node: &str,
         key: &str,
         ca_cert: Option<&Path>,
         request_timeout: Duration,
-        poll_timeout: Duration,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             client: agent_client(ca_cert, request_timeout)?,
@@ -139,11 +137,11 @@ impl HttpCommandSource {
                 .with_context(|| format!("controller URL {controller:?} is not a URL"))?,
             node: node.to_owned(),
             key: key.to_owned(),
-            poll_timeout,
         })
     }
 
-    fn signed(
+    /// A request to `path` (with `query`) carrying `body`, signed.
+    pub fn signed(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -171,6 +169,29 @@ impl HttpCommandSource {
     }
 }
 
+/// The agent's end of the HTTP command bus: long-polls `GET /api/v1/agent/commands` and posts
+/// reports to `POST /api/v1/agent/reports`, both signed with the node key.
+pub struct HttpCommandSource {
+    client: NodeClient,
+    poll_timeout: Duration,
+}
+
+impl HttpCommandSource {
+    pub fn new(
+        controller: &str,
+        node: &str,
+        key: &str,
+        ca_cert: Option<&Path>,
+        request_timeout: Duration,
+        poll_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: NodeClient::new(controller, node, key, ca_cert, request_timeout)?,
+            poll_timeout,
+        })
+    }
+}
+
 /// `<status>: <the answer's "error", or its text>`.
 pub async fn error_text(response: reqwest::Response) -> String {
     let status = response.status();
@@ -192,6 +213,7 @@ impl super::commands::CommandSource for HttpCommandSource {
         }
         let path = crate::web::commands::AGENT_POLL_PATH;
         let response = self
+            .client
             .signed(
                 reqwest::Method::GET,
                 path,
@@ -220,6 +242,7 @@ impl super::commands::CommandSource for HttpCommandSource {
             .expect("reports serialise");
         let path = crate::web::commands::AGENT_REPORTS_PATH;
         let response = self
+            .client
             .signed(reqwest::Method::POST, path, "", body)?
             .send()
             .await

@@ -61,7 +61,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
-fn summary(mut samples: Vec<Duration>) -> (f64, f64, f64) {
+pub(super) fn summary(mut samples: Vec<Duration>) -> (f64, f64, f64) {
     samples.sort_unstable();
     (
         percentile(&samples, 0.5),

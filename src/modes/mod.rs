@@ -4,7 +4,9 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_commands;
+pub mod bench_heartbeats;
 pub mod controller;
 pub mod node;
+pub mod pulse;
 pub mod send;
 pub mod token;

@@ -663,6 +663,68 @@ impl Api {
             .await
     }
 
+    /// Reads the Server-Sent Events at `path` (resuming after `last_id`) and hands each entry
+    /// to `on_entry`; returns when the stream ends or goes silent past its keep-alives.
+    pub async fn follow(
+        &self,
+        path: &str,
+        last_id: Option<i64>,
+        mut on_entry: impl FnMut(crate::store::events::EventEntry) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut request = self
+            .client
+            .get(self.base.join(path)?)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            // The stream is meant to last; silence is watched below instead.
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        if let Some(id) = last_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let mut response = request
+            .send()
+            .await
+            .context("cannot reach the controller")?;
+        if !response.status().is_success() {
+            bail!(
+                "the controller answered {}",
+                crate::bus::http::error_text(response).await
+            );
+        }
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            // Keep-alives come every 15 s: three missed means the connection is gone.
+            let chunk = tokio::time::timeout(Duration::from_secs(45), response.chunk())
+                .await
+                .context("the event stream went silent")?
+                .context("the event stream broke")?;
+            let Some(chunk) = chunk else {
+                return Ok(());
+            };
+            buffer.extend_from_slice(&chunk);
+            if buffer.len() > 4 * 1024 * 1024 {
+                bail!("an event in the stream is larger than 4 MiB");
+            }
+            // One event per blank-line-separated block; only `data:` lines matter here.
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let data: String = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if data.is_empty() {
+                    continue;
+                }
+                let entry = serde_json::from_str(&data)
+                    .with_context(|| format!("an event in the stream is not an entry: {data}"))?;
+                on_entry(entry)?;
+            }
+        }
+    }
+
     /// Long-polls until every id is settled or `wait` passes.
     pub async fn wait(&self, ids: &[String], wait: Duration) -> anyhow::Result<Vec<CommandRecord>> {
         let deadline = tokio::time::Instant::now() + wait;

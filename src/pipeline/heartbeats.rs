@@ -73,8 +73,9 @@ impl Heartbeats {
             notify: Notify::new(),
             planned_ms: AtomicI64::new(i64::MAX),
         });
-        let writer = tokio::spawn(write_loop(durable.clone(), rx, wake.clone()));
-        let monitor = tokio::spawn(monitor_loop(durable.clone(), wake, shutdown));
+        let (looks, looks_rx) = mpsc::channel(1);
+        let writer = tokio::spawn(write_loop(durable.clone(), rx, looks_rx, wake.clone()));
+        let monitor = tokio::spawn(monitor_loop(durable.clone(), looks, wake, shutdown));
         let tasks = tokio::spawn(async move {
             let _ = monitor.await;
             let _ = writer.await;
@@ -155,10 +156,32 @@ fn shutting_down() -> HeartbeatError {
     HeartbeatError::Unavailable("the controller is shutting down".into())
 }
 
+/// The monitor's request for a look (claim what has passed, say what is next).
+type Look = oneshot::Sender<Result<Option<i64>, crate::store::StoreError>>;
+
 /// Writes queued pulses in groups: whatever arrived while the previous group was committing.
-async fn write_loop(durable: Durable, mut rx: mpsc::Receiver<Job>, wake: Arc<Wake>) {
+/// The monitor's looks are run here too, ahead of the next group: on SQLite two writers would
+/// take turns through its busy-wait backoff, which made a claim behind a stream of pulse groups
+/// up to a second late.
+async fn write_loop(
+    durable: Durable,
+    mut rx: mpsc::Receiver<Job>,
+    mut looks: mpsc::Receiver<Look>,
+    wake: Arc<Wake>,
+) {
     let mut jobs: Vec<Job> = Vec::with_capacity(GROUP_MAX);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(reply) = looks.recv() => {
+                let _ = reply.send(look(&durable).await);
+                continue;
+            }
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+        };
         jobs.push(first);
         while jobs.len() < GROUP_MAX {
             match rx.try_recv() {
@@ -179,12 +202,14 @@ async fn write_loop(durable: Durable, mut rx: mpsc::Receiver<Job>, wake: Arc<Wak
         let written = durable.pulse(&pulses, now_ms).await;
         match written {
             Ok(outcomes) => {
-                let by_service: HashMap<&str, &PulseOutcome> =
-                    outcomes.iter().map(|o| (o.service.as_str(), o)).collect();
+                let by_service: HashMap<&str, &PulseOutcome> = outcomes
+                    .iter()
+                    .map(|o| (o.heartbeat.service.as_str(), o))
+                    .collect();
                 for o in outcomes.iter().filter(|o| o.recovered) {
-                    tracing::info!(service = %o.service, "heartbeat recovered");
+                    tracing::info!(service = %o.heartbeat.service, "heartbeat recovered");
                 }
-                if let Some(earliest) = outcomes.iter().map(|o| o.deadline_ms).min()
+                if let Some(earliest) = outcomes.iter().map(|o| o.heartbeat.deadline_ms).min()
                     && earliest < wake.planned_ms.load(Ordering::SeqCst)
                 {
                     wake.notify.notify_one();
@@ -212,9 +237,22 @@ async fn write_loop(durable: Durable, mut rx: mpsc::Receiver<Job>, wake: Arc<Wak
 }
 
 /// Sleeps until the earliest deadline (or [`RESYNC`]), claims what has passed, and again.
-async fn monitor_loop(durable: Durable, wake: Arc<Wake>, shutdown: CancellationToken) {
+async fn monitor_loop(
+    durable: Durable,
+    looks: mpsc::Sender<Look>,
+    wake: Arc<Wake>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let looked = look(&durable).await;
+        let (reply, answer) = oneshot::channel();
+        let looked = match looks.send(reply).await {
+            Ok(()) => match answer.await {
+                Ok(looked) => looked,
+                Err(_) => look(&durable).await,
+            },
+            // The writer has stopped (no pulses can come any more): look directly.
+            Err(_) => look(&durable).await,
+        };
         let now = crate::timefmt::now_ms();
         let until = match looked {
             Ok(Some(next)) => next.min(now + RESYNC.as_millis() as i64),

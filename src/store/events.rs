@@ -159,6 +159,33 @@ impl Durable {
         rows.iter().map(entry_from_row).collect()
     }
 
+    /// Every entry after `after_id`, oldest first, with its category: what a follower reads
+    /// next. Unfiltered, so that a hole in the ids is a hole in the log (see `web::stream`).
+    pub async fn events_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(EventEntry, String)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS}, category FROM events WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((entry_from_row(r)?, r.try_get::<String, _>(7)?)))
+            .collect()
+    }
+
+    /// The newest entry's id (0 for an empty log): where a follower starts.
+    pub async fn last_event_id(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT MAX(id) FROM events")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+    }
+
     /// Deletes entries older than `before_ms`, a slice at a time so writers never wait long.
     pub async fn purge_events(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut deleted = 0;

@@ -16,12 +16,12 @@ use super::events::NewEvent;
 use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Pulse};
 
 /// What one pulse did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PulseOutcome {
-    pub service: String,
+    /// The heartbeat as this pulse left it.
+    pub heartbeat: Heartbeat,
     /// It was down: this pulse is its recovery (reported by this call, once).
     pub recovered: bool,
-    pub deadline_ms: i64,
 }
 
 /// A reported change: down, or up again.
@@ -98,8 +98,8 @@ impl Durable {
                                ELSE excluded.state_since END, \
                  last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
                  pulses = heartbeats.pulses + 1, updated_at = excluded.updated_at \
-                 RETURNING service, prev_state, prev_since, deadline, node, alert_channel, \
-                 alert_target",
+                 RETURNING service, node, next_in_ms, grace_ms, alert_channel, alert_target, \
+                 state, last_pulse, deadline, state_since, pulses, prev_state, prev_since",
                 pulses,
                 |q, p| {
                     let (_, deadline) = p.due_and_deadline(now_ms);
@@ -122,41 +122,40 @@ impl Durable {
         let mut by_service = std::collections::HashMap::with_capacity(rows.len());
         let mut recovered = Vec::new();
         for row in &rows {
-            let service: String = row.try_get(0)?;
-            let prev: Option<String> = row.try_get(1)?;
-            let prev_since: Option<i64> = row.try_get(2)?;
-            let deadline: i64 = row.try_get(3)?;
-            let node: Option<String> = row.try_get(4)?;
+            let heartbeat = heartbeat_from_row(row, now_ms)?;
+            let prev: Option<String> = row.try_get(11)?;
+            let prev_since: Option<i64> = row.try_get(12)?;
             let was_down = prev.as_deref() == Some("down");
             if was_down {
                 let down_for = now_ms - prev_since.unwrap_or(now_ms);
                 recovered.push(Transition {
                     message: format!(
-                        "{service} is up again after {} down",
+                        "{} is up again after {} down",
+                        heartbeat.service,
                         crate::timefmt::span(down_for)
                     ),
-                    service: service.clone(),
-                    node,
+                    service: heartbeat.service.clone(),
+                    node: heartbeat.node.clone(),
                     kind: TransitionKind::Recovered,
                     level: 2,
-                    alert: route(row, 5)?,
+                    alert: heartbeat.alert.clone(),
                 });
             }
-            by_service.insert(service, (was_down, deadline));
+            by_service.insert(
+                heartbeat.service.clone(),
+                PulseOutcome {
+                    heartbeat,
+                    recovered: was_down,
+                },
+            );
         }
         self.record_transitions(&mut tx, &recovered, now_ms).await?;
         tx.commit().await?;
         pulses
             .iter()
             .map(|p| {
-                let (recovered, deadline_ms) =
-                    by_service.get(&p.service).copied().ok_or_else(|| {
-                        StoreError::Corrupt(format!("the pulse of {} returned no row", p.service))
-                    })?;
-                Ok(PulseOutcome {
-                    service: p.service.clone(),
-                    recovered,
-                    deadline_ms,
+                by_service.get(&p.service).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("the pulse of {} returned no row", p.service))
                 })
             })
             .collect()

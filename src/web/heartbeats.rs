@@ -57,13 +57,10 @@ pub async fn pulse(
         },
         alert: body.alert,
     };
-    let service = pulse.service.clone();
     let outcome = state.heartbeats.pulse(pulse).await?;
-    let now = crate::timefmt::now_ms();
-    let current = state.durable.heartbeat(&service, now).await?;
     Ok(Json(serde_json::json!({
         "recovered": outcome.recovered,
-        "heartbeat": current,
+        "heartbeat": outcome.heartbeat,
     })))
 }
 

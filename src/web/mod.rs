@@ -11,6 +11,7 @@ pub mod commands;
 pub mod error;
 pub mod heartbeats;
 pub mod ingest;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -85,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(heartbeats::get_one).delete(heartbeats::cancel),
         )
         .route("/api/v1/alerts", get(heartbeats::alerts))
+        .route("/api/v1/stream", get(stream::stream))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_operator,

@@ -59,3 +59,32 @@ fn bench_commands_runs_over_both_buses() {
         }
     }
 }
+
+/// `fleet bench heartbeats` end to end at a small size: it fails by itself when a silent service
+/// is not reported or a pulsing one is, so success means both held.
+#[test]
+fn bench_heartbeats_runs_and_checks_every_missed_deadline() {
+    let args: Vec<String> = [
+        "bench",
+        "heartbeats",
+        "--services",
+        "300",
+        "--interval",
+        "2s",
+        "--missed",
+        "30",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, out, err) = run_fleet(&args);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("pulses    300 accepted"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("detection"))
+        .unwrap_or_else(|| panic!("no detection line in:\n{out}"));
+    assert!(
+        line.contains("with 300 services watched and 270 pulsing"),
+        "{line}"
+    );
+}

@@ -456,3 +456,274 @@ async fn events_are_searched_newest_first_with_a_cursor(backend: Backend) {
     assert_eq!(seen, expected);
     c.stop().await;
 }
+
+/// An agent's batches pulse `node:<name>`, with the spine's down rule as the deadline; when the
+/// agent stops, the node is reported down, and recovered when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_pulse_for_their_nodes_and_a_stopped_agent_is_reported_down() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = crate::harness::enroll(&env, "web1");
+    let mut config = env.controller_config();
+    config.api_tokens = vec!["heartbeat-test-token".into()];
+    config.status.down_after = Duration::from_secs(2);
+    let c = InProcess::start(config).await;
+    let client = c.client();
+    let agent_args = |run: usize| -> Vec<String> {
+        [
+            "agent",
+            "--controller",
+            &c.url,
+            "--node",
+            "web1",
+            "--key",
+            &key,
+            "--interval",
+            "100ms",
+            "--data-dir",
+            &env.dir
+                .path()
+                .join(format!("agent-{run}"))
+                .display()
+                .to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut agent =
+        crate::harness::Process::spawn(&agent_args(1), &env.dir.path().join("agent-1.log"));
+    let beat = eventually(Duration::from_secs(15), "the node's heartbeat", || async {
+        let (status, v) = client.get("/api/v1/heartbeats/node:web1").await;
+        (status == 200).then_some(v)
+    })
+    .await;
+    assert_eq!(beat["node"], "web1");
+    assert_eq!(beat["next_in_ms"], 2000, "max(down_after, 10 × interval)");
+    agent.kill();
+    let stopped = Instant::now();
+    eventually(Duration::from_secs(10), "the node down", || async {
+        (state_of(&client, "node:web1").await["state"] == "down").then_some(())
+    })
+    .await;
+    assert!(stopped.elapsed() >= Duration::from_millis(1500));
+    let (_, v) = client.get("/api/v1/events?node=web1").await;
+    assert_eq!(v["events"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["events"][0]["service"], "node:web1");
+    let _agent =
+        crate::harness::Process::spawn(&agent_args(2), &env.dir.path().join("agent-2.log"));
+    eventually(Duration::from_secs(10), "the node up again", || async {
+        (state_of(&client, "node:web1").await["state"] == "up").then_some(())
+    })
+    .await;
+    let (_, v) = client.get("/api/v1/events?node=web1").await;
+    assert!(
+        v["events"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("up again"),
+        "{v}"
+    );
+}
+
+/// `fleet pulse` (as an operator and as a node), `fleet run --heartbeat`, `fleet events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulse_run_and_events_from_the_command_line() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = crate::harness::enroll(&env, "db1");
+    let c = controller(&env).await;
+    let client = c.client();
+    let fleet = |args: &[&str], as_node: bool| {
+        let mut proc = std::process::Command::new(crate::harness::FLEET);
+        proc.args(args)
+            .env("FLEET_CONTROLLER", &c.url)
+            .env_remove("FLEET_API_TOKEN")
+            .env_remove("FLEET_NODE")
+            .env_remove("FLEET_NODE_KEY");
+        if as_node {
+            proc.env("FLEET_NODE", "db1").env("FLEET_NODE_KEY", &key);
+        } else {
+            proc.env("FLEET_API_TOKEN", "heartbeat-test-token");
+        }
+        let out = proc.output().expect("run fleet");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = fleet(
+        &[
+            "pulse",
+            "backup",
+            "--next-in",
+            "10m",
+            "--alert",
+            "email:ops@example.com",
+        ],
+        false,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("backup: new; down unless it pulses again by "),
+        "{out}"
+    );
+    let v = state_of(&client, "backup").await;
+    assert_eq!(v["next_in_ms"], 600_000);
+    assert_eq!(v["alert"]["channel"], "email");
+
+    // A node signs its own pulses, and speaks only for itself.
+    let (code, _, err) = fleet(&["pulse", "db1-dump", "--next-in", "1d"], true);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(state_of(&client, "db1-dump").await["node"], "db1");
+    let (code, _, err) = fleet(&["pulse", "x", "--next-in", "1d"], false);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = fleet(&["pulse", "y", "--next-in", "0s"], false);
+    assert_ne!(code, 0);
+    assert!(err.contains("next_in"), "{err}");
+
+    // `fleet run`: success pulses; failure records the exit status and the output's tail.
+    let (code, out, err) = fleet(
+        &[
+            "run",
+            "--heartbeat",
+            "nightly",
+            "--next-in",
+            "1d",
+            "--",
+            "sh",
+            "-c",
+            "echo all good",
+        ],
+        true,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "all good\n", "the command's output passes through");
+    assert_eq!(state_of(&client, "nightly").await["pulses"], 1);
+    let (code, _, err) = fleet(
+        &[
+            "run",
+            "--heartbeat",
+            "nightly",
+            "--next-in",
+            "1d",
+            "--",
+            "sh",
+            "-c",
+            "echo disk full >&2; exit 3",
+        ],
+        true,
+    );
+    assert_eq!(code, 3);
+    assert!(err.contains("disk full"), "{err}");
+    assert_eq!(
+        state_of(&client, "nightly").await["pulses"],
+        1,
+        "no pulse on failure"
+    );
+    let events = events_of(&client, "nightly").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["level"], 4);
+    assert_eq!(events[0]["node"], "db1");
+    assert_eq!(events[0]["fields"]["exit_code"], 3);
+    assert!(
+        events[0]["fields"]["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("disk full")
+    );
+
+    let (code, out, err) = fleet(&["events", "--service", "nightly"], false);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ERROR") && out.contains("db1/nightly") && out.contains("exit status 3"),
+        "{out}"
+    );
+    let (code, _, err) = fleet(&["events"], true);
+    assert_ne!(code, 0, "reading is for operators");
+    assert!(err.contains("operator token"), "{err}");
+
+    // --follow prints what is written after it started.
+    let mut follower = std::process::Command::new(crate::harness::FLEET)
+        .args(["events", "--follow", "--service", "live", "--json"])
+        .env("FLEET_CONTROLLER", &c.url)
+        .env("FLEET_API_TOKEN", "heartbeat-test-token")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for i in 0..3 {
+        let (status, _) = client
+            .post(
+                "/api/v1/events",
+                json!({"service": "live", "message": format!("m{i}")}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a followed event");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        got.push(v["message"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, ["m0", "m1", "m2"]);
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
+
+// The SSE stream resumes after `Last-Event-ID`: nothing missed, nothing repeated.
+both_backends!(the_stream_resumes_after_the_last_event_id);
+async fn the_stream_resumes_after_the_last_event_id(backend: Backend) {
+    let env = Env::new(backend).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, v) = client
+            .post(
+                "/api/v1/events",
+                json!({"service": "s", "message": format!("m{i}")}).to_string(),
+            )
+            .await;
+        ids.push(v["id"].as_i64().unwrap());
+    }
+    let mut response = client
+        .http
+        .get(format!("{}/api/v1/stream?kinds=events", c.url))
+        .bearer_auth(&client.token)
+        .header("last-event-id", ids[1].to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while text.matches("data:").count() < 3 && Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(2), response.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let sent: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(|id| id.trim().parse().unwrap())
+        .collect();
+    assert_eq!(sent, ids[2..].to_vec(), "{text}");
+    assert!(text.contains("\"message\":\"m2\""));
+    let (status, v) = client.get("/api/v1/stream?kinds=gossip").await;
+    assert_eq!(status, 400, "{v}");
+}

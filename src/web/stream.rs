@@ -1,0 +1,189 @@
+//! `GET /api/v1/stream?kinds=events,errors,heartbeats&service=&node=&level=`: the event log as
+//! Server-Sent Events, for `fleet events --follow` (and the dashboard). Each entry is sent with
+//! its id; a client that reconnects with `Last-Event-ID` resumes after it, missing nothing and
+//! repeating nothing.
+//!
+//! The stream reads the store at the client's pace (a client that reads slowly just falls
+//! behind in the table), so no client can slow ingest or another client. It must never send an
+//! entry out of id order, and never skip an id that may still commit: PostgreSQL hands out ids
+//! before commit, so a hole in the ids is held for [`HOLE_WAIT`] before it is taken for a
+//! rolled-back write.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+
+use super::auth::Operator;
+use super::error::ApiError;
+use super::{ApiQuery, AppState};
+use crate::store::events::EventEntry;
+
+/// How often a follower looks for new entries.
+const POLL: Duration = Duration::from_millis(250);
+/// How long a hole in the ids may be an uncommitted write.
+const HOLE_WAIT: Duration = Duration::from_secs(5);
+const PAGE: i64 = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    pub kinds: Option<String>,
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub level: Option<String>,
+}
+
+/// What a follower wants to see.
+#[derive(Clone)]
+struct Filter {
+    events: bool,
+    errors: bool,
+    /// Only heartbeat transitions (down, recovered) among the events.
+    heartbeats_only: bool,
+    service: Option<String>,
+    node: Option<String>,
+    min_level: i64,
+}
+
+impl Filter {
+    fn wants(&self, entry: &EventEntry, category: &str) -> bool {
+        let kind = match category {
+            "error" => self.errors,
+            _ if self.events => true,
+            _ => self.heartbeats_only && entry.fields.get("heartbeat").is_some(),
+        };
+        kind && entry.level >= self.min_level
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| entry.service.as_ref() == Some(s))
+            && self
+                .node
+                .as_ref()
+                .is_none_or(|n| entry.node.as_ref() == Some(n))
+    }
+}
+
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    _: Operator,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let kinds = query.kinds.as_deref().unwrap_or("events");
+    let mut filter = Filter {
+        events: false,
+        errors: false,
+        heartbeats_only: false,
+        service: query.service,
+        node: query.node,
+        min_level: 0,
+    };
+    for kind in kinds.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        match kind {
+            "events" => filter.events = true,
+            "errors" => filter.errors = true,
+            "heartbeats" => filter.heartbeats_only = true,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "kinds: {other:?} is not one of events, errors, heartbeats"
+                )));
+            }
+        }
+    }
+    if let Some(level) = &query.level {
+        filter.min_level = crate::heartbeat::level_of_name(level).ok_or_else(|| {
+            ApiError::bad_request(format!("level: {level:?} is not 0–7 or a level name"))
+        })?;
+    }
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id"))
+        })
+        .transpose()?;
+    let cursor = match resume {
+        Some(id) => id,
+        None => state.durable.last_event_id().await?,
+    };
+    let follower = Follower {
+        state,
+        filter,
+        cursor,
+        ready: VecDeque::new(),
+        hole_since: None,
+    };
+    let events = futures::stream::unfold(follower, |mut f| async move {
+        let event = f.next().await;
+        Some((Ok(event), f))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+struct Follower {
+    state: Arc<AppState>,
+    filter: Filter,
+    /// Every id up to this one has been sent or passed over.
+    cursor: i64,
+    ready: VecDeque<(EventEntry, String)>,
+    /// Since when the entry after `cursor` has been missing while later ones exist.
+    hole_since: Option<Instant>,
+}
+
+impl Follower {
+    /// The next entry to send (waiting for one), or a note when the store cannot be read.
+    async fn next(&mut self) -> Event {
+        loop {
+            while let Some((entry, category)) = self.ready.pop_front() {
+                if self.filter.wants(&entry, &category) {
+                    return Event::default()
+                        .id(entry.id.to_string())
+                        .event(if category == "error" {
+                            "error"
+                        } else {
+                            "event"
+                        })
+                        .data(serde_json::to_string(&entry).expect("events serialise"));
+                }
+            }
+            match self.state.durable.events_after(self.cursor, PAGE).await {
+                Ok(rows) => self.take(rows),
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot read events for a follower");
+                    tokio::time::sleep(POLL * 4).await;
+                    continue;
+                }
+            }
+            if self.ready.is_empty() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// Moves the entries that are certainly in order into `ready`, holding back those after a
+    /// hole until the hole is old enough to be a rollback.
+    fn take(&mut self, rows: Vec<(EventEntry, String)>) {
+        for (entry, category) in rows {
+            if entry.id != self.cursor + 1 {
+                let since = *self.hole_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < HOLE_WAIT {
+                    return;
+                }
+            }
+            self.hole_since = None;
+            self.cursor = entry.id;
+            self.ready.push_back((entry, category));
+        }
+    }
+}
