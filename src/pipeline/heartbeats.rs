@@ -40,6 +40,8 @@ pub enum HeartbeatError {
 
 struct Job {
     pulse: Pulse,
+    /// Who waits for the outcome; nobody for an agent's automatic pulse, which also never
+    /// revives a cancelled heartbeat.
     reply: Option<oneshot::Sender<Result<PulseOutcome, String>>>,
 }
 
@@ -191,15 +193,36 @@ async fn write_loop(
         }
         // One row per service per statement (PostgreSQL refuses to touch a row twice in one
         // upsert): the latest pulse of a service stands for its repeats.
-        let mut latest: HashMap<&str, usize> = HashMap::with_capacity(jobs.len());
+        let mut latest: HashMap<(&str, bool), usize> = HashMap::with_capacity(jobs.len());
         for (i, job) in jobs.iter().enumerate() {
-            latest.insert(&job.pulse.service, i);
+            latest.insert((&job.pulse.service, job.reply.is_some()), i);
         }
         let mut order: Vec<usize> = latest.values().copied().collect();
         order.sort_unstable();
-        let pulses: Vec<Pulse> = order.iter().map(|&i| jobs[i].pulse.clone()).collect();
+        let (asked, automatic): (Vec<usize>, Vec<usize>) =
+            order.into_iter().partition(|&i| jobs[i].reply.is_some());
+        let pick =
+            |idx: &[usize]| -> Vec<Pulse> { idx.iter().map(|&i| jobs[i].pulse.clone()).collect() };
+        let (pulses, automatic) = (pick(&asked), pick(&automatic));
         let now_ms = crate::timefmt::now_ms();
-        let written = durable.pulse(&pulses, now_ms).await;
+        let mut written = Ok(Vec::new());
+        if !pulses.is_empty() {
+            written = durable.pulse(&pulses, now_ms, true).await;
+        }
+        let mut earliest = i64::MAX;
+        if !automatic.is_empty() {
+            match durable.pulse(&automatic, now_ms, false).await {
+                Ok(outcomes) => {
+                    earliest = outcomes
+                        .iter()
+                        .map(|o| o.heartbeat.deadline_ms)
+                        .fold(earliest, i64::min);
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, pulses = automatic.len(), "cannot store agents' pulses; their next batches pulse again");
+                }
+            }
+        }
         match written {
             Ok(outcomes) => {
                 let by_service: HashMap<&str, &PulseOutcome> = outcomes
@@ -209,9 +232,11 @@ async fn write_loop(
                 for o in outcomes.iter().filter(|o| o.recovered) {
                     tracing::info!(service = %o.heartbeat.service, "heartbeat recovered");
                 }
-                if let Some(earliest) = outcomes.iter().map(|o| o.heartbeat.deadline_ms).min()
-                    && earliest < wake.planned_ms.load(Ordering::SeqCst)
-                {
+                let earliest = outcomes
+                    .iter()
+                    .map(|o| o.heartbeat.deadline_ms)
+                    .fold(earliest, i64::min);
+                if earliest < wake.planned_ms.load(Ordering::SeqCst) {
                     wake.notify.notify_one();
                 }
                 for job in jobs.drain(..) {

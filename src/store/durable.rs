@@ -365,6 +365,7 @@ impl Durable {
     pub async fn add_node(&self, node: &Node, now_ms: i64) -> Result<(), StoreError> {
         let allow = serde_json::to_string(&node.allow).expect("CIDRs serialise");
         let labels = serde_json::to_string(&node.labels).expect("labels serialise");
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "INSERT INTO nodes (name, key, allow, labels, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name) DO NOTHING",
@@ -374,7 +375,7 @@ impl Durable {
         .bind(allow)
         .bind(labels)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -382,15 +383,33 @@ impl Durable {
                 node.name, node.name
             )));
         }
+        // Enrolled again after a removal: its heartbeat starts afresh with its first batch.
+        sqlx::query("DELETE FROM heartbeats WHERE service = $1 AND state = 'cancelled'")
+            .bind(crate::heartbeat::node_service(node.name.as_str()))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Removes an enrolled node; returns whether it existed. Its history stays until retention.
     pub async fn remove_node(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query("DELETE FROM nodes WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // A node taken out of the fleet on purpose is not an outage: stop watching its
+        // heartbeat (it stays listed, cancelled).
+        sqlx::query(
+            "UPDATE heartbeats SET state = 'cancelled', state_since = $2, updated_at = $2 \
+             WHERE service = $1 AND state <> 'cancelled'",
+        )
+        .bind(crate::heartbeat::node_service(name))
+        .bind(crate::timefmt::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(result.rows_affected() > 0)
     }
 

@@ -73,51 +73,59 @@ const COLUMNS: &str = "service, node, next_in_ms, grace_ms, alert_channel, alert
 
 impl Durable {
     /// Records pulses (at most one per service: the caller merges repeats) and returns what
-    /// each did, in the order given. Acknowledge a pulse only after this returns.
+    /// they did. Acknowledge a pulse only after this returns. Without `revive`, a pulse leaves a
+    /// cancelled heartbeat alone (and returns nothing for it): an agent's automatic pulse must
+    /// not bring back a node that was taken out of the fleet.
     pub async fn pulse(
         &self,
         pulses: &[Pulse],
         now_ms: i64,
+        revive: bool,
     ) -> Result<Vec<PulseOutcome>, StoreError> {
+        const UPSERT: &str = "INSERT INTO heartbeats (service, node, next_in_ms, grace_ms, \
+             alert_channel, alert_target, state, last_pulse, deadline, state_since, pulses, \
+             created_at, updated_at) VALUES ";
+        const UPDATE: &str = " ON CONFLICT (service) DO UPDATE SET \
+             node = COALESCE(excluded.node, heartbeats.node), \
+             next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
+             alert_channel = COALESCE(excluded.alert_channel, heartbeats.alert_channel), \
+             alert_target = COALESCE(excluded.alert_target, heartbeats.alert_target), \
+             prev_state = heartbeats.state, prev_since = heartbeats.state_since, \
+             state = 'up', \
+             state_since = CASE WHEN heartbeats.state = 'up' THEN heartbeats.state_since \
+                           ELSE excluded.state_since END, \
+             last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
+             pulses = heartbeats.pulses + 1, updated_at = excluded.updated_at ";
+        const RETURNING: &str = "RETURNING service, node, next_in_ms, grace_ms, alert_channel, \
+             alert_target, state, last_pulse, deadline, state_since, pulses, prev_state, \
+             prev_since";
+        static REVIVING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+        static SPARING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+        let suffix: &'static str = if revive {
+            REVIVING.get_or_init(|| format!("{UPDATE}{RETURNING}").leak())
+        } else {
+            SPARING.get_or_init(|| {
+                format!("{UPDATE}WHERE heartbeats.state <> 'cancelled' {RETURNING}").leak()
+            })
+        };
         let mut tx = self.pool().begin().await?;
         let rows = self
-            .insert_rows(
-                &mut tx,
-                "INSERT INTO heartbeats (service, node, next_in_ms, grace_ms, alert_channel, \
-                 alert_target, state, last_pulse, deadline, state_since, pulses, created_at, \
-                 updated_at) VALUES ",
-                13,
-                " ON CONFLICT (service) DO UPDATE SET \
-                 node = COALESCE(excluded.node, heartbeats.node), \
-                 next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
-                 alert_channel = COALESCE(excluded.alert_channel, heartbeats.alert_channel), \
-                 alert_target = COALESCE(excluded.alert_target, heartbeats.alert_target), \
-                 prev_state = heartbeats.state, prev_since = heartbeats.state_since, \
-                 state = 'up', \
-                 state_since = CASE WHEN heartbeats.state = 'up' THEN heartbeats.state_since \
-                               ELSE excluded.state_since END, \
-                 last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
-                 pulses = heartbeats.pulses + 1, updated_at = excluded.updated_at \
-                 RETURNING service, node, next_in_ms, grace_ms, alert_channel, alert_target, \
-                 state, last_pulse, deadline, state_since, pulses, prev_state, prev_since",
-                pulses,
-                |q, p| {
-                    let (_, deadline) = p.due_and_deadline(now_ms);
-                    q.bind(&p.service)
-                        .bind(&p.node)
-                        .bind(p.next_in_ms)
-                        .bind(p.grace_ms)
-                        .bind(p.alert.as_ref().map(|a| a.channel.clone()))
-                        .bind(p.alert.as_ref().map(|a| a.target.clone()))
-                        .bind("new")
-                        .bind(now_ms)
-                        .bind(deadline)
-                        .bind(now_ms)
-                        .bind(1_i64)
-                        .bind(now_ms)
-                        .bind(now_ms)
-                },
-            )
+            .insert_rows(&mut tx, UPSERT, 13, suffix, pulses, |q, p| {
+                let (_, deadline) = p.due_and_deadline(now_ms);
+                q.bind(&p.service)
+                    .bind(&p.node)
+                    .bind(p.next_in_ms)
+                    .bind(p.grace_ms)
+                    .bind(p.alert.as_ref().map(|a| a.channel.clone()))
+                    .bind(p.alert.as_ref().map(|a| a.target.clone()))
+                    .bind("new")
+                    .bind(now_ms)
+                    .bind(deadline)
+                    .bind(now_ms)
+                    .bind(1_i64)
+                    .bind(now_ms)
+                    .bind(now_ms)
+            })
             .await?;
         let mut by_service = std::collections::HashMap::with_capacity(rows.len());
         let mut recovered = Vec::new();
@@ -151,14 +159,7 @@ impl Durable {
         }
         self.record_transitions(&mut tx, &recovered, now_ms).await?;
         tx.commit().await?;
-        pulses
-            .iter()
-            .map(|p| {
-                by_service.get(&p.service).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("the pulse of {} returned no row", p.service))
-                })
-            })
-            .collect()
+        Ok(by_service.into_values().collect())
     }
 
     /// Moves every watched service whose deadline has passed to down, and returns those this

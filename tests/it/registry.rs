@@ -89,6 +89,38 @@ async fn node_add_and_remove_take_effect_on_a_running_controller(backend: Backen
 
     let (ok, _, err) = run_fleet(&remove);
     assert!(!ok && err.contains("no node named db1"), "{err}");
+    // Its heartbeat is withdrawn, not reported: batches still accepted before the registry
+    // caught up do not bring it back.
+    let beat = ctl
+        .store
+        .heartbeat("node:db1", fleet::timefmt::now_ms())
+        .await
+        .unwrap()
+        .expect("the node's batches pulsed its heartbeat");
+    assert_eq!(beat.state, fleet::heartbeat::HeartbeatState::Cancelled);
+    // Enrolled again, it is watched afresh from its first batch.
+    let (ok, out, err) = run_fleet(&args);
+    assert!(ok, "{err}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .expect("the key is printed")
+        .to_owned();
+    eventually(Duration::from_secs(8), "the node's heartbeat again", || {
+        seq += 1;
+        let batch = Batch::new("db1", &key, seq);
+        let client = &client;
+        let store = &ctl.store;
+        async move {
+            client.send(&batch).await;
+            let beat = store
+                .heartbeat("node:db1", fleet::timefmt::now_ms())
+                .await
+                .unwrap()?;
+            (beat.state == fleet::heartbeat::HeartbeatState::New).then_some(())
+        }
+    })
+    .await;
     ctl.stop().await;
 }
 
