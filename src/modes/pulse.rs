@@ -77,17 +77,13 @@ impl Caller {
                 let bytes = serde_json::to_vec(body).expect("JSON serialises");
                 // The signature covers the absolute path, as the controller sees it.
                 let path = format!("/{}", path.trim_start_matches('/'));
-                let response = client
-                    .signed(reqwest::Method::POST, &path, "", bytes)?
-                    .send()
-                    .await
-                    .context("cannot reach the controller")?;
-                if !response.status().is_success() {
-                    bail!(
-                        "the controller answered {}",
-                        crate::bus::http::error_text(response).await
-                    );
-                }
+                let response = crate::modes::send::accepted(client.signed(
+                    reqwest::Method::POST,
+                    &path,
+                    "",
+                    bytes,
+                )?)
+                .await?;
                 response
                     .json()
                     .await
@@ -97,10 +93,9 @@ impl Caller {
     }
 }
 
+/// When the next pulse is due and where alerts go: the same for `pulse` and `run`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct PulseArgs {
-    /// The service's name (a cron job, a backup, an app).
-    pub service: String,
+pub struct PulseSpec {
     /// When to expect the next pulse, e.g. 10m, 1d.
     #[arg(long, value_parser = parse_duration)]
     pub next_in: std::time::Duration,
@@ -114,13 +109,21 @@ pub struct PulseArgs {
     pub client: ControllerClient,
 }
 
-fn pulse_body(args: &PulseArgs) -> anyhow::Result<serde_json::Value> {
+#[derive(clap::Args, Debug, Clone)]
+pub struct PulseArgs {
+    /// The service's name (a cron job, a backup, an app).
+    pub service: String,
+    #[command(flatten)]
+    pub spec: PulseSpec,
+}
+
+fn pulse_body(service: &str, spec: &PulseSpec) -> anyhow::Result<serde_json::Value> {
     let mut body = serde_json::json!({
-        "service": args.service,
-        "next_in": args.next_in.as_secs_f64(),
-        "grace": args.grace.unwrap_or_default().as_secs_f64(),
+        "service": service,
+        "next_in": spec.next_in.as_secs_f64(),
+        "grace": spec.grace.unwrap_or_default().as_secs_f64(),
     });
-    if let Some(alert) = &args.alert {
+    if let Some(alert) = &spec.alert {
         let (channel, target) = alert
             .split_once(':')
             .context("--alert is CHANNEL:TARGET, e.g. email:ops@example.com")?;
@@ -131,9 +134,9 @@ fn pulse_body(args: &PulseArgs) -> anyhow::Result<serde_json::Value> {
 
 /// `fleet pulse`: one pulse; prints the service's state and when it is next expected.
 pub async fn pulse(args: PulseArgs) -> anyhow::Result<u8> {
-    let caller = args.client.connect()?;
+    let caller = args.spec.client.connect()?;
     let answer = caller
-        .post("api/v1/heartbeats", &pulse_body(&args)?)
+        .post("api/v1/heartbeats", &pulse_body(&args.service, &args.spec)?)
         .await?;
     let beat = &answer["heartbeat"];
     println!(
@@ -154,26 +157,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub heartbeat: String,
     #[command(flatten)]
-    pub pulse: RunPulse,
+    pub pulse: PulseSpec,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
-}
-
-/// The pulse half of `fleet run` (the service name comes from --heartbeat).
-#[derive(clap::Args, Debug, Clone)]
-pub struct RunPulse {
-    /// When to expect the next successful run, e.g. 1d.
-    #[arg(long, value_parser = parse_duration)]
-    pub next_in: std::time::Duration,
-    /// Extra time after that before it counts as down.
-    #[arg(long, value_parser = parse_duration)]
-    pub grace: Option<std::time::Duration>,
-    /// Where its alerts go, as CHANNEL:TARGET.
-    #[arg(long, value_name = "CHANNEL:TARGET")]
-    pub alert: Option<String>,
-    #[command(flatten)]
-    pub client: ControllerClient,
 }
 
 /// Output kept for the failure event: the end, where the error usually is.
@@ -229,15 +216,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         128 + status.signal().unwrap_or(0)
     });
     if status.success() {
-        let pulse = PulseArgs {
-            service: args.heartbeat.clone(),
-            next_in: args.pulse.next_in,
-            grace: args.pulse.grace,
-            alert: args.pulse.alert.clone(),
-            client: args.pulse.client.clone(),
-        };
         caller
-            .post("api/v1/heartbeats", &pulse_body(&pulse)?)
+            .post(
+                "api/v1/heartbeats",
+                &pulse_body(&args.heartbeat, &args.pulse)?,
+            )
             .await
             .context("the command succeeded but the pulse was not recorded")?;
         return Ok(0);

@@ -627,17 +627,7 @@ impl Api {
     }
 
     async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .context("cannot reach the controller")?;
-        if !response.status().is_success() {
-            bail!(
-                "the controller answered {}",
-                crate::bus::http::error_text(response).await
-            );
-        }
+        let response = accepted(request.bearer_auth(&self.token)).await?;
         response
             .json()
             .await
@@ -681,16 +671,7 @@ impl Api {
         if let Some(id) = last_id {
             request = request.header("last-event-id", id.to_string());
         }
-        let mut response = request
-            .send()
-            .await
-            .context("cannot reach the controller")?;
-        if !response.status().is_success() {
-            bail!(
-                "the controller answered {}",
-                crate::bus::http::error_text(response).await
-            );
-        }
+        let mut response = accepted(request).await?;
         let mut buffer: Vec<u8> = Vec::new();
         loop {
             // Keep-alives come every 15 s: three missed means the connection is gone.
@@ -745,6 +726,21 @@ impl Api {
             }
         }
     }
+}
+
+/// Sends a request to the controller; a refusal becomes an error carrying its reason.
+pub async fn accepted(request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    let response = request
+        .send()
+        .await
+        .context("cannot reach the controller")?;
+    if !response.status().is_success() {
+        bail!(
+            "the controller answered {}",
+            crate::bus::http::error_text(response).await
+        );
+    }
+    Ok(response)
 }
 
 /// `fleet operator keygen`: writes a new key file (mode 0600) and `FILE.pub`, and returns the

@@ -20,6 +20,14 @@ async fn controller(env: &Env) -> InProcess {
     InProcess::start(config).await
 }
 
+async fn pulse(client: &Client, body: serde_json::Value) -> (u16, serde_json::Value) {
+    client.post("/api/v1/heartbeats", body.to_string()).await
+}
+
+async fn log_event(client: &Client, body: serde_json::Value) -> (u16, serde_json::Value) {
+    client.post("/api/v1/events", body.to_string()).await
+}
+
 async fn events_of(client: &Client, service: &str) -> Vec<serde_json::Value> {
     let (status, v) = client
         .get(&format!("/api/v1/events?service={service}&limit=1000"))
@@ -39,14 +47,12 @@ async fn a_silent_service_goes_down_once_and_comes_back_once(backend: Backend) {
     let env = Env::new(backend).await;
     let c = controller(&env).await;
     let client = c.client();
-    let (status, v) = client
-        .post(
-            "/api/v1/heartbeats",
-            json!({"service": "backup", "next_in": 1, "grace": "1s",
-                   "alert": {"channel": "email", "target": "ops@example.com"}})
-            .to_string(),
-        )
-        .await;
+    let (status, v) = pulse(
+        &client,
+        json!({"service": "backup", "next_in": 1, "grace": "1s",
+                   "alert": {"channel": "email", "target": "ops@example.com"}}),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["heartbeat"]["state"], "new");
     assert_eq!(v["recovered"], false);
@@ -86,20 +92,10 @@ async fn a_silent_service_goes_down_once_and_comes_back_once(backend: Backend) {
     );
 
     // It pulses again: recovered, once.
-    let (_, v) = client
-        .post(
-            "/api/v1/heartbeats",
-            json!({"service": "backup", "next_in": "1h"}).to_string(),
-        )
-        .await;
+    let (_, v) = pulse(&client, json!({"service": "backup", "next_in": "1h"})).await;
     assert_eq!(v["recovered"], true, "{v}");
     assert_eq!(v["heartbeat"]["state"], "up");
-    let (_, v) = client
-        .post(
-            "/api/v1/heartbeats",
-            json!({"service": "backup", "next_in": "1h"}).to_string(),
-        )
-        .await;
+    let (_, v) = pulse(&client, json!({"service": "backup", "next_in": "1h"})).await;
     assert_eq!(v["recovered"], false, "{v}");
     // The alert route given once is kept.
     assert_eq!(v["heartbeat"]["alert"]["target"], "ops@example.com");
@@ -124,12 +120,7 @@ async fn a_cancelled_service_is_never_reported(backend: Backend) {
     let env = Env::new(backend).await;
     let c = controller(&env).await;
     let client = c.client();
-    let (status, _) = client
-        .post(
-            "/api/v1/heartbeats",
-            json!({"service": "cron/nightly", "next_in": 0.5}).to_string(),
-        )
-        .await;
+    let (status, _) = pulse(&client, json!({"service": "cron/nightly", "next_in": 0.5})).await;
     assert_eq!(status, 200);
     let (status, v) = client.delete("/api/v1/heartbeats/cron%2Fnightly").await;
     assert_eq!(status, 200, "{v}");
@@ -156,12 +147,7 @@ async fn a_deadline_that_passes_while_the_controller_is_down_is_reported_once_af
     let c = controller(&env).await;
     let client = c.client();
     for (service, next_in) in [("dies", json!(1)), ("lives", json!("1h"))] {
-        let (status, _) = client
-            .post(
-                "/api/v1/heartbeats",
-                json!({"service": service, "next_in": next_in}).to_string(),
-            )
-            .await;
+        let (status, _) = pulse(&client, json!({"service": service, "next_in": next_in})).await;
         assert_eq!(status, 200);
     }
     c.stop().await;
@@ -194,12 +180,7 @@ async fn two_controllers_on_one_database_report_each_transition_once() {
     let services: Vec<String> = (0..100).map(|i| format!("svc-{i}")).collect();
     for (i, service) in services.iter().enumerate() {
         let client = if i % 2 == 0 { &ca } else { &cb };
-        let (status, _) = client
-            .post(
-                "/api/v1/heartbeats",
-                json!({"service": service, "next_in": 1}).to_string(),
-            )
-            .await;
+        let (status, _) = pulse(&client, json!({"service": service, "next_in": 1})).await;
         assert_eq!(status, 200);
     }
     eventually(Duration::from_secs(10), "all down", || async {
@@ -215,12 +196,7 @@ async fn two_controllers_on_one_database_report_each_transition_once() {
     // Back up, through either controller.
     for (i, service) in services.iter().enumerate() {
         let client = if i % 3 == 0 { &ca } else { &cb };
-        client
-            .post(
-                "/api/v1/heartbeats",
-                json!({"service": service, "next_in": "1h"}).to_string(),
-            )
-            .await;
+        pulse(&client, json!({"service": service, "next_in": "1h"})).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, v) = ca.get("/api/v1/events?limit=1000").await;
@@ -248,13 +224,12 @@ async fn ten_thousand_services_pulse(backend: Backend) {
         .map(|i| {
             let client = &client;
             async move {
-                client
-                    .post(
-                        "/api/v1/heartbeats",
-                        json!({"service": format!("s{i:05}"), "next_in": "1h"}).to_string(),
-                    )
-                    .await
-                    .0
+                pulse(
+                    &client,
+                    json!({"service": format!("s{i:05}"), "next_in": "1h"}),
+                )
+                .await
+                .0
             }
         })
         .buffer_unordered(64)
@@ -368,12 +343,7 @@ async fn bad_pulses_and_events_are_refused_and_change_nothing(backend: Backend) 
     assert_eq!(v["events"], json!([]));
     // Without a token: refused.
     let anonymous = Client::new(&c.url, "wrong");
-    let (status, _) = anonymous
-        .post(
-            "/api/v1/heartbeats",
-            json!({"service": "a", "next_in": 1}).to_string(),
-        )
-        .await;
+    let (status, _) = pulse(&anonymous, json!({"service": "a", "next_in": 1})).await;
     assert_eq!(status, 401);
     let (status, _) = anonymous.get("/api/v1/events").await;
     assert_eq!(status, 401);
@@ -393,14 +363,12 @@ async fn events_are_searched_newest_first_with_a_cursor(backend: Backend) {
         ("web", json!("critical"), "Out of memory"),
     ];
     for (service, level, message) in entries.clone() {
-        let (status, v) = client
-            .post(
-                "/api/v1/events",
-                json!({"service": service, "level": level, "message": message,
-                       "fields": {"pid": 42}})
-                .to_string(),
-            )
-            .await;
+        let (status, v) = log_event(
+            &client,
+            json!({"service": service, "level": level, "message": message,
+                       "fields": {"pid": 42}}),
+        )
+        .await;
         assert_eq!(status, 201, "{v}");
     }
     let messages = |v: &serde_json::Value| -> Vec<String> {
@@ -662,12 +630,11 @@ async fn pulse_run_and_events_from_the_command_line() {
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
     for i in 0..3 {
-        let (status, _) = client
-            .post(
-                "/api/v1/events",
-                json!({"service": "live", "message": format!("m{i}")}).to_string(),
-            )
-            .await;
+        let (status, _) = log_event(
+            &client,
+            json!({"service": "live", "message": format!("m{i}")}),
+        )
+        .await;
         assert_eq!(status, 201);
     }
     let mut got = Vec::new();
@@ -691,12 +658,7 @@ async fn the_stream_resumes_after_the_last_event_id(backend: Backend) {
     let client = c.client();
     let mut ids = Vec::new();
     for i in 0..5 {
-        let (_, v) = client
-            .post(
-                "/api/v1/events",
-                json!({"service": "s", "message": format!("m{i}")}).to_string(),
-            )
-            .await;
+        let (_, v) = log_event(&client, json!({"service": "s", "message": format!("m{i}")})).await;
         ids.push(v["id"].as_i64().unwrap());
     }
     let mut response = client
