@@ -180,7 +180,7 @@ async fn two_controllers_on_one_database_report_each_transition_once() {
     let services: Vec<String> = (0..100).map(|i| format!("svc-{i}")).collect();
     for (i, service) in services.iter().enumerate() {
         let client = if i % 2 == 0 { &ca } else { &cb };
-        let (status, _) = pulse(&client, json!({"service": service, "next_in": 1})).await;
+        let (status, _) = pulse(client, json!({"service": service, "next_in": 1})).await;
         assert_eq!(status, 200);
     }
     eventually(Duration::from_secs(10), "all down", || async {
@@ -196,7 +196,7 @@ async fn two_controllers_on_one_database_report_each_transition_once() {
     // Back up, through either controller.
     for (i, service) in services.iter().enumerate() {
         let client = if i % 3 == 0 { &ca } else { &cb };
-        pulse(&client, json!({"service": service, "next_in": "1h"})).await;
+        pulse(client, json!({"service": service, "next_in": "1h"})).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, v) = ca.get("/api/v1/events?limit=1000").await;
@@ -225,7 +225,7 @@ async fn ten_thousand_services_pulse(backend: Backend) {
             let client = &client;
             async move {
                 pulse(
-                    &client,
+                    client,
                     json!({"service": format!("s{i:05}"), "next_in": "1h"}),
                 )
                 .await
