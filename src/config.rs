@@ -82,6 +82,8 @@ pub struct ControllerConfig {
     /// NATS: when `url` is set, commands travel over JetStream (and agents may send telemetry
     /// over it); otherwise agents long-poll the controller over HTTP.
     pub nats: NatsConfig,
+    /// Listeners that speak older protocols, for clients that cannot change.
+    pub compat: CompatConfig,
 }
 
 impl Default for ControllerConfig {
@@ -103,6 +105,7 @@ impl Default for ControllerConfig {
             nodes: Vec::new(),
             commands: CommandQueueConfig::default(),
             nats: NatsConfig::default(),
+            compat: CompatConfig::default(),
         }
     }
 }
@@ -117,6 +120,60 @@ impl ControllerConfig {
                 self.data_dir.join("fleet.db").display()
             ),
         }
+    }
+}
+
+/// Compatibility listeners beside the API. Each is off unless its section is present.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    /// A second listener speaking watchTower's heartbeat protocol (`web::watchtower`).
+    pub watchtower: Option<WatchtowerConfig>,
+}
+
+/// The watchTower listener: its own address, password and certificate, since its clients are
+/// configured for those and nothing else. No defaults: a section present must say all it needs.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchtowerConfig {
+    /// Address the watchTower listener binds, e.g. `0.0.0.0:8443`.
+    pub listen: SocketAddr,
+    /// What clients send in their `password` header. Required and not empty.
+    pub password: String,
+    /// PEM certificate chain; with `tls_key`, the listener serves HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+// By hand, so a logged config never shows the password.
+impl std::fmt::Debug for WatchtowerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchtowerConfig")
+            .field("listen", &self.listen)
+            .field("password", &"<redacted>")
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
+}
+
+impl WatchtowerConfig {
+    /// Checks what serde cannot: a usable password, and a certificate with its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.password.trim().is_empty() {
+            anyhow::bail!(
+                "compat.watchtower.password is empty; set it to the password your watchTower clients send"
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!(
+                "compat.watchtower needs both tls_cert and tls_key (or neither, for plain HTTP)"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -158,6 +215,9 @@ pub struct RetentionConfig {
     pub records: Duration,
     /// Collectors whose whole records are kept durably (records without samples always are).
     pub record_collectors: Vec<String>,
+    /// Entries of the event log and the error log older than this are deleted.
+    #[serde(deserialize_with = "de_duration")]
+    pub events: Duration,
     /// How often the retention sweep runs.
     #[serde(deserialize_with = "de_duration")]
     pub sweep_interval: Duration,
@@ -169,6 +229,7 @@ impl Default for RetentionConfig {
             samples: Duration::from_secs(14 * 86_400),
             records: Duration::from_secs(3 * 86_400),
             record_collectors: vec!["processes".into()],
+            events: Duration::from_secs(30 * 86_400),
             sweep_interval: Duration::from_secs(600),
         }
     }
@@ -487,6 +548,40 @@ mod tests {
         assert!(enabled.contains(&(CollectorKind::System, Duration::from_secs(5))));
         assert!(enabled.contains(&(CollectorKind::Disk, Duration::from_secs(60))));
         assert!(!enabled.iter().any(|(k, _)| *k == CollectorKind::Processes));
+    }
+
+    #[test]
+    fn the_watchtower_listener_is_off_unless_configured_and_then_complete() {
+        let conf: ControllerConfig = toml::from_str("").unwrap();
+        assert!(conf.compat.watchtower.is_none());
+        let conf: ControllerConfig = toml::from_str(
+            "[compat.watchtower]\nlisten = \"127.0.0.1:8443\"\npassword = \"s3cret\"\n",
+        )
+        .unwrap();
+        let wt = conf.compat.watchtower.unwrap();
+        assert!(wt.validate().is_ok());
+        let err = toml::from_str::<ControllerConfig>(
+            "[compat.watchtower]\nlisten = \"127.0.0.1:8443\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("password"), "{err}");
+        let err = toml::from_str::<ControllerConfig>(
+            "[compat.watchtower]\nlisten = \"127.0.0.1:1\"\npassword = \"x\"\nport = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("port"), "{err}");
+        let empty = WatchtowerConfig {
+            password: " ".into(),
+            ..wt.clone()
+        };
+        assert!(empty.validate().is_err());
+        let half = WatchtowerConfig {
+            tls_cert: Some("cert.pem".into()),
+            ..wt
+        };
+        assert!(half.validate().is_err());
     }
 
     #[test]

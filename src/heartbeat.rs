@@ -22,13 +22,17 @@ pub mod limits {
     pub const FIELDS_MAX: usize = 16 * 1024;
 }
 
-/// The name an agent's own heartbeat goes by.
+/// The name an agent's own heartbeat goes by. Names with this prefix are reserved: only an
+/// agent's batches pulse them, so nothing else can keep a dead node looking alive.
 pub fn node_service(node: &str) -> String {
-    format!("node:{node}")
+    format!("{NODE_PREFIX}{node}")
 }
+
+const NODE_PREFIX: &str = "node:";
 
 /// Where a service's alerts go (the notifier reads these; `email`, `slack`, …).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AlertRoute {
     pub channel: String,
     pub target: String,
@@ -45,8 +49,17 @@ pub struct Pulse {
 }
 
 impl Pulse {
+    /// Checks a pulse from outside (the API, `fleet pulse`, the watchTower listener).
     pub fn validate(&self) -> Result<(), InvalidInput> {
         check_service(&self.service)?;
+        if self.service.starts_with(NODE_PREFIX) {
+            return Err(InvalidInput::new(
+                "service",
+                format!(
+                    "names starting with {NODE_PREFIX:?} belong to the agents' own heartbeats, which their batches pulse; choose another name"
+                ),
+            ));
+        }
         if let Some(node) = &self.node {
             crate::model::NodeName::parse(node)
                 .map_err(|e| InvalidInput::new("node", e.problem))?;
@@ -325,6 +338,13 @@ mod tests {
             (
                 Pulse {
                     service: "a\nb".into(),
+                    ..ok.clone()
+                },
+                "service",
+            ),
+            (
+                Pulse {
+                    service: "node:web1".into(),
                     ..ok.clone()
                 },
                 "service",

@@ -51,6 +51,30 @@ pub async fn start(
     config: ControllerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    // Listeners first: a busy port or a bad certificate fails the start before anything is
+    // opened, made or spawned.
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(load_tls(cert, key).await?),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %addr,
+            "SERVING PLAIN HTTP ON A NON-LOOPBACK ADDRESS: operator tokens and node data cross the network unencrypted; pass --tls-cert and --tls-key"
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+    let watchtower = match &config.compat.watchtower {
+        Some(wt) => Some(watchtower_listener(wt).await?),
+        None => None,
+    };
+
     let durable = open_store(&config).await?;
     let hot = Arc::new(match &config.redis_url {
         Some(url) => {
@@ -113,6 +137,8 @@ pub async fn start(
         status: config.status.clone(),
         commands: commands.clone(),
         heartbeats,
+        shutdown: shutdown.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(web::STREAMS_MAX)),
     });
 
     // Tasks that feed the ingest pipeline: they must end before its writer can.
@@ -141,59 +167,25 @@ pub async fn start(
     background.spawn(commands.sweep_loop(shutdown.clone()));
     background.close();
 
-    let listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot load the TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?,
-        ),
-        (None, None) => None,
-        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
-    };
-    if tls.is_none() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            listen = %addr,
-            "SERVING PLAIN HTTP ON A NON-LOOPBACK ADDRESS: operator tokens and node data cross the network unencrypted; pass --tls-cert and --tls-key"
-        );
-    }
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{addr}");
-
-    let app = web::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = web::router(state.clone());
+    // The watchTower router shares the API's state: one set of heartbeats, one event log.
+    let watchtower = watchtower.map(|(listener, tls, password)| {
+        (
+            listener,
+            tls,
+            web::watchtower::router(state.clone(), &password),
+        )
+    });
     let task = tokio::spawn(async move {
-        match tls {
-            Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let on_shutdown = handle.clone();
-                let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    stop.cancelled().await;
-                    on_shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
-                });
-                axum_server::from_tcp_rustls(listener, tls)?
-                    .handle(handle)
-                    .serve(app)
-                    .await
-                    .context("the HTTPS server failed")?;
+        let compat = async {
+            match watchtower {
+                Some((listener, tls, app)) => {
+                    serve(listener, tls, app, shutdown.clone(), "watchTower").await
+                }
+                None => Ok(()),
             }
-            None => {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                    .await
-                    .context("the HTTP server failed")?;
-            }
-        }
+        };
+        tokio::try_join!(serve(listener, tls, app, shutdown.clone(), "API"), compat)?;
         // The server has stopped taking requests: let the writer finish what was queued.
         feeders.wait().await;
         drop(state);
@@ -214,6 +206,92 @@ pub async fn start(
         durable,
         task,
     })
+}
+
+/// Loads a PEM certificate chain and key for HTTPS.
+async fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load the TLS certificate {} and key {}",
+                cert.display(),
+                key.display()
+            )
+        })
+}
+
+/// Binds the watchTower compatibility listener (`[compat.watchtower]`) and loads its
+/// certificate; returns them with the password its router checks.
+async fn watchtower_listener(
+    config: &crate::config::WatchtowerConfig,
+) -> anyhow::Result<(
+    std::net::TcpListener,
+    Option<axum_server::tls_rustls::RustlsConfig>,
+    String,
+)> {
+    config.validate()?;
+    let listener = std::net::TcpListener::bind(config.listen).with_context(|| {
+        format!(
+            "cannot listen on {} for the watchTower listener; set compat.watchtower.listen to a free address",
+            config.listen
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(load_tls(cert, key).await.context(
+            "the watchTower listener cannot start; check compat.watchtower.tls_cert and tls_key",
+        )?),
+        _ => None,
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %addr,
+            "WATCHTOWER LISTENER SERVES PLAIN HTTP ON A NON-LOOPBACK ADDRESS: its password and every heartbeat cross the network unencrypted; set compat.watchtower.tls_cert and tls_key"
+        );
+    }
+    tracing::info!(
+        listen = %addr,
+        tls = tls.is_some(),
+        "the watchTower compatibility listener is listening"
+    );
+    Ok((listener, tls, config.password.clone()))
+}
+
+/// Serves `app` on `listener` (HTTPS with `tls`) until `shutdown`, then lets requests in flight
+/// finish (HTTPS: for up to 10 s).
+async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    what: &str,
+) -> anyhow::Result<()> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    // Both kinds stop taking connections at shutdown and give open requests (long polls, event
+    // streams) 10 s to finish: a client that holds a connection must not hold the controller.
+    let handle = axum_server::Handle::new();
+    let on_shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        on_shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    match tls {
+        Some(tls) => axum_server::from_tcp_rustls(listener, tls)?
+            .handle(handle)
+            .serve(app)
+            .await
+            .with_context(|| format!("the {what} HTTPS server failed")),
+        None => axum_server::from_tcp(listener)?
+            .handle(handle)
+            .serve(app)
+            .await
+            .with_context(|| format!("the {what} HTTP server failed")),
+    }
 }
 
 /// Saves the first operator token beside the database, readable by its owner only, so a
@@ -281,6 +359,12 @@ async fn sweep_retention(
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(samples = deleted, "retention sweep deleted old samples"),
                     Err(err) => tracing::warn!(cause = %err, "retention sweep failed; retrying next time"),
+                }
+                let events_before = now - retention.events.as_millis() as i64;
+                match durable.purge_events(events_before).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(events = deleted, "retention sweep deleted old events"),
+                    Err(err) => tracing::warn!(cause = %err, "event retention failed; retrying next time"),
                 }
             }
         }

@@ -293,6 +293,9 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<u8> {
         .api_token
         .as_deref()
         .context("reading events takes an operator token: set FLEET_API_TOKEN")?;
+    if args.follow && args.to.is_some() {
+        bail!("--to and --follow do not go together: following has no end");
+    }
     let api = Api::connect(controller, token, args.client.ca_cert.as_deref())?;
     let limit = args.limit.clamp(1, 1000).to_string();
     let page = api
@@ -314,10 +317,11 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<u8> {
             .context("the controller's answer is not a list of events")?;
     entries.reverse();
     let mut out = std::io::stdout().lock();
-    let mut last_id = 0;
+    // Followed from the newest entry there was when the page was read, printed or not.
+    let mut last_id = page["latest_id"].as_i64().unwrap_or(0);
     for entry in &entries {
         print_event(&mut out, entry, args.json)?;
-        last_id = entry.id;
+        last_id = last_id.max(entry.id);
     }
     drop(out);
     if !args.follow {
@@ -330,11 +334,12 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<u8> {
             ("service", args.service.as_deref()),
             ("node", args.node.as_deref()),
             ("level", args.level.as_deref()),
+            ("q", args.query.as_deref()),
         ])
     );
     loop {
         match api
-            .follow(&path, (last_id > 0).then_some(last_id), |entry| {
+            .follow(&path, Some(last_id), |entry| {
                 let mut out = std::io::stdout().lock();
                 print_event(&mut out, &entry, args.json)?;
                 last_id = entry.id;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::heartbeat::Pulse;
 use crate::model::InvalidInput;
 use crate::store::Durable;
-use crate::store::heartbeats::{PulseOutcome, Transition};
+use crate::store::heartbeats::{PulseOutcome, Received, Transition};
 
 /// The monitor looks at the store at least this often.
 pub const RESYNC: Duration = Duration::from_secs(1);
@@ -40,6 +40,8 @@ pub enum HeartbeatError {
 
 struct Job {
     pulse: Pulse,
+    /// When it arrived: its deadline counts from then.
+    at_ms: i64,
     /// Who waits for the outcome; nobody for an agent's automatic pulse, which also never
     /// revives a cancelled heartbeat.
     reply: Option<oneshot::Sender<Result<PulseOutcome, String>>>,
@@ -100,6 +102,7 @@ impl Heartbeats {
         self.queue
             .send(Job {
                 pulse,
+                at_ms: crate::timefmt::now_ms(),
                 reply: Some(reply),
             })
             .await
@@ -115,7 +118,10 @@ impl Heartbeats {
     /// deadline after which the spine calls a silent node down. Queued, not awaited: ingest
     /// must not wait on it, and the next batch pulses again.
     pub fn node_seen(&self, node: &str, interval_ms: i64, now_ms: i64) {
-        let next_in_ms = crate::model::down_after_ms(interval_ms, self.down_after);
+        // The interval comes from the batch: bound it (a day) before it sets a deadline.
+        let interval_ms = interval_ms.clamp(0, 86_400_000);
+        let next_in_ms = crate::model::down_after_ms(interval_ms, self.down_after)
+            .min(crate::heartbeat::limits::NEXT_IN_MAX_MS);
         {
             let mut last = self.node_pulses.lock().expect("node pulse lock poisoned");
             // Often enough that the stored deadline stays far ahead of a live node's silence.
@@ -135,6 +141,7 @@ impl Heartbeats {
                 grace_ms: 0,
                 alert: None,
             },
+            at_ms: now_ms,
             reply: None,
         };
         if self.queue.try_send(job).is_err() {
@@ -158,13 +165,14 @@ fn shutting_down() -> HeartbeatError {
     HeartbeatError::Unavailable("the controller is shutting down".into())
 }
 
-/// The monitor's request for a look (claim what has passed, say what is next).
-type Look = oneshot::Sender<Result<Option<i64>, crate::store::StoreError>>;
+/// The monitor's request for a look: claim what has passed; the answer is when to look next.
+type Look = oneshot::Sender<i64>;
 
 /// Writes queued pulses in groups: whatever arrived while the previous group was committing.
-/// The monitor's looks are run here too, ahead of the next group: on SQLite two writers would
-/// take turns through its busy-wait backoff, which made a claim behind a stream of pulse groups
-/// up to a second late.
+/// The monitor's looks run here too, after what is already queued (a pulse that arrived before
+/// its deadline is written before that deadline is judged) and before the next group: on SQLite
+/// two writers would take turns through its busy-wait backoff, which made a claim behind a
+/// stream of pulse groups up to a second late.
 async fn write_loop(
     durable: Durable,
     mut rx: mpsc::Receiver<Job>,
@@ -176,7 +184,14 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             Some(reply) = looks.recv() => {
-                let _ = reply.send(look(&durable).await);
+                while let Ok(job) = rx.try_recv() {
+                    jobs.push(job);
+                    if jobs.len() == GROUP_MAX {
+                        write_group(&durable, &mut jobs, &wake).await;
+                    }
+                }
+                write_group(&durable, &mut jobs, &wake).await;
+                let _ = reply.send(look(&durable, &wake).await);
                 continue;
             }
             first = rx.recv() => match first {
@@ -191,73 +206,101 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        // One row per service per statement (PostgreSQL refuses to touch a row twice in one
-        // upsert): the latest pulse of a service stands for its repeats.
-        let mut latest: HashMap<(&str, bool), usize> = HashMap::with_capacity(jobs.len());
-        for (i, job) in jobs.iter().enumerate() {
-            latest.insert((&job.pulse.service, job.reply.is_some()), i);
-        }
-        let mut order: Vec<usize> = latest.values().copied().collect();
-        order.sort_unstable();
-        let (asked, automatic): (Vec<usize>, Vec<usize>) =
-            order.into_iter().partition(|&i| jobs[i].reply.is_some());
-        let pick =
-            |idx: &[usize]| -> Vec<Pulse> { idx.iter().map(|&i| jobs[i].pulse.clone()).collect() };
-        let (pulses, automatic) = (pick(&asked), pick(&automatic));
-        let now_ms = crate::timefmt::now_ms();
-        let mut written = Ok(Vec::new());
-        if !pulses.is_empty() {
-            written = durable.pulse(&pulses, now_ms, true).await;
-        }
-        let mut earliest = i64::MAX;
-        if !automatic.is_empty() {
-            match durable.pulse(&automatic, now_ms, false).await {
-                Ok(outcomes) => {
-                    earliest = outcomes
-                        .iter()
-                        .map(|o| o.heartbeat.deadline_ms)
-                        .fold(earliest, i64::min);
-                }
-                Err(err) => {
-                    tracing::warn!(cause = %err, pulses = automatic.len(), "cannot store agents' pulses; their next batches pulse again");
-                }
+        write_group(&durable, &mut jobs, &wake).await;
+    }
+}
+
+/// Stores `jobs` (emptying it) and answers each.
+async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
+    if jobs.is_empty() {
+        return;
+    }
+    // One row per service per statement (PostgreSQL refuses to touch a row twice in one
+    // upsert): repeats merge, the latest value of each field winning, and count as many. Rows
+    // go in service order, so two controllers' groups lock shared rows in the same order.
+    let mut merged: std::collections::BTreeMap<(bool, &str), Received> = Default::default();
+    for job in jobs.iter() {
+        let key = (job.reply.is_some(), job.pulse.service.as_str());
+        match merged.get_mut(&key) {
+            Some(r) => {
+                let earlier = std::mem::replace(&mut r.pulse, job.pulse.clone());
+                r.pulse.node = r.pulse.node.take().or(earlier.node);
+                r.pulse.alert = r.pulse.alert.take().or(earlier.alert);
+                r.at_ms = r.at_ms.max(job.at_ms);
+                r.count += 1;
+            }
+            None => {
+                merged.insert(
+                    key,
+                    Received {
+                        pulse: job.pulse.clone(),
+                        at_ms: job.at_ms,
+                        count: 1,
+                    },
+                );
             }
         }
-        match written {
+    }
+    let (asked, automatic): (Vec<_>, Vec<_>) =
+        merged.into_iter().partition(|((asked, _), _)| *asked);
+    let asked: Vec<Received> = asked.into_iter().map(|(_, r)| r).collect();
+    let automatic: Vec<Received> = automatic.into_iter().map(|(_, r)| r).collect();
+    let now_ms = crate::timefmt::now_ms();
+    let mut earliest = i64::MAX;
+    if !automatic.is_empty() {
+        match durable.pulse(&automatic, now_ms, false).await {
             Ok(outcomes) => {
-                let by_service: HashMap<&str, &PulseOutcome> = outcomes
-                    .iter()
-                    .map(|o| (o.heartbeat.service.as_str(), o))
-                    .collect();
-                for o in outcomes.iter().filter(|o| o.recovered) {
-                    tracing::info!(service = %o.heartbeat.service, "heartbeat recovered");
-                }
-                let earliest = outcomes
+                earliest = outcomes
                     .iter()
                     .map(|o| o.heartbeat.deadline_ms)
                     .fold(earliest, i64::min);
-                if earliest < wake.planned_ms.load(Ordering::SeqCst) {
-                    wake.notify.notify_one();
-                }
-                for job in jobs.drain(..) {
-                    if let Some(reply) = job.reply {
-                        let outcome = by_service
-                            .get(job.pulse.service.as_str())
-                            .map(|o| (*o).clone())
-                            .ok_or_else(|| "the pulse was not stored".to_owned());
-                        let _ = reply.send(outcome);
-                    }
-                }
             }
             Err(err) => {
-                tracing::warn!(cause = %err, pulses = pulses.len(), "cannot store pulses");
-                for job in jobs.drain(..) {
-                    if let Some(reply) = job.reply {
-                        let _ = reply.send(Err(format!("the pulse could not be stored: {err}")));
-                    }
+                tracing::warn!(cause = %err, pulses = automatic.len(), "cannot store agents' pulses; their next batches pulse again");
+            }
+        }
+    }
+    let written = if asked.is_empty() {
+        Ok(Vec::new())
+    } else {
+        durable.pulse(&asked, now_ms, true).await
+    };
+    match written {
+        Ok(outcomes) => {
+            for o in outcomes.iter().filter(|o| o.recovered) {
+                tracing::info!(service = %o.heartbeat.service, "heartbeat recovered");
+            }
+            earliest = outcomes
+                .iter()
+                .map(|o| o.heartbeat.deadline_ms)
+                .fold(earliest, i64::min);
+            let by_service: HashMap<&str, &PulseOutcome> = outcomes
+                .iter()
+                .map(|o| (o.heartbeat.service.as_str(), o))
+                .collect();
+            for job in jobs.drain(..) {
+                if let Some(reply) = job.reply {
+                    let outcome = by_service
+                        .get(job.pulse.service.as_str())
+                        .map(|o| (*o).clone())
+                        .ok_or_else(|| "the pulse was not stored".to_owned());
+                    let _ = reply.send(outcome);
                 }
             }
         }
+        Err(err) => {
+            tracing::warn!(cause = %err, pulses = asked.len(), "cannot store pulses");
+            for job in jobs.drain(..) {
+                if let Some(reply) = job.reply {
+                    let _ = reply.send(Err(format!("the pulse could not be stored: {err}")));
+                }
+            }
+        }
+    }
+    jobs.clear();
+    // Both run in this task, so `planned_ms` is the monitor's latest plan.
+    if earliest < wake.planned_ms.load(Ordering::SeqCst) {
+        wake.notify.notify_one();
     }
 }
 
@@ -270,24 +313,15 @@ async fn monitor_loop(
 ) {
     loop {
         let (reply, answer) = oneshot::channel();
-        let looked = match looks.send(reply).await {
+        let until = match looks.send(reply).await {
             Ok(()) => match answer.await {
-                Ok(looked) => looked,
-                Err(_) => look(&durable).await,
+                Ok(until) => until,
+                Err(_) => look(&durable, &wake).await,
             },
             // The writer has stopped (no pulses can come any more): look directly.
-            Err(_) => look(&durable).await,
+            Err(_) => look(&durable, &wake).await,
         };
         let now = crate::timefmt::now_ms();
-        let until = match looked {
-            Ok(Some(next)) => next.min(now + RESYNC.as_millis() as i64),
-            Ok(None) => now + RESYNC.as_millis() as i64,
-            Err(err) => {
-                tracing::warn!(cause = %err, "cannot check heartbeat deadlines; retrying in 1 s");
-                now + 1000
-            }
-        };
-        wake.planned_ms.store(until, Ordering::SeqCst);
         let sleep = Duration::from_millis((until - now).max(0) as u64);
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -297,8 +331,25 @@ async fn monitor_loop(
     }
 }
 
+/// Claims every passed deadline, and plans the next look: at the next deadline, or within
+/// [`RESYNC`].
+async fn look(durable: &Durable, wake: &Wake) -> i64 {
+    let looked = claim(durable).await;
+    let now = crate::timefmt::now_ms();
+    let until = match looked {
+        Ok(Some(next)) => next.min(now + RESYNC.as_millis() as i64),
+        Ok(None) => now + RESYNC.as_millis() as i64,
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot check heartbeat deadlines; retrying in 1 s");
+            now + 1000
+        }
+    };
+    wake.planned_ms.store(until, Ordering::SeqCst);
+    until
+}
+
 /// Claims every passed deadline; returns the next one.
-async fn look(durable: &Durable) -> Result<Option<i64>, crate::store::StoreError> {
+async fn claim(durable: &Durable) -> Result<Option<i64>, crate::store::StoreError> {
     let claimed = durable.claim_overdue(crate::timefmt::now_ms()).await?;
     for Transition {
         service, message, ..

@@ -2,7 +2,8 @@
 //! the transaction of whatever caused the entry (a command's outcome, a heartbeat's transition)
 //! or on its own (`POST /api/v1/events`), and searched newest first with a cursor.
 //!
-//! Takes checked values: levels, sizes and filters are validated by the caller (`crate::event`).
+//! Takes checked values: levels, sizes and filters are validated by the caller
+//! (`crate::heartbeat`, `web::heartbeats::check_event`).
 
 use serde::Serialize;
 use sqlx::Row;
@@ -186,8 +187,13 @@ impl Durable {
         Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
     }
 
-    /// Deletes entries older than `before_ms`, a slice at a time so writers never wait long.
+    /// Deletes entries (and alerts) older than `before_ms`, a slice at a time so writers never
+    /// wait long.
     pub async fn purge_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        sqlx::query("DELETE FROM alerts WHERE ts < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?;
         let mut deleted = 0;
         loop {
             let n = sqlx::query(

@@ -15,6 +15,15 @@ use super::durable::{Durable, StoreError};
 use super::events::NewEvent;
 use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Pulse};
 
+/// A pulse as the writer hands it over: when it arrived (its deadline counts from then, not
+/// from when its group was written), and how many pulses of the service it stands for.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub pulse: Pulse,
+    pub at_ms: i64,
+    pub count: i64,
+}
+
 /// What one pulse did.
 #[derive(Debug, Clone)]
 pub struct PulseOutcome {
@@ -68,6 +77,22 @@ pub struct AlertEntry {
 /// Most overdue services claimed in one statement; the monitor loops until none are left.
 const CLAIM_CHUNK: i64 = 1000;
 
+/// The state and deadline are tested again on each row as it is updated, so when two
+/// controllers pick the same service only the first update matches.
+const CLAIM_SQLITE: &str = "UPDATE heartbeats SET prev_state = state, prev_since = state_since, \
+     state = 'down', state_since = $1, updated_at = $1 \
+     WHERE service IN (SELECT service FROM heartbeats \
+       WHERE state IN ('new', 'up') AND deadline <= $1 ORDER BY deadline LIMIT $2) \
+     AND state IN ('new', 'up') AND deadline <= $1 \
+     RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, alert_target";
+const CLAIM_POSTGRES: &str = "UPDATE heartbeats SET prev_state = state, prev_since = state_since, \
+     state = 'down', state_since = $1, updated_at = $1 \
+     WHERE service IN (SELECT service FROM heartbeats \
+       WHERE state IN ('new', 'up') AND deadline <= $1 ORDER BY deadline LIMIT $2 \
+       FOR UPDATE SKIP LOCKED) \
+     AND state IN ('new', 'up') AND deadline <= $1 \
+     RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, alert_target";
+
 const COLUMNS: &str = "service, node, next_in_ms, grace_ms, alert_channel, alert_target, state, \
      last_pulse, deadline, state_since, pulses";
 
@@ -78,7 +103,7 @@ impl Durable {
     /// not bring back a node that was taken out of the fleet.
     pub async fn pulse(
         &self,
-        pulses: &[Pulse],
+        pulses: &[Received],
         now_ms: i64,
         revive: bool,
     ) -> Result<Vec<PulseOutcome>, StoreError> {
@@ -95,7 +120,7 @@ impl Durable {
              state_since = CASE WHEN heartbeats.state = 'up' THEN heartbeats.state_since \
                            ELSE excluded.state_since END, \
              last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
-             pulses = heartbeats.pulses + 1, updated_at = excluded.updated_at ";
+             pulses = heartbeats.pulses + excluded.pulses, updated_at = excluded.updated_at ";
         const RETURNING: &str = "RETURNING service, node, next_in_ms, grace_ms, alert_channel, \
              alert_target, state, last_pulse, deadline, state_since, pulses, prev_state, \
              prev_since";
@@ -110,8 +135,9 @@ impl Durable {
         };
         let mut tx = self.pool().begin().await?;
         let rows = self
-            .insert_rows(&mut tx, UPSERT, 13, suffix, pulses, |q, p| {
-                let (_, deadline) = p.due_and_deadline(now_ms);
+            .insert_rows(&mut tx, UPSERT, 13, suffix, pulses, |q, r| {
+                let (at, count, p) = (r.at_ms, r.count, &r.pulse);
+                let (_, deadline) = p.due_and_deadline(at);
                 q.bind(&p.service)
                     .bind(&p.node)
                     .bind(p.next_in_ms)
@@ -119,10 +145,10 @@ impl Durable {
                     .bind(p.alert.as_ref().map(|a| a.channel.clone()))
                     .bind(p.alert.as_ref().map(|a| a.target.clone()))
                     .bind("new")
-                    .bind(now_ms)
+                    .bind(at)
                     .bind(deadline)
-                    .bind(now_ms)
-                    .bind(1_i64)
+                    .bind(at)
+                    .bind(count)
                     .bind(now_ms)
                     .bind(now_ms)
             })
@@ -168,21 +194,18 @@ impl Durable {
         let mut all = Vec::new();
         loop {
             let mut tx = self.pool().begin().await?;
-            // The state and deadline are tested again on the row itself, so when two
-            // controllers pick the same service only the first update matches.
-            let rows = sqlx::query(
-                "UPDATE heartbeats SET prev_state = state, prev_since = state_since, \
-                 state = 'down', state_since = $1, updated_at = $1 \
-                 WHERE service IN (SELECT service FROM heartbeats \
-                   WHERE state IN ('new', 'up') AND deadline <= $1 ORDER BY deadline LIMIT $2) \
-                 AND state IN ('new', 'up') AND deadline <= $1 \
-                 RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, \
-                 alert_target",
-            )
-            .bind(now_ms)
-            .bind(CLAIM_CHUNK)
-            .fetch_all(&mut *tx)
-            .await?;
+            let sql = match self.backend() {
+                // Rows a pulse is writing right now are skipped, not waited for (that pulse
+                // moves their deadline anyway), so a claim and a pulse group never lock each
+                // other's rows in opposite orders.
+                super::durable::Backend::Postgres => CLAIM_POSTGRES,
+                super::durable::Backend::Sqlite => CLAIM_SQLITE,
+            };
+            let rows = sqlx::query(sql)
+                .bind(now_ms)
+                .bind(CLAIM_CHUNK)
+                .fetch_all(&mut *tx)
+                .await?;
             let mut claimed = Vec::with_capacity(rows.len());
             for row in &rows {
                 let service: String = row.try_get(0)?;
@@ -239,11 +262,18 @@ impl Durable {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Every heartbeat, by service name, read as of `now_ms`.
-    pub async fn heartbeats(&self, now_ms: i64) -> Result<Vec<Heartbeat>, StoreError> {
+    /// Heartbeats by service name after `after`, at most `limit`, read as of `now_ms`.
+    pub async fn heartbeats(
+        &self,
+        now_ms: i64,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Heartbeat>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM heartbeats ORDER BY service"
+            "SELECT {COLUMNS} FROM heartbeats WHERE service > $1 ORDER BY service LIMIT $2"
         ))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(|r| heartbeat_from_row(r, now_ms)).collect()

@@ -76,13 +76,33 @@ fn own_node(who: &Caller, named: Option<String>) -> Result<Option<String>, ApiEr
     }
 }
 
-/// `GET /api/v1/heartbeats`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/heartbeats?after=&limit=`: by service name; `next_after` continues the list.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     _: Operator,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let all = state.durable.heartbeats(crate::timefmt::now_ms()).await?;
-    Ok(Json(serde_json::json!({ "heartbeats": all })))
+    let limit = query.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: between 1 and 10000"));
+    }
+    let page = state
+        .durable
+        .heartbeats(crate::timefmt::now_ms(), query.after.as_deref(), limit)
+        .await?;
+    let next_after = (page.len() as i64 == limit)
+        .then(|| page.last().map(|h| h.service.clone()))
+        .flatten();
+    Ok(Json(
+        serde_json::json!({ "heartbeats": page, "next_after": next_after }),
+    ))
 }
 
 /// `GET /api/v1/heartbeats/{service}`.
@@ -254,9 +274,13 @@ pub async fn events(
     let next_before = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.id))
         .flatten();
-    Ok(Json(
-        serde_json::json!({ "events": entries, "next_before": next_before }),
-    ))
+    // Where a follower of the stream starts, so nothing falls between this page and it.
+    let latest_id = state.durable.last_event_id().await?;
+    Ok(Json(serde_json::json!({
+        "events": entries,
+        "next_before": next_before,
+        "latest_id": latest_id,
+    })))
 }
 
 /// `GET /api/v1/alerts`: alerts raised, newest first (delivered by the notifier once it runs).

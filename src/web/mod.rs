@@ -1,6 +1,7 @@
 //! The HTTP face of the controller: the axum router, its shared state, and the handlers for
 //! ingest ([`ingest`]), the read API ([`api`]), commands ([`commands`]), heartbeats and events
-//! ([`heartbeats`]) and auth ([`auth`]).
+//! ([`heartbeats`]), the event stream ([`stream`]), the watchTower compatibility listener
+//! ([`watchtower`]) and auth ([`auth`]).
 //!
 //! Handlers adapt HTTP to the pipeline and the stores; they hold no rules of their own. Nothing
 //! here opens sockets: `modes::controller` binds and serves the router.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod heartbeats;
 pub mod ingest;
 pub mod stream;
+pub mod watchtower;
 
 use std::sync::Arc;
 
@@ -24,6 +26,8 @@ use crate::store::{Durable, HotStore};
 
 /// Most ingest requests handled at once.
 pub const INGEST_CONCURRENCY: usize = 256;
+/// Most event streams open at once; each reads the store four times a second.
+pub const STREAMS_MAX: usize = 256;
 /// Most agent report requests handled at once.
 pub const AGENT_REPORTS_CONCURRENCY: usize = 64;
 
@@ -38,6 +42,10 @@ pub struct AppState {
     pub status: StatusConfig,
     pub commands: Arc<CommandQueue>,
     pub heartbeats: Arc<Heartbeats>,
+    /// Long-lived responses (event streams) end when this fires.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// One permit per open event stream.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// `Query<T>` whose rejection (an unknown parameter, a wrong type) is a JSON [`ApiError`] like

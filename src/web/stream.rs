@@ -1,4 +1,4 @@
-//! `GET /api/v1/stream?kinds=events,errors,heartbeats&service=&node=&level=`: the event log as
+//! `GET /api/v1/stream?kinds=events,errors,heartbeats&service=&node=&level=&q=`: the event log as
 //! Server-Sent Events, for `fleet events --follow` (and the dashboard). Each entry is sent with
 //! its id; a client that reconnects with `Last-Event-ID` resumes after it, missing nothing and
 //! repeating nothing.
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::auth::Operator;
@@ -38,6 +38,7 @@ pub struct StreamQuery {
     pub service: Option<String>,
     pub node: Option<String>,
     pub level: Option<String>,
+    pub q: Option<String>,
 }
 
 /// What a follower wants to see.
@@ -50,6 +51,8 @@ struct Filter {
     service: Option<String>,
     node: Option<String>,
     min_level: i64,
+    /// A substring of the message, lower case.
+    text: Option<String>,
 }
 
 impl Filter {
@@ -85,7 +88,11 @@ pub async fn stream(
         service: query.service,
         node: query.node,
         min_level: 0,
+        text: query.q.map(|q| q.to_lowercase()),
     };
+    if filter.text.as_ref().is_some_and(|q| q.len() > 1000) {
+        return Err(ApiError::bad_request("q: at most 1000 bytes"));
+    }
     for kind in kinds.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         match kind {
             "events" => filter.events = true,
@@ -113,11 +120,22 @@ pub async fn stream(
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id"))
         })
         .transpose()?;
+    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} event streams are open, the most this controller serves; try again later",
+                super::STREAMS_MAX
+            ),
+        )
+    })?;
     let cursor = match resume {
         Some(id) => id,
         None => state.durable.last_event_id().await?,
     };
+    let shutdown = state.shutdown.clone();
     let follower = Follower {
+        _permit: permit,
         state,
         filter,
         cursor,
@@ -127,11 +145,14 @@ pub async fn stream(
     let events = futures::stream::unfold(follower, |mut f| async move {
         let event = f.next().await;
         Some((Ok(event), f))
-    });
+    })
+    // It would never end by itself: the controller's shutdown ends it.
+    .take_until(shutdown.cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 struct Follower {
+    _permit: tokio::sync::OwnedSemaphorePermit,
     state: Arc<AppState>,
     filter: Filter,
     /// Every id up to this one has been sent or passed over.
@@ -174,8 +195,11 @@ impl Follower {
     /// Moves the entries that are certainly in order into `ready`, holding back those after a
     /// hole until the hole is old enough to be a rollback.
     fn take(&mut self, rows: Vec<(EventEntry, String)>) {
+        let old = crate::timefmt::now_ms() - HOLE_WAIT.as_millis() as i64;
         for (entry, category) in rows {
-            if entry.id != self.cursor + 1 {
+            // A hole before an entry written long ago is a rollback (or a crash's sequence
+            // jump), not a commit in flight: no need to wait for it.
+            if entry.id != self.cursor + 1 && entry.ts_ms > old {
                 let since = *self.hole_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < HOLE_WAIT {
                     return;

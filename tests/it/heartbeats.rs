@@ -208,6 +208,27 @@ async fn two_controllers_on_one_database_report_each_transition_once() {
     }
     let (_, alerts) = cb.get("/api/v1/alerts").await;
     assert_eq!(alerts["alerts"].as_array().unwrap().len(), 200);
+    // Both pulsing the same services at once: groups lock rows in one order, claims skip rows
+    // being pulsed, so nothing deadlocks and every pulse is stored.
+    use futures::StreamExt;
+    let statuses: Vec<u16> = futures::stream::iter(0..4000)
+        .map(|i| {
+            let client = if i % 2 == 0 { &ca } else { &cb };
+            let service = format!("svc-{}", (i * 7) % 50);
+            async move {
+                pulse(client, json!({"service": service, "next_in": 0.3}))
+                    .await
+                    .0
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{:?}",
+        statuses.iter().filter(|s| **s != 200).count()
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -237,9 +258,16 @@ async fn ten_thousand_services_pulse(backend: Backend) {
         .await;
     assert!(statuses.iter().all(|s| *s == 200));
     eprintln!("10,000 pulses in {:?}", started.elapsed());
-    let (_, v) = client.get("/api/v1/heartbeats").await;
+    let (_, v) = client.get("/api/v1/heartbeats?limit=10000").await;
     let all = v["heartbeats"].as_array().unwrap();
     assert_eq!(all.len(), 10_000);
+    assert_eq!(
+        v["next_after"], "s09999",
+        "a full page says where the next starts"
+    );
+    let (_, v) = client.get("/api/v1/heartbeats?after=s09997").await;
+    assert_eq!(v["heartbeats"].as_array().unwrap().len(), 2);
+    assert_eq!(v["next_after"], serde_json::Value::Null);
     assert!(all.iter().all(|h| h["state"] == "new" && h["pulses"] == 1));
     c.stop().await;
 }
@@ -688,4 +716,95 @@ async fn the_stream_resumes_after_the_last_event_id(backend: Backend) {
     assert!(text.contains("\"message\":\"m2\""));
     let (status, v) = client.get("/api/v1/stream?kinds=gossip").await;
     assert_eq!(status, 400, "{v}");
+    // An open stream does not hold the controller at shutdown.
+    let stopping = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), c.stop())
+        .await
+        .expect("the controller stops with a stream open");
+    assert!(stopping.elapsed() < Duration::from_secs(15));
+    drop(response);
+}
+
+/// On PostgreSQL a rolled-back insert leaves a hole in the event ids; a follower resuming
+/// across old holes does not wait at each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_does_not_wait_at_old_holes_in_the_ids() {
+    let env = Env::new(Backend::Engines).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let pool = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    for i in 0..4 {
+        log_event(
+            &client,
+            json!({"service": "holes", "message": format!("m{i}")}),
+        )
+        .await;
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO events (ts, level, message, fields, category) VALUES (0, 1, 'x', '{}', 'event')",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.rollback().await.unwrap();
+    }
+    log_event(&client, json!({"service": "holes", "message": "last"})).await;
+    // Old enough that the holes cannot be commits in flight.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let started = Instant::now();
+    let mut response = client
+        .http
+        .get(format!("{}/api/v1/stream?service=holes", c.url))
+        .bearer_auth(&client.token)
+        .header("last-event-id", "0")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("\"last\"") && started.elapsed() < Duration::from_secs(15) {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(1), response.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert_eq!(text.matches("data:").count(), 5, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?} across 4 old holes",
+        started.elapsed()
+    );
+    pool.close().await;
+}
+
+// Events older than the retention go (and their alerts); newer ones stay.
+both_backends!(events_past_their_retention_are_deleted);
+async fn events_past_their_retention_are_deleted(backend: Backend) {
+    let env = Env::new(backend).await;
+    let mut config = env.controller_config();
+    config.api_tokens = vec!["heartbeat-test-token".into()];
+    config.retention.events = Duration::from_secs(86_400);
+    config.retention.sweep_interval = Duration::from_millis(200);
+    let store = env.store().await;
+    let old = fleet::store::events::NewEvent {
+        node: None,
+        service: Some("old".into()),
+        level: 1,
+        message: "long ago".into(),
+        fields: json!({}),
+        category: "event",
+    };
+    store
+        .add_event(&old, fleet::timefmt::now_ms() - 2 * 86_400_000)
+        .await
+        .unwrap();
+    let c = InProcess::start(config).await;
+    let client = c.client();
+    log_event(&client, json!({"service": "new", "message": "just now"})).await;
+    eventually(Duration::from_secs(10), "the old event to go", || async {
+        events_of(&client, "old").await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(events_of(&client, "new").await.len(), 1);
+    c.stop().await;
 }

@@ -13,3 +13,4 @@ mod ingest;
 mod nats;
 mod registry;
 mod tls;
+mod watchtower;
