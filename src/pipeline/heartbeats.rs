@@ -25,6 +25,9 @@ use crate::store::heartbeats::{PulseOutcome, Received, Transition};
 
 /// The monitor looks at the store at least this often.
 pub const RESYNC: Duration = Duration::from_secs(1);
+/// How long agents get to come back after the controller was away past their deadline: one
+/// full retry of the agent's backoff (30 s at most) and some.
+const NODE_RESTART_GRACE: Duration = Duration::from_secs(45);
 /// Most pulses written in one transaction.
 const GROUP_MAX: usize = 2000;
 /// Pulses waiting for the writer; past this, callers wait (backpressure, not memory).
@@ -311,6 +314,26 @@ async fn monitor_loop(
     wake: Arc<Wake>,
     shutdown: CancellationToken,
 ) {
+    // After an outage of the controller, agents' batches failed, not the agents: give them
+    // one retry before their nodes are called down. Other services are judged as they stand:
+    // a pulse that did not arrive did not arrive.
+    match durable
+        .grace_overdue_nodes(
+            crate::timefmt::now_ms(),
+            NODE_RESTART_GRACE.as_millis() as i64,
+        )
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            nodes = n,
+            "nodes whose deadline passed while no controller ran get {} s to come back",
+            NODE_RESTART_GRACE.as_secs()
+        ),
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot give overdue nodes their grace; they may be reported down and up again")
+        }
+    }
     loop {
         let (reply, answer) = oneshot::channel();
         let until = match looks.send(reply).await {

@@ -808,3 +808,57 @@ async fn events_past_their_retention_are_deleted(backend: Backend) {
     assert_eq!(events_of(&client, "new").await.len(), 1);
     c.stop().await;
 }
+
+/// A controller that was away longer than an agent's deadline does not report the live agent
+/// down when it returns: the agent's batches failed, not the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_outage_does_not_report_live_agents_down() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = crate::harness::enroll(&env, "web2");
+    let port = crate::harness::free_port();
+    let config = || {
+        let mut config = env.controller_config();
+        config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        config.api_tokens = vec!["heartbeat-test-token".into()];
+        config.status.down_after = Duration::from_secs(2);
+        config
+    };
+    let c = InProcess::start(config()).await;
+    let url = c.url.clone();
+    let _agent = crate::harness::Process::spawn(
+        &[
+            "agent",
+            "--controller",
+            &url,
+            "--node",
+            "web2",
+            "--key",
+            &key,
+            "--interval",
+            "100ms",
+            "--data-dir",
+            &env.dir.path().join("agent").display().to_string(),
+        ]
+        .map(String::from),
+        &env.dir.path().join("agent.log"),
+    );
+    let client = c.client();
+    eventually(Duration::from_secs(15), "the node's heartbeat", || async {
+        let (status, v) = client.get("/api/v1/heartbeats/node:web2").await;
+        (status == 200).then_some(v)
+    })
+    .await;
+    c.stop().await;
+    // Away for longer than the node's deadline (2 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = InProcess::start(config()).await;
+    let client = c.client();
+    eventually(Duration::from_secs(40), "the agent back", || async {
+        let v = state_of(&client, "node:web2").await;
+        (v["pulses"].as_i64().unwrap() > 1 && v["state"] == "up").then_some(())
+    })
+    .await;
+    let (_, v) = client.get("/api/v1/events?node=web2").await;
+    assert_eq!(v["events"], json!([]), "no down, no recovery");
+    c.stop().await;
+}
