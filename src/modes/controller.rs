@@ -274,23 +274,34 @@ async fn serve(
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     // Both kinds stop taking connections at shutdown and give open requests (long polls, event
     // streams) 10 s to finish: a client that holds a connection must not hold the controller.
-    let handle = axum_server::Handle::new();
-    let on_shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        on_shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
+    let grace = Duration::from_secs(10);
     match tls {
-        Some(tls) => axum_server::from_tcp_rustls(listener, tls)?
-            .handle(handle)
-            .serve(app)
-            .await
-            .with_context(|| format!("the {what} HTTPS server failed")),
-        None => axum_server::from_tcp(listener)?
-            .handle(handle)
-            .serve(app)
-            .await
-            .with_context(|| format!("the {what} HTTP server failed")),
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let on_shutdown = handle.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                on_shutdown.graceful_shutdown(Some(grace));
+            });
+            axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(app)
+                .await
+                .with_context(|| format!("the {what} HTTPS server failed"))
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            tokio::select! {
+                served = server => served.with_context(|| format!("the {what} HTTP server failed")),
+                // Past the grace, the connections still open are dropped with the server.
+                _ = async {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                } => Ok(()),
+            }
+        }
     }
 }
 
