@@ -76,6 +76,8 @@ pub struct ControllerConfig {
     pub retention: RetentionConfig,
     pub hot: HotConfig,
     pub status: StatusConfig,
+    /// The dashboard.
+    pub ui: UiConfig,
     /// Nodes whitelisted in this file (in addition to those enrolled with `fleet node add`).
     pub nodes: Vec<StaticNode>,
     pub commands: CommandQueueConfig,
@@ -102,6 +104,7 @@ impl Default for ControllerConfig {
             retention: RetentionConfig::default(),
             hot: HotConfig::default(),
             status: StatusConfig::default(),
+            ui: UiConfig::default(),
             nodes: Vec::new(),
             commands: CommandQueueConfig::default(),
             nats: NatsConfig::default(),
@@ -246,6 +249,26 @@ pub struct HotConfig {
 impl Default for HotConfig {
     fn default() -> Self {
         Self { ring_size: 2000 }
+    }
+}
+
+/// The dashboard (`/`, `/login`, `/live/…`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Networks (CIDR) allowed to reach the dashboard and its live streams. Empty: any.
+    pub allow: Vec<ipnet::IpNet>,
+    /// How long a login lasts.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_ttl: Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
     }
 }
 

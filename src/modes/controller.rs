@@ -139,6 +139,8 @@ pub async fn start(
         heartbeats,
         shutdown: shutdown.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(web::STREAMS_MAX)),
+        ui: config.ui.clone(),
+        tls: tls.is_some(),
     });
 
     // Tasks that feed the ingest pipeline: they must end before its writer can.

@@ -114,6 +114,18 @@ fn record_from_row(row: &AnyRow) -> Result<CommandRecord, StoreError> {
 }
 
 impl Durable {
+    /// How many commands ended failed or timed out since `since_ms`.
+    pub async fn failed_commands_since(&self, since_ms: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM commands WHERE state IN ('failed', 'timed_out') \
+             AND finished_at >= $1",
+        )
+        .bind(since_ms)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Stores new commands (queued) with their first audit line, in one transaction of a few
     /// multi-row statements. Returns, per command, whether it was new (a resubmitted id changes
     /// nothing).

@@ -256,6 +256,14 @@ impl Durable {
         Ok(done.rows_affected())
     }
 
+    /// How many heartbeats are down now.
+    pub async fn down_heartbeats(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM heartbeats WHERE state = 'down'")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// The earliest deadline of a watched service.
     pub async fn next_deadline(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query("SELECT MIN(deadline) FROM heartbeats WHERE state IN ('new', 'up')")

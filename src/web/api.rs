@@ -29,14 +29,16 @@ const RECENT_DEFAULT: usize = 100;
 
 #[derive(Serialize)]
 pub struct NodeSummary {
-    name: String,
-    status: NodeState,
-    last_seen: Option<String>,
+    pub name: String,
+    pub status: NodeState,
+    pub last_seen: Option<String>,
+    #[serde(skip)]
+    pub last_seen_ms: Option<i64>,
     /// The agent's collection interval, in seconds.
-    interval_seconds: Option<f64>,
-    labels: BTreeMap<String, String>,
-    source: NodeSource,
-    vitals: Option<Vitals>,
+    pub interval_seconds: Option<f64>,
+    pub labels: BTreeMap<String, String>,
+    pub source: NodeSource,
+    pub vitals: Option<Vitals>,
 }
 
 fn summary(
@@ -55,6 +57,7 @@ fn summary(
             state.status.down_after,
         ),
         last_seen: status.map(|s| rfc3339(s.last_seen_ms)),
+        last_seen_ms: status.map(|s| s.last_seen_ms),
         interval_seconds: status.map(|s| s.interval_ms as f64 / 1000.0),
         labels: node.labels.clone(),
         source: node.source,
@@ -64,6 +67,13 @@ fn summary(
 
 /// `GET /api/v1/nodes`
 pub async fn list_nodes(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let nodes = node_summaries(&state).await?;
+    Ok(Json(serde_json::json!({ "nodes": nodes })))
+}
+
+/// Every enrolled node with its status and vitals, by name: the API's list and the dashboard's
+/// overview.
+pub async fn node_summaries(state: &AppState) -> Result<Vec<NodeSummary>, ApiError> {
     let snapshot = state.registry.snapshot();
     let statuses: HashMap<String, NodeStatusRow> = state
         .durable
@@ -76,10 +86,10 @@ pub async fn list_nodes(State(state): State<Arc<AppState>>) -> Result<Json<Value
     let mut nodes: Vec<NodeSummary> = snapshot
         .nodes
         .values()
-        .map(|node| summary(&state, node, statuses.get(node.name.as_str()), now))
+        .map(|node| summary(state, node, statuses.get(node.name.as_str()), now))
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(serde_json::json!({ "nodes": nodes })))
+    Ok(nodes)
 }
 
 fn enrolled(state: &AppState, name: &str) -> Result<crate::model::Node, ApiError> {

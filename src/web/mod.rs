@@ -1,7 +1,7 @@
 //! The HTTP face of the controller: the axum router, its shared state, and the handlers for
 //! ingest ([`ingest`]), the read API ([`api`]), commands ([`commands`]), heartbeats and events
 //! ([`heartbeats`]), the event stream ([`stream`]), the watchTower compatibility listener
-//! ([`watchtower`]) and auth ([`auth`]).
+//! ([`watchtower`]), the dashboard ([`ui`]) and auth ([`auth`]).
 //!
 //! Handlers adapt HTTP to the pipeline and the stores; they hold no rules of their own. Nothing
 //! here opens sockets: `modes::controller` binds and serves the router.
@@ -13,6 +13,7 @@ pub mod error;
 pub mod heartbeats;
 pub mod ingest;
 pub mod stream;
+pub mod ui;
 pub mod watchtower;
 
 use std::sync::Arc;
@@ -46,6 +47,10 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// One permit per open event stream.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The dashboard's settings.
+    pub ui: crate::config::UiConfig,
+    /// Served over TLS: session cookies are marked Secure.
+    pub tls: bool,
 }
 
 /// `Query<T>` whose rejection (an unknown parameter, a wrong type) is a JSON [`ApiError`] like
@@ -129,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(operator)
+        .merge(ui::router(state.clone()))
         // Bounds the `Bytes` bodies of the command routes. Ingest reads a raw `Body`, which
         // this does not touch, and bounds it itself (with its own message and limit).
         .layer(axum::extract::DefaultBodyLimit::max(commands::BODY_MAX))

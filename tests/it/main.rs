@@ -13,4 +13,5 @@ mod ingest;
 mod nats;
 mod registry;
 mod tls;
+mod ui;
 mod watchtower;

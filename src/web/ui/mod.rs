@@ -1,0 +1,219 @@
+//! The dashboard: server-rendered pages (maud) for operators, behind a login. `session` says
+//! who is looking and guards forms; `pages` renders. Handlers here gather what a page shows
+//! from the stores and the registry; they hold no rules of their own, and never put a value
+//! into the markup except through maud (which escapes it).
+
+pub mod pages;
+pub mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use super::{ApiQuery, AppState};
+use crate::model::NodeState;
+use session::Viewer;
+
+/// The dashboard's routes, behind the address allowlist.
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/ui/app.css", get(css))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            session::allowlist,
+        ))
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        pages::CSS,
+    )
+}
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a path on this site: never `//host` or a full URL, which would make the login page an
+/// open redirect.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+async fn login_page(ApiQuery(query): ApiQuery<NextQuery>) -> Html<String> {
+    Html(pages::login(&safe_next(query.next.as_deref()), None).into_string())
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+async fn login(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if let Err(refused) = session::same_origin(&headers) {
+        return refused.into_response();
+    }
+    let next = safe_next(form.next.as_deref());
+    let snapshot = state.registry.snapshot();
+    let Some(label) = snapshot.operator(form.token.trim()) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(&next, Some("That token is not valid.")).into_string()),
+        )
+            .into_response();
+    };
+    let id = session::random_token();
+    let now = crate::timefmt::now_ms();
+    let ttl = state.ui.session_ttl;
+    let stored = crate::store::sessions::Session {
+        who: format!("token {label:?}"),
+        csrf: session::random_token(),
+        expires_at_ms: now + ttl.as_millis() as i64,
+    };
+    if let Err(err) = state
+        .durable
+        .create_session(&session::hash_id(&id), &stored, now)
+        .await
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot store the session: {err}"),
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            session::set_cookie(Some(&id), ttl.as_secs(), state.tls),
+        )],
+        Redirect::to(&next),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: Option<String>,
+}
+
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = session::same_origin(&headers)
+        .and_then(|()| viewer.check_csrf(form.csrf.as_deref().unwrap_or_default()))
+    {
+        return refused.into_response();
+    }
+    if let Err(err) = state.durable.delete_session(viewer.id_hash()).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot end the session: {err}"),
+        )
+            .into_response();
+    }
+    (
+        [(header::SET_COOKIE, session::set_cookie(None, 0, state.tls))],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewQuery {
+    status: Option<String>,
+    label: Option<String>,
+}
+
+async fn overview(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    ApiQuery(query): ApiQuery<OverviewQuery>,
+) -> Response {
+    let mut filters = pages::Filters::default();
+    match query.status.as_deref() {
+        None | Some("") => {}
+        Some(word) => match [NodeState::Up, NodeState::Stale, NodeState::Down]
+            .into_iter()
+            .find(|s| pages::state_word(*s) == word)
+        {
+            Some(s) => filters.status = Some(s),
+            None => {
+                return (StatusCode::BAD_REQUEST, "status: one of up, stale, down").into_response();
+            }
+        },
+    }
+    match query.label.as_deref().map(str::trim) {
+        None | Some("") => {}
+        Some(text) => match crate::model::parse_label(text) {
+            Ok(pair) => filters.label = Some(pair),
+            Err(err) => {
+                return (StatusCode::BAD_REQUEST, format!("label: {err}")).into_response();
+            }
+        },
+    }
+    let all = match super::api::node_summaries(&state).await {
+        Ok(all) => all,
+        Err(err) => return err.into_response(),
+    };
+    let since = crate::timefmt::now_ms() - 24 * 3600 * 1000;
+    let counts = match (
+        state.durable.down_heartbeats().await,
+        state.durable.failed_commands_since(since).await,
+    ) {
+        (Ok(down_heartbeats), Ok(failed_commands)) => pages::Counts {
+            down_heartbeats,
+            failed_commands,
+        },
+        (Err(err), _) | (_, Err(err)) => {
+            return super::error::ApiError::from(err).into_response();
+        }
+    };
+    let total = all.len();
+    let shown: Vec<_> = all
+        .into_iter()
+        .filter(|n| filters.status.is_none_or(|s| n.status == s))
+        .filter(|n| {
+            filters
+                .label
+                .as_ref()
+                .is_none_or(|(k, v)| n.labels.get(k) == Some(v))
+        })
+        .collect();
+    Html(
+        pages::overview(
+            (&viewer.who, &viewer.csrf),
+            &shown,
+            total,
+            &counts,
+            &filters,
+            crate::timefmt::now_ms(),
+        )
+        .into_string(),
+    )
+    .into_response()
+}

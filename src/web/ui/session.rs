@@ -1,0 +1,186 @@
+//! Who is looking at the dashboard: the session cookie, the CSRF token every state-changing
+//! form carries, and the address allowlist. The cookie holds a random id (HttpOnly,
+//! SameSite=Strict, Secure under TLS); the store keeps only its SHA-256.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use sha2::{Digest, Sha256};
+
+use crate::store::sessions::Session;
+use crate::web::AppState;
+
+pub const COOKIE: &str = "fleet_session";
+
+/// A logged-in dashboard user. As an extractor it is the check: without a valid session the
+/// request is sent to the login page (and back here afterwards).
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub who: String,
+    pub csrf: String,
+    id_hash: String,
+}
+
+impl Viewer {
+    pub fn id_hash(&self) -> &str {
+        &self.id_hash
+    }
+
+    /// Refuses a form without this session's CSRF token.
+    pub fn check_csrf(&self, given: &str) -> Result<(), Refused> {
+        if given.len() == self.csrf.len()
+            && constant_time_eq(given.as_bytes(), self.csrf.as_bytes())
+        {
+            Ok(())
+        } else {
+            Err(Refused(
+                "the form's CSRF token is missing or wrong: reload the page and try again",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Equal length is checked by the caller; compare without an early exit.
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The SHA-256 of a session id, as stored.
+pub fn hash_id(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+/// A fresh random token (session ids and CSRF tokens), 32 bytes as hex.
+pub fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The session id in the request's cookie, if any.
+pub fn cookie_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The `Set-Cookie` value for a session (or, with `None`, one that removes it).
+pub fn set_cookie(id: Option<&str>, max_age_s: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    match id {
+        Some(id) => {
+            format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}")
+        }
+        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let to_login = || {
+            let here = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let mut url = reqwest::Url::parse("http://login.invalid/login").expect("a literal URL");
+            url.query_pairs_mut().append_pair("next", here);
+            Redirect::to(&format!("/login?{}", url.query().unwrap_or_default())).into_response()
+        };
+        let Some(id) = cookie_id(&parts.headers) else {
+            return Err(to_login());
+        };
+        let id_hash = hash_id(&id);
+        match state
+            .durable
+            .session(&id_hash, crate::timefmt::now_ms())
+            .await
+        {
+            Ok(Some(Session { who, csrf, .. })) => Ok(Viewer { who, csrf, id_hash }),
+            Ok(None) => Err(to_login()),
+            Err(err) => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the session store cannot be read: {err}"),
+            )
+                .into_response()),
+        }
+    }
+}
+
+/// Refuses dashboard requests from outside `[ui] allow`.
+pub async fn allowlist(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allow = &state.ui.allow;
+    if allow.is_empty() || allow.iter().any(|net| net.contains(&peer.ip())) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        format!(
+            "the dashboard does not serve {}: see [ui] allow in the controller's config",
+            peer.ip()
+        ),
+    )
+        .into_response()
+}
+
+/// Refuses a state-changing request that a page of another site sent: its `Origin` (or, when
+/// absent, `Referer`) must be this host. SameSite=Strict already keeps the cookie off such
+/// requests; this is the second lock.
+pub fn same_origin(headers: &HeaderMap) -> Result<(), Refused> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let source = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    let same = match source {
+        // A browser always sends one of them on a form post; a script without either is not a
+        // browser page of another site.
+        None => true,
+        Some(source) => reqwest::Url::parse(source).ok().is_some_and(|u| {
+            let authority = match u.port() {
+                Some(port) => format!("{}:{port}", u.host_str().unwrap_or_default()),
+                None => u.host_str().unwrap_or_default().to_owned(),
+            };
+            authority == host
+        }),
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(Refused(
+            "a form from another site cannot change anything here",
+        ))
+    }
+}
+
+/// A form refused for where it came from or what it lacks: 403 with the reason.
+#[derive(Debug)]
+pub struct Refused(pub &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (StatusCode::FORBIDDEN, self.0).into_response()
+    }
+}
