@@ -306,3 +306,52 @@ async fn a_session_survives_a_restart_and_a_thousand_nodes_render() {
     );
     ui.c.stop().await;
 }
+
+/// The overview follows the fleet live: a batch from a node that was down sends its row again,
+/// rendered, now up; and a label with a carriage return travels escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_overview_sends_changed_rows() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = "key-of-live1-0123456789";
+    let mut live = node("live1", key, &[]);
+    live.labels = BTreeMap::from([("note".to_owned(), "a\r\n<b>".to_owned())]);
+    let ui = Ui::start(&env, |config| config.nodes = vec![live]).await;
+    let cookie = ui.log_in().await;
+    let page = ui.get("/", Some(&cookie)).await.text().await.unwrap();
+    assert!(page.contains("data-live=\"/live/overview\""), "{page}");
+    assert!(page.contains("<script src=\"/ui/live.js\""), "{page}");
+    assert_eq!(ui.get("/ui/live.js", None).await.status(), 200);
+    assert_eq!(
+        ui.get("/live/overview", None).await.status(),
+        303,
+        "behind the login"
+    );
+    let mut stream = ui.get("/live/overview", Some(&cookie)).await;
+    assert_eq!(stream.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) =
+        ui.c.client()
+            .send(&crate::harness::Batch::new("live1", key, 1))
+            .await;
+    assert_eq!(status, 200);
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(text.contains("class=\"status up\"") && text.contains("id=\"counts\""))
+        && Instant::now() < deadline
+    {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(text.contains("event: replace"), "{text}");
+    assert!(text.contains("<tr id=\"node-live1\">"), "{text}");
+    assert!(text.contains("class=\"status up\">up<"), "{text}");
+    assert!(
+        text.contains("&#13;") && text.contains("&lt;b&gt;"),
+        "{text}"
+    );
+    assert!(text.contains("id=\"counts\""), "the counts follow: {text}");
+    ui.c.stop().await;
+}

@@ -15,8 +15,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use super::error::ApiError;
 use super::{ApiQuery, AppState};
 use crate::model::NodeState;
+use crate::web::api::NodeSummary;
 use session::Viewer;
 
 /// The dashboard's routes, behind the address allowlist.
@@ -26,6 +28,8 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/ui/app.css", get(css))
+        .route("/ui/live.js", get(script))
+        .route("/live/overview", get(live_overview))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             session::allowlist,
@@ -39,6 +43,16 @@ async fn css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "max-age=300"),
         ],
         pages::CSS,
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        pages::LIVE_JS,
     )
 }
 
@@ -149,11 +163,8 @@ pub struct OverviewQuery {
     label: Option<String>,
 }
 
-async fn overview(
-    State(state): State<Arc<AppState>>,
-    viewer: Viewer,
-    ApiQuery(query): ApiQuery<OverviewQuery>,
-) -> Response {
+/// The overview's filters from its query string.
+fn filters_of(query: &OverviewQuery) -> Result<pages::Filters, ApiError> {
     let mut filters = pages::Filters::default();
     match query.status.as_deref() {
         None | Some("") => {}
@@ -163,7 +174,7 @@ async fn overview(
         {
             Some(s) => filters.status = Some(s),
             None => {
-                return (StatusCode::BAD_REQUEST, "status: one of up, stale, down").into_response();
+                return Err(ApiError::bad_request("status: one of up, stale, down"));
             }
         },
     }
@@ -172,14 +183,20 @@ async fn overview(
         Some(text) => match crate::model::parse_label(text) {
             Ok(pair) => filters.label = Some(pair),
             Err(err) => {
-                return (StatusCode::BAD_REQUEST, format!("label: {err}")).into_response();
+                return Err(ApiError::bad_request(format!("label: {err}")));
             }
         },
     }
-    let all = match super::api::node_summaries(&state).await {
-        Ok(all) => all,
-        Err(err) => return err.into_response(),
-    };
+    Ok(filters)
+}
+
+/// What the overview shows: the nodes that pass the filters, how many there are in all, the
+/// counts.
+async fn overview_data(
+    state: &AppState,
+    filters: &pages::Filters,
+) -> Result<(Vec<NodeSummary>, usize, pages::Counts), ApiError> {
+    let all = super::api::node_summaries(state).await?;
     let since = crate::timefmt::now_ms() - 24 * 3600 * 1000;
     let counts = match (
         state.durable.down_heartbeats().await,
@@ -189,12 +206,10 @@ async fn overview(
             down_heartbeats,
             failed_commands,
         },
-        (Err(err), _) | (_, Err(err)) => {
-            return super::error::ApiError::from(err).into_response();
-        }
+        (Err(err), _) | (_, Err(err)) => return Err(err.into()),
     };
     let total = all.len();
-    let shown: Vec<_> = all
+    let shown = all
         .into_iter()
         .filter(|n| filters.status.is_none_or(|s| n.status == s))
         .filter(|n| {
@@ -204,6 +219,22 @@ async fn overview(
                 .is_none_or(|(k, v)| n.labels.get(k) == Some(v))
         })
         .collect();
+    Ok((shown, total, counts))
+}
+
+async fn overview(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    ApiQuery(query): ApiQuery<OverviewQuery>,
+) -> Response {
+    let filters = match filters_of(&query) {
+        Ok(f) => f,
+        Err(refused) => return refused.into_response(),
+    };
+    let (shown, total, counts) = match overview_data(&state, &filters).await {
+        Ok(data) => data,
+        Err(failed) => return failed.into_response(),
+    };
     Html(
         pages::overview(
             (&viewer.who, &viewer.csrf),
@@ -216,4 +247,130 @@ async fn overview(
         .into_string(),
     )
     .into_response()
+}
+
+/// How often the live overview looks for changes.
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /live/overview`: the overview's rows and counts as they change, rendered (`replace`
+/// events: an element whose id is on the page); `reload` when nodes came or went. Computed
+/// for each client at its own pace, so a slow client slows nobody.
+async fn live_overview(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    ApiQuery(query): ApiQuery<OverviewQuery>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let filters = match filters_of(&query) {
+        Ok(f) => f,
+        Err(refused) => return refused.into_response(),
+    };
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live pages are open; reload later",
+        )
+            .into_response();
+    };
+    let shutdown = state.shutdown.clone();
+    let follower = LiveOverview {
+        _permit: permit,
+        state,
+        filters,
+        sent: None,
+        pending: std::collections::VecDeque::new(),
+    };
+    let events = futures::stream::unfold(follower, |mut f| async move {
+        let event = f.next().await;
+        Some((Ok::<Event, std::convert::Infallible>(event), f))
+    })
+    .take_until(shutdown.cancelled_owned());
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
+}
+
+/// HTML for an SSE `data` field: a carriage return (which SSE cannot carry, and axum refuses)
+/// becomes its character reference; newlines are split into `data:` lines and joined again by
+/// the browser.
+fn sse_safe(html: String) -> String {
+    if html.contains('\r') {
+        html.replace('\r', "&#13;")
+    } else {
+        html
+    }
+}
+
+/// What a live overview last sent: each row's data and the counts, as rendered.
+type Sent = (std::collections::BTreeMap<String, RowKey>, String);
+
+/// The parts of a row that change it.
+type RowKey = (NodeState, Option<i64>, Option<String>);
+
+struct LiveOverview {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    state: Arc<AppState>,
+    filters: pages::Filters,
+    sent: Option<Sent>,
+    pending: std::collections::VecDeque<axum::response::sse::Event>,
+}
+
+impl LiveOverview {
+    async fn next(&mut self) -> axum::response::sse::Event {
+        use axum::response::sse::Event;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            if self.sent.is_some() {
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+            let Ok((shown, total, counts)) = overview_data(&self.state, &self.filters).await else {
+                // The store is away for a moment: try again next time.
+                tokio::time::sleep(LIVE_EVERY).await;
+                continue;
+            };
+            let now = crate::timefmt::now_ms();
+            let rows: std::collections::BTreeMap<String, RowKey> = shown
+                .iter()
+                .map(|n| {
+                    let vitals = n
+                        .vitals
+                        .as_ref()
+                        .map(|v| serde_json::to_string(v).unwrap_or_default());
+                    (n.name.clone(), (n.status, n.last_seen_ms, vitals))
+                })
+                .collect();
+            let counts_html = pages::counts_block(&shown, total, &counts).into_string();
+            let Some((old_rows, old_counts)) = &self.sent else {
+                // The page was rendered just now: start from what it shows.
+                self.sent = Some((rows, counts_html));
+                continue;
+            };
+            if !old_rows.keys().eq(rows.keys()) {
+                self.sent = Some((rows, counts_html));
+                self.pending
+                    .push_back(Event::default().event("reload").data("nodes changed"));
+                continue;
+            }
+            for n in &shown {
+                if old_rows.get(&n.name) != rows.get(&n.name) {
+                    self.pending.push_back(
+                        Event::default()
+                            .event("replace")
+                            .data(sse_safe(pages::node_row(n, now).into_string())),
+                    );
+                }
+            }
+            if *old_counts != counts_html {
+                self.pending.push_back(
+                    Event::default()
+                        .event("replace")
+                        .data(sse_safe(counts_html.clone())),
+                );
+            }
+            self.sent = Some((rows, counts_html));
+        }
+    }
 }

@@ -38,6 +38,42 @@ input, select, button { font: inherit; padding: .25rem .5rem; }
 }
 "#;
 
+/// The one script: follows `data-live` streams and puts the fragments they send in place
+/// (`replace`: the element with the fragment's id; `reload`: the page), and keeps relative
+/// times current. Served by the binary (`/ui/live.js`); pages work without it.
+pub const LIVE_JS: &str = r#"
+"use strict";
+function place(html) {
+  const t = document.createElement("template");
+  t.innerHTML = html.trim();
+  const fresh = t.content.firstElementChild;
+  if (!fresh || !fresh.id) return;
+  const old = document.getElementById(fresh.id);
+  if (old) old.replaceWith(fresh);
+}
+function ago(seconds) {
+  if (seconds < 5) return "just now";
+  if (seconds < 60) return seconds + " s ago";
+  if (seconds < 3600) return Math.floor(seconds / 60) + " min ago";
+  if (seconds < 86400) return Math.floor(seconds / 3600) + " h ago";
+  return Math.floor(seconds / 86400) + " d ago";
+}
+function refreshTimes() {
+  for (const t of document.querySelectorAll("time[datetime]")) {
+    const at = Date.parse(t.getAttribute("datetime"));
+    if (!isNaN(at)) t.textContent = ago(Math.max(0, Math.floor((Date.now() - at) / 1000)));
+  }
+}
+document.addEventListener("DOMContentLoaded", () => {
+  for (const el of document.querySelectorAll("[data-live]")) {
+    const source = new EventSource(el.dataset.live);
+    source.addEventListener("replace", (e) => { place(e.data); refreshTimes(); });
+    source.addEventListener("reload", () => location.reload());
+  }
+  setInterval(refreshTimes, 5000);
+});
+"#;
+
 /// A whole page: the header (with the logout form, which carries the CSRF token) and `body`.
 pub fn layout(title: &str, viewer: Option<(&str, &str)>, body: Markup) -> Markup {
     html! {
@@ -48,6 +84,7 @@ pub fn layout(title: &str, viewer: Option<(&str, &str)>, body: Markup) -> Markup
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · fleet" }
                 link rel="stylesheet" href="/ui/app.css";
+                script src="/ui/live.js" defer {}
             }
             body {
                 header {
@@ -119,20 +156,29 @@ pub fn overview(
     filters: &Filters,
     now_ms: i64,
 ) -> Markup {
-    let count_of = |s: NodeState| nodes.iter().filter(|n| n.status == s).count();
+    // The live stream follows the same filters as the page.
+    let live_query = {
+        let mut url = reqwest::Url::parse("http://live.invalid/").expect("a literal URL");
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = filters.status {
+                q.append_pair("status", state_word(s));
+            }
+            if let Some((k, v)) = &filters.label {
+                q.append_pair("label", &format!("{k}={v}"));
+            }
+        }
+        match url.query() {
+            Some(q) if !q.is_empty() => format!("?{q}"),
+            _ => String::new(),
+        }
+    };
     layout(
         "Overview",
         Some(viewer),
         html! {
             h1 { "Overview" }
-            div.counts {
-                span { (total) " nodes" }
-                span.status.up { (count_of(NodeState::Up)) " up" }
-                span.status.stale { (count_of(NodeState::Stale)) " stale" }
-                span.status.down { (count_of(NodeState::Down)) " down" }
-                span { (counts.down_heartbeats) " heartbeats down" }
-                span { (counts.failed_commands) " commands failed (24 h)" }
-            }
+            (counts_block(nodes, total, counts))
             form.filters method="get" action="/" {
                 label { "Status "
                     select name="status" {
@@ -157,7 +203,7 @@ pub fn overview(
             } @else if nodes.is_empty() {
                 p.empty { "No node matches these filters. " a href="/" { "Show all" } }
             } @else {
-                table #nodes {
+                table #nodes data-live={ "/live/overview" (live_query) } {
                     thead {
                         tr {
                             th { "Node" }
@@ -172,27 +218,49 @@ pub fn overview(
                     }
                     tbody {
                         @for n in nodes {
-                            tr id={ "node-" (n.name) } {
-                                td { a href={ "/nodes/" (n.name) } { (n.name) } }
-                                td { span class={ "status " (state_word(n.status)) } { (state_word(n.status)) } }
-                                td { (when(n.last_seen_ms, now_ms)) }
-                                td.num { (percent(n.vitals.as_ref().and_then(|v| v.cpu_percent))) }
-                                td.num { (percent(n.vitals.as_ref().and_then(|v| v.memory_percent))) }
-                                td.num { (percent(n.vitals.as_ref().and_then(|v| v.disk_percent))) }
-                                td.num { (number(n.vitals.as_ref().and_then(|v| v.load1))) }
-                                td.wide.muted {
-                                    @for (i, (k, v)) in n.labels.iter().enumerate() {
-                                        @if i > 0 { ", " }
-                                        (k) "=" (v)
-                                    }
-                                }
-                            }
+                            (node_row(n, now_ms))
                         }
                     }
                 }
             }
         },
     )
+}
+
+/// The counts above the table; replaced live as a whole.
+pub fn counts_block(nodes: &[NodeSummary], total: usize, counts: &Counts) -> Markup {
+    let count_of = |s: NodeState| nodes.iter().filter(|n| n.status == s).count();
+    html! {
+        div #counts .counts {
+            span { (total) " nodes" }
+            span.status.up { (count_of(NodeState::Up)) " up" }
+            span.status.stale { (count_of(NodeState::Stale)) " stale" }
+            span.status.down { (count_of(NodeState::Down)) " down" }
+            span { (counts.down_heartbeats) " heartbeats down" }
+            span { (counts.failed_commands) " commands failed (24 h)" }
+        }
+    }
+}
+
+/// One node's row of the overview; replaced live by its id.
+pub fn node_row(n: &NodeSummary, now_ms: i64) -> Markup {
+    html! {
+        tr id={ "node-" (n.name) } {
+            td { (n.name) }
+            td { span class={ "status " (state_word(n.status)) } { (state_word(n.status)) } }
+            td { (when(n.last_seen_ms, now_ms)) }
+            td.num { (percent(n.vitals.as_ref().and_then(|v| v.cpu_percent))) }
+            td.num { (percent(n.vitals.as_ref().and_then(|v| v.memory_percent))) }
+            td.num { (percent(n.vitals.as_ref().and_then(|v| v.disk_percent))) }
+            td.num { (number(n.vitals.as_ref().and_then(|v| v.load1))) }
+            td.wide.muted {
+                @for (i, (k, v)) in n.labels.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    (k) "=" (v)
+                }
+            }
+        }
+    }
 }
 
 pub fn state_word(s: NodeState) -> &'static str {
