@@ -241,17 +241,22 @@ async fn cancel(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Bod
     if !compat.app.heartbeats.cancel(&service).await? {
         return Err(Refusal::not_found());
     }
-    let current = compat
-        .app
-        .durable
-        .heartbeat(&service, crate::timefmt::now_ms())
-        .await?
-        .ok_or_else(Refusal::not_found)?;
+    let current = stored(&compat, &service).await?;
     Ok(Json(json!({
         "result": 200,
         "action": "cancel",
         "heartBeat": watchtower_heartbeat(&current),
     })))
+}
+
+/// The heartbeat of `service` as stored now, or `service not found`.
+async fn stored(compat: &Compat, service: &str) -> Result<Heartbeat, Refusal> {
+    compat
+        .app
+        .durable
+        .heartbeat(service, crate::timefmt::now_ms())
+        .await?
+        .ok_or_else(Refusal::not_found)
 }
 
 /// Most heartbeats `GET /heartbeats` lists (watchTower's protocol has no paging; the native
@@ -276,12 +281,7 @@ async fn get_one(
     service: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let Path(service) = service.map_err(|e| Refusal::hint(e.body_text()))?;
-    let found = compat
-        .app
-        .durable
-        .heartbeat(&service, crate::timefmt::now_ms())
-        .await?
-        .ok_or_else(Refusal::not_found)?;
+    let found = stored(&compat, &service).await?;
     Ok(Json(json!({
         "result": 200,
         "heartBeat": watchtower_heartbeat(&found),
