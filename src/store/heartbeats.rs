@@ -240,17 +240,16 @@ impl Durable {
         }
     }
 
-    /// Moves the deadlines of agents' own heartbeats that passed while no controller watched
-    /// to `now + grace` (never past one `next_in` from now): their agents were sending and
-    /// will be back within a retry. Returns how many were moved.
+    /// Moves the deadlines of agents' own heartbeats that passed while no controller watched,
+    /// or pass within `grace`, to `now + grace`: their agents were sending and will be back
+    /// within a retry. Returns how many were moved.
     pub async fn grace_overdue_nodes(&self, now_ms: i64, grace_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "UPDATE heartbeats SET deadline = $1 + CASE WHEN next_in_ms < $2 THEN next_in_ms \
-             ELSE $2 END, updated_at = $1 \
+            "UPDATE heartbeats SET deadline = $1, updated_at = $2 \
              WHERE service LIKE 'node:%' AND state IN ('new', 'up') AND deadline < $1",
         )
+        .bind(now_ms + grace_ms)
         .bind(now_ms)
-        .bind(grace_ms)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected())

@@ -3,6 +3,7 @@
 
 mod api;
 mod bench;
+mod browser;
 mod commands;
 mod deploy;
 mod e2e;

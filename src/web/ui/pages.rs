@@ -232,7 +232,7 @@ pub fn counts_block(nodes: &[NodeSummary], total: usize, counts: &Counts) -> Mar
     let count_of = |s: NodeState| nodes.iter().filter(|n| n.status == s).count();
     html! {
         div #counts .counts {
-            span { (total) " nodes" }
+            span { (total) @if total == 1 { " node" } @else { " nodes" } }
             span.status.up { (count_of(NodeState::Up)) " up" }
             span.status.stale { (count_of(NodeState::Stale)) " stale" }
             span.status.down { (count_of(NodeState::Down)) " down" }

@@ -92,11 +92,16 @@ impl FromRequestParts<Arc<AppState>> for Viewer {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let to_login = || {
-            let here = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
+            // Back to where they were after logging in, if that is a page; a form post
+            // (say, a logout) cannot be replayed by a redirect.
+            let here = match parts.method {
+                axum::http::Method::GET => parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/"),
+                _ => "/",
+            };
             let mut url = reqwest::Url::parse("http://login.invalid/login").expect("a literal URL");
             url.query_pairs_mut().append_pair("next", here);
             Redirect::to(&format!("/login?{}", url.query().unwrap_or_default())).into_response()
