@@ -355,3 +355,46 @@ async fn the_live_overview_sends_changed_rows() {
     assert!(text.contains("id=\"counts\""), "the counts follow: {text}");
     ui.c.stop().await;
 }
+
+/// A page that reconnects (its browser sends the last event id it saw) gets every row again,
+/// at once: it may have missed changes while it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_live_page_gets_every_row_again() {
+    let env = Env::new(Backend::Embedded).await;
+    let ui = Ui::start(&env, |config| {
+        config.nodes = vec![
+            node("r1", "key-of-r1-0123456789", &[]),
+            node("r2", "key-of-r2-0123456789", &[]),
+        ];
+    })
+    .await;
+    let cookie = ui.log_in().await;
+    let mut stream = ui
+        .http
+        .get(ui.url("/live/overview"))
+        .header("cookie", &cookie)
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(text.contains("node-r1") && text.contains("node-r2") && text.contains("id=\"counts\""))
+        && Instant::now() < deadline
+    {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(
+        text.contains("<tr id=\"node-r1\">") && text.contains("<tr id=\"node-r2\">"),
+        "{text}"
+    );
+    assert!(
+        text.contains("id: "),
+        "events carry ids, so the next reconnect says so: {text}"
+    );
+    ui.c.stop().await;
+}

@@ -258,6 +258,7 @@ const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 async fn live_overview(
     State(state): State<Arc<AppState>>,
     _: Viewer,
+    headers: HeaderMap,
     ApiQuery(query): ApiQuery<OverviewQuery>,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
@@ -278,7 +279,11 @@ async fn live_overview(
         _permit: permit,
         state,
         filters,
+        // A browser that reconnects (it sends the last id it saw) may have missed changes
+        // while away: it gets every row again. A first connection starts from the page it
+        // was just rendered with.
         sent: None,
+        resend: headers.contains_key("last-event-id"),
         pending: std::collections::VecDeque::new(),
     };
     let events = futures::stream::unfold(follower, |mut f| async move {
@@ -313,6 +318,8 @@ struct LiveOverview {
     state: Arc<AppState>,
     filters: pages::Filters,
     sent: Option<Sent>,
+    /// Send every row on the first look (a reconnecting page), instead of starting from it.
+    resend: bool,
     pending: std::collections::VecDeque<axum::response::sse::Event>,
 }
 
@@ -344,7 +351,23 @@ impl LiveOverview {
                 .collect();
             let counts_html = pages::counts_block(&shown, total, &counts).into_string();
             let Some((old_rows, old_counts)) = &self.sent else {
-                // The page was rendered just now: start from what it shows.
+                if std::mem::take(&mut self.resend) {
+                    for n in &shown {
+                        self.pending.push_back(
+                            Event::default()
+                                .id(now.to_string())
+                                .event("replace")
+                                .data(sse_safe(pages::node_row(n, now).into_string())),
+                        );
+                    }
+                    self.pending.push_back(
+                        Event::default()
+                            .id(now.to_string())
+                            .event("replace")
+                            .data(sse_safe(counts_html.clone())),
+                    );
+                }
+                // Otherwise the page was rendered just now: start from what it shows.
                 self.sent = Some((rows, counts_html));
                 continue;
             };
@@ -358,6 +381,7 @@ impl LiveOverview {
                 if old_rows.get(&n.name) != rows.get(&n.name) {
                     self.pending.push_back(
                         Event::default()
+                            .id(now.to_string())
                             .event("replace")
                             .data(sse_safe(pages::node_row(n, now).into_string())),
                     );
@@ -366,6 +390,7 @@ impl LiveOverview {
             if *old_counts != counts_html {
                 self.pending.push_back(
                     Event::default()
+                        .id(now.to_string())
                         .event("replace")
                         .data(sse_safe(counts_html.clone())),
                 );
