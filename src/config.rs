@@ -533,6 +533,9 @@ impl AgentConfig {
                 self.interval
             );
         }
+        if self.interval.as_millis() > u128::from(crate::model::limits::INTERVAL_MAX_MS) {
+            anyhow::bail!("interval {:?} is too long; use at most 1d", self.interval);
+        }
         if self.commands.max_output_bytes > crate::command::limits::OUTPUT_MAX_BYTES {
             anyhow::bail!(
                 "commands.max_output_bytes {} is over the limit of {}",

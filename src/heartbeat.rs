@@ -20,6 +20,8 @@ pub mod limits {
     pub const MESSAGE_MAX: usize = 16 * 1024;
     /// Bytes of an event's `fields` as JSON.
     pub const FIELDS_MAX: usize = 16 * 1024;
+    /// Bytes of a search text (`q`).
+    pub const SEARCH_MAX: usize = 1000;
 }
 
 /// The name an agent's own heartbeat goes by. Names with this prefix are reserved: only an
@@ -245,6 +247,27 @@ pub fn parse_level(value: &serde_json::Value) -> Result<i64, InvalidInput> {
         serde_json::Value::String(text) => level_of_name(text).ok_or_else(out_of_range),
         _ => Err(out_of_range()),
     }
+}
+
+/// A "level at least" filter as a query string gives it.
+pub fn level_filter(text: &str) -> Result<i64, InvalidInput> {
+    level_of_name(text).ok_or_else(|| {
+        InvalidInput::new(
+            "level",
+            format!("{text:?} is not 0–7 or one of {}", LEVELS.join(", ")),
+        )
+    })
+}
+
+/// A search text (`q`): bounded.
+pub fn check_search(text: &str) -> Result<(), InvalidInput> {
+    if text.len() > limits::SEARCH_MAX {
+        return Err(InvalidInput::new(
+            "q",
+            format!("at most {} bytes", limits::SEARCH_MAX),
+        ));
+    }
+    Ok(())
 }
 
 /// A level from its name or its number as text.

@@ -24,6 +24,9 @@ pub mod limits {
     pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
     /// Most samples in one batch, over all its records.
     pub const SAMPLES_PER_BATCH_MAX: usize = 20_000;
+    /// The longest collection interval an agent may report (a day): the controller derives
+    /// deadlines from it.
+    pub const INTERVAL_MAX_MS: u64 = 86_400_000;
     /// Most distinct series (metric name and label set) one node may create: a runaway label
     /// (a request id as a label value, say) must not grow the store without end. Samples of
     /// series past the limit are dropped and counted.
@@ -247,6 +250,12 @@ impl BatchBody {
     /// Checks every name, count and number against [`limits`]. The error names the field by its
     /// path, e.g. `records[3].samples[0].name`.
     pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.interval_ms > limits::INTERVAL_MAX_MS {
+            return Err(InvalidInput::new(
+                "interval_ms",
+                format!("must be at most {} (a day)", limits::INTERVAL_MAX_MS),
+            ));
+        }
         if self.records.len() > limits::RECORDS_PER_BATCH_MAX {
             return Err(InvalidInput::new(
                 "records",
@@ -458,6 +467,13 @@ mod tests {
         };
         let err = body.validate().unwrap_err();
         assert_eq!(err.field, "records[0].samples[1].name");
+        // The interval sets the node's deadline: bounded.
+        let body = BatchBody {
+            interval_ms: limits::INTERVAL_MAX_MS + 1,
+            dropped_batches: 0,
+            records: Vec::new(),
+        };
+        assert_eq!(body.validate().unwrap_err().field, "interval_ms");
     }
 
     #[test]

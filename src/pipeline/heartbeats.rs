@@ -51,7 +51,6 @@ struct Job {
 }
 
 /// When the monitor plans to look next, and how to make it look sooner.
-#[derive(Default)]
 struct Wake {
     notify: Notify,
     planned_ms: AtomicI64,
@@ -121,8 +120,7 @@ impl Heartbeats {
     /// deadline after which the spine calls a silent node down. Queued, not awaited: ingest
     /// must not wait on it, and the next batch pulses again.
     pub fn node_seen(&self, node: &str, interval_ms: i64, now_ms: i64) {
-        // The interval comes from the batch: bound it (a day) before it sets a deadline.
-        let interval_ms = interval_ms.clamp(0, 86_400_000);
+        // The batch's interval is bounded by its validation (`limits::INTERVAL_MAX_MS`).
         let next_in_ms = crate::model::down_after_ms(interval_ms, self.down_after)
             .min(crate::heartbeat::limits::NEXT_IN_MAX_MS);
         {
@@ -300,7 +298,6 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
             }
         }
     }
-    jobs.clear();
     // Both run in this task, so `planned_ms` is the monitor's latest plan.
     if earliest < wake.planned_ms.load(Ordering::SeqCst) {
         wake.notify.notify_one();

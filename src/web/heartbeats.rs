@@ -240,17 +240,13 @@ pub async fn events(
             .transpose()
             .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
     };
-    let min_level = match &query.level {
-        Some(l) => Some(heartbeat::level_of_name(l).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "level: {l:?} is not 0–7 or one of {}",
-                heartbeat::LEVELS.join(", ")
-            ))
-        })?),
-        None => None,
-    };
-    if query.q.as_ref().is_some_and(|q| q.len() > 1000) {
-        return Err(ApiError::bad_request("q: at most 1000 bytes"));
+    let min_level = query
+        .level
+        .as_deref()
+        .map(heartbeat::level_filter)
+        .transpose()?;
+    if let Some(q) = &query.q {
+        heartbeat::check_search(q)?;
     }
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {

@@ -90,8 +90,8 @@ pub async fn stream(
         min_level: 0,
         text: query.q.map(|q| q.to_lowercase()),
     };
-    if filter.text.as_ref().is_some_and(|q| q.len() > 1000) {
-        return Err(ApiError::bad_request("q: at most 1000 bytes"));
+    if let Some(q) = &filter.text {
+        crate::heartbeat::check_search(q)?;
     }
     for kind in kinds.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         match kind {
@@ -106,9 +106,7 @@ pub async fn stream(
         }
     }
     if let Some(level) = &query.level {
-        filter.min_level = crate::heartbeat::level_of_name(level).ok_or_else(|| {
-            ApiError::bad_request(format!("level: {level:?} is not 0–7 or a level name"))
-        })?;
+        filter.min_level = crate::heartbeat::level_filter(level)?;
     }
     let resume = headers
         .get("last-event-id")

@@ -341,14 +341,7 @@ async fn events(State(compat): State<Arc<Compat>>, uri: Uri) -> Answer {
     };
     let min_level = params
         .get("level")
-        .map(|l| {
-            heartbeat::level_of_name(l).ok_or_else(|| {
-                Refusal::hint(format!(
-                    "level: {l:?} is not 0–7 or one of {}",
-                    heartbeat::LEVELS.join(", ")
-                ))
-            })
-        })
+        .map(|l| heartbeat::level_filter(l))
         .transpose()?;
     let service = pattern("service", params.get("service"))?;
     let message = pattern("message", params.get("message"))?;

@@ -311,7 +311,7 @@ fn sse_safe(html: String) -> String {
 type Sent = (std::collections::BTreeMap<String, RowKey>, String);
 
 /// The parts of a row that change it.
-type RowKey = (NodeState, Option<i64>, Option<String>);
+type RowKey = (NodeState, Option<i64>, Option<crate::model::Vitals>);
 
 struct LiveOverview {
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -341,59 +341,42 @@ impl LiveOverview {
             let now = crate::timefmt::now_ms();
             let rows: std::collections::BTreeMap<String, RowKey> = shown
                 .iter()
-                .map(|n| {
-                    let vitals = n
-                        .vitals
-                        .as_ref()
-                        .map(|v| serde_json::to_string(v).unwrap_or_default());
-                    (n.name.clone(), (n.status, n.last_seen_ms, vitals))
-                })
+                .map(|n| (n.name.clone(), (n.status, n.last_seen_ms, n.vitals.clone())))
                 .collect();
             let counts_html = pages::counts_block(&shown, total, &counts).into_string();
-            let Some((old_rows, old_counts)) = &self.sent else {
-                if std::mem::take(&mut self.resend) {
-                    for n in &shown {
-                        self.pending.push_back(
-                            Event::default()
-                                .id(now.to_string())
-                                .event("replace")
-                                .data(sse_safe(pages::node_row(n, now).into_string())),
-                        );
-                    }
-                    self.pending.push_back(
-                        Event::default()
-                            .id(now.to_string())
-                            .event("replace")
-                            .data(sse_safe(counts_html.clone())),
-                    );
-                }
-                // Otherwise the page was rendered just now: start from what it shows.
-                self.sent = Some((rows, counts_html));
-                continue;
+            let replace = |html: String| {
+                Event::default()
+                    .id(now.to_string())
+                    .event("replace")
+                    .data(sse_safe(html))
             };
-            if !old_rows.keys().eq(rows.keys()) {
-                self.sent = Some((rows, counts_html));
-                self.pending
-                    .push_back(Event::default().event("reload").data("nodes changed"));
-                continue;
-            }
-            for n in &shown {
-                if old_rows.get(&n.name) != rows.get(&n.name) {
-                    self.pending.push_back(
-                        Event::default()
-                            .id(now.to_string())
-                            .event("replace")
-                            .data(sse_safe(pages::node_row(n, now).into_string())),
-                    );
+            match self.sent.take() {
+                // The page was rendered just now: start from what it shows.
+                None if !std::mem::take(&mut self.resend) => {}
+                // A reconnecting page may have missed anything: everything again.
+                None => {
+                    for n in &shown {
+                        self.pending
+                            .push_back(replace(pages::node_row(n, now).into_string()));
+                    }
+                    self.pending.push_back(replace(counts_html.clone()));
                 }
-            }
-            if *old_counts != counts_html {
-                self.pending.push_back(
-                    Event::default()
-                        .id(now.to_string())
-                        .event("replace")
-                        .data(sse_safe(counts_html.clone())),
-                );
+                Some((old_rows, _)) if !old_rows.keys().eq(rows.keys()) => {
+                    self.pending
+                        .push_back(Event::default().event("reload").data("nodes changed"));
+                }
+                Some((old_rows, old_counts)) => {
+                    for n in shown
+                        .iter()
+                        .filter(|n| old_rows.get(&n.name) != rows.get(&n.name))
+                    {
+                        self.pending
+                            .push_back(replace(pages::node_row(n, now).into_string()));
+                    }
+                    if old_counts != counts_html {
+                        self.pending.push_back(replace(counts_html.clone()));
+                    }
+                }
             }
             self.sent = Some((rows, counts_html));
         }
