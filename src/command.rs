@@ -539,6 +539,34 @@ pub fn new_id() -> String {
     ulid::Ulid::new().to_string()
 }
 
+/// Builds and signs one command.
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    key: &OperatorKey,
+    node: &str,
+    kind: Kind,
+    method: Method,
+    args: Vec<String>,
+    timeout: std::time::Duration,
+    ttl: std::time::Duration,
+    parallel: bool,
+) -> Command {
+    let mut c = Command {
+        id: new_id(),
+        node: node.to_owned(),
+        kind,
+        method,
+        args,
+        timeout_ms: timeout.as_millis() as u64,
+        not_after_ms: crate::timefmt::now_ms() + ttl.as_millis() as i64,
+        parallel,
+        key: String::new(),
+        signature: String::new(),
+    };
+    key.sign(&mut c);
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

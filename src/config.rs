@@ -261,6 +261,10 @@ pub struct UiConfig {
     /// How long a login lasts.
     #[serde(deserialize_with = "de_duration")]
     pub session_ttl: Duration,
+    /// The dashboard key (an operator key file from `fleet operator keygen`) that signs
+    /// commands sent from the dashboard's form. Unset: the form shows the `fleet send` command
+    /// to run instead. A node runs them only if its `trusted_keys` lists this key's public half.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Default for UiConfig {
@@ -268,6 +272,7 @@ impl Default for UiConfig {
         Self {
             allow: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3600),
+            signing_key: None,
         }
     }
 }

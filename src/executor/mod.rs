@@ -417,7 +417,7 @@ mod tests {
     }
 
     fn command(key: &OperatorKey, method: Method, args: &[&str], parallel: bool) -> Command {
-        crate::modes::send::build(
+        crate::command::build(
             key,
             "n1",
             Kind::CommandAck,

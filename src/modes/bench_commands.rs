@@ -96,7 +96,7 @@ impl Sender {
 
 fn echo(key: &OperatorKey, node: &str, text: &str) -> Submission {
     Submission {
-        command: super::send::build(
+        command: crate::command::build(
             key,
             node,
             Kind::CommandAck,

@@ -128,6 +128,13 @@ pub async fn start(
         shutdown.clone(),
     ));
     let ingest = Arc::new(ingest);
+    let dashboard_key = match &config.ui.signing_key {
+        Some(path) => Some(Arc::new(
+            crate::modes::send::load_signing_key(Some(path))
+                .context("[ui] signing_key: the dashboard's command key")?,
+        )),
+        None => None,
+    };
     let state = Arc::new(AppState {
         ingest: ingest.clone(),
         ingest_limits: config.ingest.clone(),
@@ -141,6 +148,7 @@ pub async fn start(
         streams: Arc::new(tokio::sync::Semaphore::new(web::STREAMS_MAX)),
         ui: config.ui.clone(),
         tls: tls.is_some(),
+        dashboard_key,
     });
 
     // Tasks that feed the ingest pipeline: they must end before its writer can.

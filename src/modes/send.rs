@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::command::{self, Command, CommandState, Kind, Method, OperatorKey};
+use crate::command::{CommandState, Kind, Method, OperatorKey, build};
 use crate::config::parse_duration;
 use crate::pipeline::commands::Submission;
 use crate::store::commands::CommandRecord;
@@ -462,34 +462,6 @@ fn print_one(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Builds and signs one command.
-#[allow(clippy::too_many_arguments)]
-pub fn build(
-    key: &OperatorKey,
-    node: &str,
-    kind: Kind,
-    method: Method,
-    args: Vec<String>,
-    timeout: Duration,
-    ttl: Duration,
-    parallel: bool,
-) -> Command {
-    let mut c = Command {
-        id: command::new_id(),
-        node: node.to_owned(),
-        kind,
-        method,
-        args,
-        timeout_ms: timeout.as_millis() as u64,
-        not_after_ms: crate::timefmt::now_ms() + ttl.as_millis() as i64,
-        parallel,
-        key: String::new(),
-        signature: String::new(),
-    };
-    key.sign(&mut c);
-    c
 }
 
 /// Reads the operator key file.

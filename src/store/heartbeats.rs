@@ -302,6 +302,24 @@ impl Durable {
         rows.iter().map(|r| heartbeat_from_row(r, now_ms)).collect()
     }
 
+    /// The heartbeats of one node (its agent's `node:<name>` and any service naming it), by
+    /// service, at most `limit`.
+    pub async fn heartbeats_of_node(
+        &self,
+        node: &str,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Heartbeat>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM heartbeats WHERE node = $1 ORDER BY service LIMIT $2"
+        ))
+        .bind(node)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| heartbeat_from_row(r, now_ms)).collect()
+    }
+
     pub async fn heartbeat(
         &self,
         service: &str,

@@ -114,6 +114,17 @@ impl HotStore {
             .collect())
     }
 
+    /// The collectors that have a ring for `node`, by name, at most `limit`.
+    pub async fn collectors(&self, node: &str, limit: usize) -> Result<Vec<String>, HotError> {
+        let mut names = match self {
+            HotStore::Memory(ring) => ring.collectors(node),
+            HotStore::Redis(ring) => ring.collectors(node).await?,
+        };
+        names.sort();
+        names.truncate(limit);
+        Ok(names)
+    }
+
     /// Checks the hot store answers (always true in memory).
     pub async fn ping(&self) -> Result<(), HotError> {
         match self {
@@ -160,6 +171,15 @@ impl MemoryRing {
         }
     }
 
+    fn collectors(&self, node: &str) -> Vec<String> {
+        let rings = self.rings.lock().expect("hot ring lock poisoned");
+        rings
+            .keys()
+            .filter(|(n, _)| n == node)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
     fn recent(&self, node: &str, collector: &str, limit: usize) -> Vec<String> {
         let rings = self.rings.lock().expect("hot ring lock poisoned");
         rings
@@ -185,6 +205,24 @@ impl RedisRing {
         format!("{prefix}node:{node}:{collector}:events")
     }
 
+    /// The Redis set of the collectors that have a ring for one node.
+    pub fn collectors_key(prefix: &str, node: &str) -> String {
+        format!("{prefix}node:{node}:collectors")
+    }
+
+    async fn collectors(&self, node: &str) -> Result<Vec<String>, HotError> {
+        let mut conn = self.manager.clone();
+        tokio::time::timeout(
+            REDIS_TIMEOUT,
+            redis::cmd("SMEMBERS")
+                .arg(Self::collectors_key(&self.prefix, node))
+                .query_async::<Vec<String>>(&mut conn),
+        )
+        .await
+        .map_err(|_| HotError::Redis("timed out".into()))?
+        .map_err(|e| HotError::Redis(e.to_string()))
+    }
+
     async fn push(&self, node: &str, entries: Vec<(&str, String)>) {
         let now = crate::timefmt::now_ms();
         if now < self.skip_until_ms.load(Ordering::Relaxed) {
@@ -199,6 +237,10 @@ impl RedisRing {
             if !trimmed.contains(collector) {
                 trimmed.push(collector);
             }
+        }
+        if !trimmed.is_empty() {
+            pipe.sadd(Self::collectors_key(&self.prefix, node), &trimmed)
+                .ignore();
         }
         for collector in trimmed {
             pipe.ltrim(

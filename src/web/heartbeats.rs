@@ -225,17 +225,17 @@ pub struct EventsQuery {
     pub before: Option<i64>,
 }
 
-/// `GET /api/v1/events?service=&node=&level=&from=&to=&q=&limit=&before=`: newest first;
-/// `next_before` continues the list.
-pub async fn events(
-    State(state): State<Arc<AppState>>,
-    _: Operator,
-    ApiQuery(query): ApiQuery<EventsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let now = crate::timefmt::now_ms();
+/// The store's search for the API's event filters (the dashboard's are the same): each
+/// checked, times read relative to `now`.
+pub fn event_search(
+    query: EventsQuery,
+    category: &'static str,
+    now: i64,
+) -> Result<EventQuery, ApiError> {
     let time = |field: &str, value: &Option<String>| {
         value
             .as_deref()
+            .filter(|t| !t.trim().is_empty())
             .map(|t| crate::timefmt::parse_time(t, now))
             .transpose()
             .map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
@@ -243,30 +243,42 @@ pub async fn events(
     let min_level = query
         .level
         .as_deref()
+        .filter(|l| !l.is_empty())
         .map(heartbeat::level_filter)
         .transpose()?;
-    if let Some(q) = &query.q {
+    let text = query.q.filter(|q| !q.is_empty());
+    if let Some(q) = &text {
         heartbeat::check_search(q)?;
     }
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit: between 1 and 1000"));
     }
-    let entries = state
-        .durable
-        .events(&EventQuery {
-            category: "event",
-            service: query.service,
-            node: query.node,
-            min_level,
-            from_ms: time("from", &query.from)?,
-            to_ms: time("to", &query.to)?,
-            text: query.q,
-            before_id: query.before,
-            after_id: None,
-            limit,
-        })
-        .await?;
+    let name = |v: Option<String>| v.filter(|s| !s.is_empty());
+    Ok(EventQuery {
+        category,
+        service: name(query.service),
+        node: name(query.node),
+        min_level,
+        from_ms: time("from", &query.from)?,
+        to_ms: time("to", &query.to)?,
+        text,
+        before_id: query.before,
+        after_id: None,
+        limit,
+    })
+}
+
+/// `GET /api/v1/events?service=&node=&level=&from=&to=&q=&limit=&before=`: newest first;
+/// `next_before` continues the list.
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    _: Operator,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let search = event_search(query, "event", crate::timefmt::now_ms())?;
+    let limit = search.limit;
+    let entries = state.durable.events(&search).await?;
     let next_before = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.id))
         .flatten();

@@ -51,6 +51,9 @@ pub struct AppState {
     pub ui: crate::config::UiConfig,
     /// Served over TLS: session cookies are marked Secure.
     pub tls: bool,
+    /// Signs commands sent from the dashboard (`[ui] signing_key`); none: the form shows the
+    /// `fleet send` command instead.
+    pub dashboard_key: Option<Arc<crate::command::OperatorKey>>,
 }
 
 /// `Query<T>` whose rejection (an unknown parameter, a wrong type) is a JSON [`ApiError`] like

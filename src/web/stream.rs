@@ -42,17 +42,17 @@ pub struct StreamQuery {
 }
 
 /// What a follower wants to see.
-#[derive(Clone)]
-struct Filter {
-    events: bool,
-    errors: bool,
+#[derive(Clone, Default)]
+pub struct Filter {
+    pub events: bool,
+    pub errors: bool,
     /// Only heartbeat transitions (down, recovered) among the events.
-    heartbeats_only: bool,
-    service: Option<String>,
-    node: Option<String>,
-    min_level: i64,
+    pub heartbeats_only: bool,
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub min_level: i64,
     /// A substring of the message, lower case.
-    text: Option<String>,
+    pub text: Option<String>,
 }
 
 impl Filter {
@@ -71,6 +71,10 @@ impl Filter {
                 .node
                 .as_ref()
                 .is_none_or(|n| entry.node.as_ref() == Some(n))
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|t| entry.message.to_lowercase().contains(t))
     }
 }
 
@@ -108,7 +112,47 @@ pub async fn stream(
     if let Some(level) = &query.level {
         filter.min_level = crate::heartbeat::level_filter(level)?;
     }
-    let resume = headers
+    let resume = resume_id(&headers)?;
+    let permit = stream_permit(&state)?;
+    let cursor = match resume {
+        Some(id) => id,
+        None => state.durable.last_event_id().await?,
+    };
+    let shutdown = state.shutdown.clone();
+    let follower = Follower::new(state, filter, cursor);
+    let events = futures::stream::unfold((follower, permit), |(mut f, permit)| async move {
+        let (entry, category) = f.next().await;
+        let event = Event::default()
+            .id(entry.id.to_string())
+            .event(if category == "error" {
+                "error"
+            } else {
+                "event"
+            })
+            .data(serde_json::to_string(&entry).expect("events serialise"));
+        Some((Ok(event), (f, permit)))
+    })
+    // It would never end by itself: the controller's shutdown ends it.
+    .take_until(shutdown.cancelled_owned());
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One of the [`super::STREAMS_MAX`] open streams, or a 503 that says to come back.
+pub fn stream_permit(state: &Arc<AppState>) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} live streams are open, the most this controller serves; try again later",
+                super::STREAMS_MAX
+            ),
+        )
+    })
+}
+
+/// The `Last-Event-ID` a reconnecting client sent, as an event id.
+pub fn resume_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    headers
         .get("last-event-id")
         .map(|v| {
             v.to_str()
@@ -117,40 +161,11 @@ pub async fn stream(
                 .filter(|id| *id >= 0)
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id"))
         })
-        .transpose()?;
-    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{} event streams are open, the most this controller serves; try again later",
-                super::STREAMS_MAX
-            ),
-        )
-    })?;
-    let cursor = match resume {
-        Some(id) => id,
-        None => state.durable.last_event_id().await?,
-    };
-    let shutdown = state.shutdown.clone();
-    let follower = Follower {
-        _permit: permit,
-        state,
-        filter,
-        cursor,
-        ready: VecDeque::new(),
-        hole_since: None,
-    };
-    let events = futures::stream::unfold(follower, |mut f| async move {
-        let event = f.next().await;
-        Some((Ok(event), f))
-    })
-    // It would never end by itself: the controller's shutdown ends it.
-    .take_until(shutdown.cancelled_owned());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+        .transpose()
 }
 
-struct Follower {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+/// Follows the log from a cursor, in id order, at its reader's pace.
+pub struct Follower {
     state: Arc<AppState>,
     filter: Filter,
     /// Every id up to this one has been sent or passed over.
@@ -161,34 +176,58 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next entry to send (waiting for one), or a note when the store cannot be read.
-    async fn next(&mut self) -> Event {
+    pub fn new(state: Arc<AppState>, filter: Filter, cursor: i64) -> Self {
+        Self {
+            state,
+            filter,
+            cursor,
+            ready: VecDeque::new(),
+            hole_since: None,
+        }
+    }
+
+    /// The next entry the filter wants and its category (waiting for one). A store that
+    /// cannot be read is retried.
+    pub async fn next(&mut self) -> (EventEntry, String) {
         loop {
-            while let Some((entry, category)) = self.ready.pop_front() {
-                if self.filter.wants(&entry, &category) {
-                    return Event::default()
-                        .id(entry.id.to_string())
-                        .event(if category == "error" {
-                            "error"
-                        } else {
-                            "event"
-                        })
-                        .data(serde_json::to_string(&entry).expect("events serialise"));
-                }
+            if let Some(found) = self.next_ready() {
+                return found;
             }
-            match self.state.durable.events_after(self.cursor, PAGE).await {
-                Ok(rows) => self.take(rows),
-                Err(err) => {
-                    tracing::warn!(cause = %err, "cannot read events for a follower");
-                    tokio::time::sleep(POLL * 4).await;
-                    continue;
-                }
-            }
+            self.fetch().await;
             if self.ready.is_empty() {
                 tokio::time::sleep(POLL).await;
             }
         }
     }
+
+    /// The next wanted entry already read, if any.
+    pub fn next_ready(&mut self) -> Option<(EventEntry, String)> {
+        while let Some((entry, category)) = self.ready.pop_front() {
+            if self.filter.wants(&entry, &category) {
+                return Some((entry, category));
+            }
+        }
+        None
+    }
+
+    /// Reads the next page after the cursor; returns how many rows the store gave (a full
+    /// [`PAGE`] means the reader is behind).
+    pub async fn fetch(&mut self) -> usize {
+        match self.state.durable.events_after(self.cursor, PAGE).await {
+            Ok(rows) => {
+                let n = rows.len();
+                self.take(rows);
+                n
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot read events for a follower");
+                tokio::time::sleep(POLL * 4).await;
+                0
+            }
+        }
+    }
+
+    pub const PAGE: usize = PAGE as usize;
 
     /// Moves the entries that are certainly in order into `ready`, holding back those after a
     /// hole until the hole is old enough to be a rollback.

@@ -244,7 +244,7 @@ impl Rig {
 
     pub fn command(&self, node: &str, method: Method, args: &[&str]) -> Submission {
         Submission {
-            command: fleet::modes::send::build(
+            command: fleet::command::build(
                 &self.key,
                 node,
                 Kind::CommandAck,
@@ -490,7 +490,7 @@ async fn timeouts_retries_and_ttl() {
     let ghost = rig.command("slow", Method::Echo, &["x"]);
     let mut ghost = ghost;
     ghost.retries = 1;
-    ghost.command = fleet::modes::send::build(
+    ghost.command = fleet::command::build(
         &rig.key,
         "slow",
         Kind::CommandAck,
@@ -521,7 +521,7 @@ async fn timeouts_retries_and_ttl() {
 
     // A command whose node never returns expires at its TTL.
     let mut short = rig.command("slow", Method::Echo, &[]);
-    short.command = fleet::modes::send::build(
+    short.command = fleet::command::build(
         &rig.key,
         "slow",
         Kind::CommandAck,

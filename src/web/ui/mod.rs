@@ -3,6 +3,11 @@
 //! from the stores and the registry; they hold no rules of their own, and never put a value
 //! into the markup except through maud (which escapes it).
 
+pub mod chart;
+pub mod commands;
+pub mod live;
+pub mod logs;
+pub mod node;
 pub mod pages;
 pub mod session;
 
@@ -27,9 +32,21 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/", get(overview))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/nodes/{node}", get(node::node_page))
+        .route("/events", get(logs::events))
+        .route("/errors", get(logs::errors))
+        .route("/heartbeats", get(logs::heartbeats))
+        .route("/commands", get(commands::page))
+        .route("/commands/confirm", post(commands::confirm))
+        .route("/commands/send", post(commands::send))
         .route("/ui/app.css", get(css))
         .route("/ui/live.js", get(script))
-        .route("/live/overview", get(live_overview))
+        .route("/ui/spark/{node}/{metric}", get(node::sparkline))
+        .route("/live/overview", get(live::overview))
+        .route("/live/events", get(live::events))
+        .route("/live/errors", get(live::errors))
+        .route("/live/nodes/{node}", get(live::node))
+        .route("/live/commands", get(live::commands))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             session::allowlist,
@@ -164,7 +181,7 @@ pub struct OverviewQuery {
 }
 
 /// The overview's filters from its query string.
-fn filters_of(query: &OverviewQuery) -> Result<pages::Filters, ApiError> {
+pub(super) fn filters_of(query: &OverviewQuery) -> Result<pages::Filters, ApiError> {
     let mut filters = pages::Filters::default();
     match query.status.as_deref() {
         None | Some("") => {}
@@ -192,7 +209,7 @@ fn filters_of(query: &OverviewQuery) -> Result<pages::Filters, ApiError> {
 
 /// What the overview shows: the nodes that pass the filters, how many there are in all, the
 /// counts.
-async fn overview_data(
+pub(super) async fn overview_data(
     state: &AppState,
     filters: &pages::Filters,
 ) -> Result<(Vec<NodeSummary>, usize, pages::Counts), ApiError> {
@@ -247,138 +264,4 @@ async fn overview(
         .into_string(),
     )
     .into_response()
-}
-
-/// How often the live overview looks for changes.
-const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// `GET /live/overview`: the overview's rows and counts as they change, rendered (`replace`
-/// events: an element whose id is on the page); `reload` when nodes came or went. Computed
-/// for each client at its own pace, so a slow client slows nobody.
-async fn live_overview(
-    State(state): State<Arc<AppState>>,
-    _: Viewer,
-    headers: HeaderMap,
-    ApiQuery(query): ApiQuery<OverviewQuery>,
-) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use futures::StreamExt;
-    let filters = match filters_of(&query) {
-        Ok(f) => f,
-        Err(refused) => return refused.into_response(),
-    };
-    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many live pages are open; reload later",
-        )
-            .into_response();
-    };
-    let shutdown = state.shutdown.clone();
-    let follower = LiveOverview {
-        _permit: permit,
-        state,
-        filters,
-        // A browser that reconnects (it sends the last id it saw) may have missed changes
-        // while away: it gets every row again. A first connection starts from the page it
-        // was just rendered with.
-        sent: None,
-        resend: headers.contains_key("last-event-id"),
-        pending: std::collections::VecDeque::new(),
-    };
-    let events = futures::stream::unfold(follower, |mut f| async move {
-        let event = f.next().await;
-        Some((Ok::<Event, std::convert::Infallible>(event), f))
-    })
-    .take_until(shutdown.cancelled_owned());
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
-        .into_response()
-}
-
-/// HTML for an SSE `data` field: a carriage return (which SSE cannot carry, and axum refuses)
-/// becomes its character reference; newlines are split into `data:` lines and joined again by
-/// the browser.
-fn sse_safe(html: String) -> String {
-    if html.contains('\r') {
-        html.replace('\r', "&#13;")
-    } else {
-        html
-    }
-}
-
-/// What a live overview last sent: each row's data and the counts, as rendered.
-type Sent = (std::collections::BTreeMap<String, RowKey>, String);
-
-/// The parts of a row that change it.
-type RowKey = (NodeState, Option<i64>, Option<crate::model::Vitals>);
-
-struct LiveOverview {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    state: Arc<AppState>,
-    filters: pages::Filters,
-    sent: Option<Sent>,
-    /// Send every row on the first look (a reconnecting page), instead of starting from it.
-    resend: bool,
-    pending: std::collections::VecDeque<axum::response::sse::Event>,
-}
-
-impl LiveOverview {
-    async fn next(&mut self) -> axum::response::sse::Event {
-        use axum::response::sse::Event;
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return event;
-            }
-            if self.sent.is_some() {
-                tokio::time::sleep(LIVE_EVERY).await;
-            }
-            let Ok((shown, total, counts)) = overview_data(&self.state, &self.filters).await else {
-                // The store is away for a moment: try again next time.
-                tokio::time::sleep(LIVE_EVERY).await;
-                continue;
-            };
-            let now = crate::timefmt::now_ms();
-            let rows: std::collections::BTreeMap<String, RowKey> = shown
-                .iter()
-                .map(|n| (n.name.clone(), (n.status, n.last_seen_ms, n.vitals.clone())))
-                .collect();
-            let counts_html = pages::counts_block(&shown, total, &counts).into_string();
-            let replace = |html: String| {
-                Event::default()
-                    .id(now.to_string())
-                    .event("replace")
-                    .data(sse_safe(html))
-            };
-            match self.sent.take() {
-                // The page was rendered just now: start from what it shows.
-                None if !std::mem::take(&mut self.resend) => {}
-                // A reconnecting page may have missed anything: everything again.
-                None => {
-                    for n in &shown {
-                        self.pending
-                            .push_back(replace(pages::node_row(n, now).into_string()));
-                    }
-                    self.pending.push_back(replace(counts_html.clone()));
-                }
-                Some((old_rows, _)) if !old_rows.keys().eq(rows.keys()) => {
-                    self.pending
-                        .push_back(Event::default().event("reload").data("nodes changed"));
-                }
-                Some((old_rows, old_counts)) => {
-                    for n in shown
-                        .iter()
-                        .filter(|n| old_rows.get(&n.name) != rows.get(&n.name))
-                    {
-                        self.pending
-                            .push_back(replace(pages::node_row(n, now).into_string()));
-                    }
-                    if old_counts != counts_html {
-                        self.pending.push_back(replace(counts_html.clone()));
-                    }
-                }
-            }
-            self.sent = Some((rows, counts_html));
-        }
-    }
 }

@@ -32,6 +32,31 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .error { color: var(--down); }
 form.filters { display: flex; flex-wrap: wrap; gap: .5rem; margin-bottom: 1rem; }
 input, select, button { font: inherit; padding: .25rem .5rem; }
+a { color: #0969da; }
+h2 { margin-top: 2rem; font-size: 1.15rem; }
+code, pre { font: 13px/1.4 ui-monospace, monospace; }
+pre { white-space: pre-wrap; word-break: break-word; background: #f6f8fa; padding: .4rem .6rem; margin: .2rem 0; max-height: 16rem; overflow: auto; }
+td.message, td.record { word-break: break-word; }
+td.record code { white-space: pre-wrap; word-break: break-all; }
+td.output { max-width: 36rem; }
+pre.stderr { background: #fff8f5; }
+.level.warn { color: var(--stale); font-weight: 600; } .level.high { color: var(--down); font-weight: 600; }
+.state { font-weight: 600; } .state.good { color: var(--up); } .state.bad { color: var(--down); }
+.state.pending { color: var(--stale); } .state.muted, .status.muted { color: var(--muted); }
+tr.fresh { animation: fresh 2s ease-out; }
+@keyframes fresh { from { background: #fff8c5; } to { background: transparent; } }
+dl.vitals { display: flex; flex-wrap: wrap; gap: .5rem 2rem; margin: .5rem 0 1rem; }
+dl.vitals dt { color: var(--muted); font-size: .85rem; } dl.vitals dd { margin: 0; font-weight: 600; }
+nav.ranges { margin: .5rem 0; } nav.ranges a, nav.ranges strong { margin-right: .5rem; }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 30rem), 1fr)); gap: 1rem; }
+figure.chart { margin: 0; border: 1px solid #eaeef2; padding: .5rem; }
+figure.chart svg { width: 100%; height: 12rem; display: block; }
+ul.legend { list-style: none; padding: 0; margin: .3rem 0 0; font-size: .9rem; }
+.swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .3rem; vertical-align: middle; }
+.axis-note { font-size: .8rem; margin: .2rem 0 0; }
+td.spark img { display: block; }
+section.send { border: 1px solid #d0d7de; padding: .5rem 1rem; }
+body.offline header::after { content: "live updates paused: reconnecting…"; color: var(--stale); }
 @media (max-width: 40rem) {
   .wide { display: none; }
   th, td { padding: .3rem .3rem; }
@@ -43,13 +68,32 @@ input, select, button { font: inherit; padding: .25rem .5rem; }
 /// times current. Served by the binary (`/ui/live.js`); pages work without it.
 pub const LIVE_JS: &str = r#"
 "use strict";
-function place(html) {
+const KEEP = 500;
+function fragment(html) {
   const t = document.createElement("template");
   t.innerHTML = html.trim();
   const fresh = t.content.firstElementChild;
-  if (!fresh || !fresh.id) return;
+  return fresh && fresh.id ? fresh : null;
+}
+function place(html) {
+  const fresh = fragment(html);
+  if (!fresh) return;
   const old = document.getElementById(fresh.id);
   if (old) old.replaceWith(fresh);
+}
+function prepend(data) {
+  const cut = data.indexOf("\n");
+  if (cut < 0) return;
+  const into = document.getElementById(data.slice(0, cut));
+  const fresh = fragment(data.slice(cut + 1));
+  if (!into || !fresh) return;
+  const old = document.getElementById(fresh.id);
+  if (old) { old.replaceWith(fresh); return; }
+  into.prepend(fresh);
+  fresh.classList.add("fresh");
+  while (into.children.length > KEEP) into.lastElementChild.remove();
+  const empty = into.closest("section, main").querySelector(".empty[data-until-rows]");
+  if (empty) empty.remove();
 }
 function ago(seconds) {
   if (seconds < 5) return "just now";
@@ -59,7 +103,7 @@ function ago(seconds) {
   return Math.floor(seconds / 86400) + " d ago";
 }
 function refreshTimes() {
-  for (const t of document.querySelectorAll("time[datetime]")) {
+  for (const t of document.querySelectorAll("time[datetime]:not([data-fixed])")) {
     const at = Date.parse(t.getAttribute("datetime"));
     if (!isNaN(at)) t.textContent = ago(Math.max(0, Math.floor((Date.now() - at) / 1000)));
   }
@@ -68,7 +112,10 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const el of document.querySelectorAll("[data-live]")) {
     const source = new EventSource(el.dataset.live);
     source.addEventListener("replace", (e) => { place(e.data); refreshTimes(); });
+    source.addEventListener("prepend", (e) => { prepend(e.data); refreshTimes(); });
     source.addEventListener("reload", () => location.reload());
+    source.addEventListener("open", () => document.body.classList.remove("offline"));
+    source.addEventListener("error", () => document.body.classList.add("offline"));
   }
   setInterval(refreshTimes, 5000);
 });
@@ -90,7 +137,13 @@ pub fn layout(title: &str, viewer: Option<(&str, &str)>, body: Markup) -> Markup
                 header {
                     span.brand { "fleet" }
                     @if let Some((who, csrf)) = viewer {
-                        nav { a href="/" { "Overview" } }
+                        nav {
+                            a href="/" { "Overview" }
+                            a href="/events" { "Events" }
+                            a href="/heartbeats" { "Heartbeats" }
+                            a href="/commands" { "Commands" }
+                            a href="/errors" { "Errors" }
+                        }
                         span.muted { "signed in with " (who) }
                         form method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(csrf);
@@ -213,6 +266,8 @@ pub fn overview(
                             th.num { "Memory" }
                             th.num { "Disk" }
                             th.num { "Load" }
+                            th.wide { "CPU, last hour" }
+                            th.wide { "Memory, last hour" }
                             th.wide { "Labels" }
                         }
                     }
@@ -246,13 +301,23 @@ pub fn counts_block(nodes: &[NodeSummary], total: usize, counts: &Counts) -> Mar
 pub fn node_row(n: &NodeSummary, now_ms: i64) -> Markup {
     html! {
         tr id={ "node-" (n.name) } {
-            td { (n.name) }
+            td { a href={ "/nodes/" (n.name) } { (n.name) } }
             td { span class={ "status " (state_word(n.status)) } { (state_word(n.status)) } }
             td { (when(n.last_seen_ms, now_ms)) }
             td.num { (percent(n.vitals.as_ref().and_then(|v| v.cpu_percent))) }
             td.num { (percent(n.vitals.as_ref().and_then(|v| v.memory_percent))) }
             td.num { (percent(n.vitals.as_ref().and_then(|v| v.disk_percent))) }
             td.num { (number(n.vitals.as_ref().and_then(|v| v.load1))) }
+            @for (which, word) in [("cpu", "CPU"), ("memory", "Memory")] {
+                td.wide.spark {
+                    @if n.last_seen_ms.is_some() {
+                        // Loaded lazily and cached briefly: 1,000 rows do not wait for
+                        // 2,000 series, and a row replaced live does not refetch them.
+                        img src={ "/ui/spark/" (n.name) "/" (which) ".svg" } width="80" height="20"
+                            loading="lazy" alt={ (word) " of " (n.name) " over the last hour" };
+                    }
+                }
+            }
             td.wide.muted {
                 @for (i, (k, v)) in n.labels.iter().enumerate() {
                     @if i > 0 { ", " }
@@ -272,7 +337,7 @@ pub fn state_word(s: NodeState) -> &'static str {
 }
 
 /// "3 min ago", with the absolute time on hover; "never" without a time.
-fn when(ms: Option<i64>, now_ms: i64) -> Markup {
+pub fn when(ms: Option<i64>, now_ms: i64) -> Markup {
     let Some(ms) = ms else {
         return html! { span.muted { "never" } };
     };
@@ -300,4 +365,491 @@ fn number(v: Option<f64>) -> Markup {
         Some(v) => html! { (format!("{v:.2}")) },
         None => html! { span.muted { "–" } },
     }
+}
+
+/// A time as "3 min ago" with the absolute time on hover, from milliseconds.
+fn at(ms: i64, now_ms: i64) -> Markup {
+    when(Some(ms), now_ms)
+}
+
+/// An event level as a word, coloured by severity.
+pub fn level_word(level: i64) -> Markup {
+    let word = crate::heartbeat::LEVELS
+        .get(level.clamp(0, 7) as usize)
+        .copied()
+        .unwrap_or("?");
+    let class = match level {
+        ..=2 => "level low",
+        3 => "level warn",
+        _ => "level high",
+    };
+    html! { span class=(class) { (word) } }
+}
+
+/// A JSON value on one line, cut at `max` characters (the full value is in the API).
+fn compact_json(value: &serde_json::Value, max: usize) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// One entry of the event log (or the error log), a table row replaced or prepended live.
+pub fn event_row(e: &crate::store::events::EventEntry, now_ms: i64) -> Markup {
+    html! {
+        tr id={ "event-" (e.id) } {
+            td { (at(e.ts_ms, now_ms)) }
+            td { (level_word(e.level)) }
+            td {
+                @if let Some(node) = &e.node { a href={ "/nodes/" (node) } { (node) } }
+            }
+            td { @if let Some(service) = &e.service { (service) } }
+            td.message { (e.message) }
+            td.wide.muted.fields {
+                @if e.fields.as_object().is_some_and(|o| !o.is_empty()) { (compact_json(&e.fields, 300)) }
+            }
+        }
+    }
+}
+
+/// The table of events (or errors); `live` is the stream that prepends new ones.
+pub fn event_table(
+    entries: &[crate::store::events::EventEntry],
+    live: Option<&str>,
+    now_ms: i64,
+) -> Markup {
+    html! {
+        table.events {
+            thead { tr { th { "When" } th { "Level" } th { "Node" } th { "Service" } th { "Message" } th.wide { "Fields" } } }
+            tbody #events data-live=[live] {
+                @for e in entries { (event_row(e, now_ms)) }
+            }
+        }
+    }
+}
+
+/// A command's state as a word, coloured.
+fn command_state(state: crate::command::CommandState) -> Markup {
+    use crate::command::CommandState as S;
+    let class = match state {
+        S::Succeeded => "state good",
+        S::Failed | S::TimedOut | S::Expired => "state bad",
+        S::Cancelled => "state muted",
+        S::Queued | S::Delivered | S::Running => "state pending",
+    };
+    html! { span class=(class) { (state.as_str().replace('_', " ")) } }
+}
+
+/// One command with its result: a row replaced live as its state changes.
+pub fn command_row(c: &crate::store::commands::CommandRecord, now_ms: i64) -> Markup {
+    let created = crate::timefmt::parse_time(&c.created_at, now_ms).ok();
+    let line = std::iter::once(c.method.as_str().to_owned())
+        .chain(c.args.iter().cloned())
+        .collect::<Vec<_>>();
+    let what = if c.method == crate::command::Method::CliCommand {
+        shlex::try_join(c.args.iter().map(String::as_str)).unwrap_or_else(|_| c.args.join(" "))
+    } else {
+        line.join(" ")
+    };
+    html! {
+        tr id={ "cmd-" (c.id) } data-state=(c.state.as_str()) {
+            td { (when(created, now_ms)) }
+            td { a href={ "/nodes/" (c.node) } { (c.node) } }
+            td { code { (what) } }
+            td { (command_state(c.state)) }
+            td.num {
+                @if let Some(code) = c.result.as_ref().and_then(|r| r.exit_code) { (code) }
+            }
+            td.output {
+                @if let Some(r) = &c.result {
+                    @if let Some(error) = &r.error { p.error { (error) } }
+                    @if !r.stdout.is_empty() { pre.stdout { (r.stdout) } }
+                    @if !r.stderr.is_empty() { pre.stderr { (r.stderr) } }
+                    @if r.truncated { p.muted { "Output was cut at the node's limit." } }
+                    @if r.duration_ms > 0 { span.muted { "took " (crate::timefmt::span(r.duration_ms as i64)) } }
+                }
+            }
+            td.wide.muted { (c.id) br; "by " (c.sent_by) }
+        }
+    }
+}
+
+pub fn command_table(
+    commands: &[crate::store::commands::CommandRecord],
+    live: Option<&str>,
+    now_ms: i64,
+) -> Markup {
+    html! {
+        table.commands {
+            thead { tr { th { "Sent" } th { "Node" } th { "Command" } th { "State" } th.num { "Exit" } th { "Output" } th.wide { "Id" } } }
+            tbody #commands data-live=[live] {
+                @for c in commands { (command_row(c, now_ms)) }
+            }
+        }
+    }
+}
+
+fn heartbeat_state(state: crate::heartbeat::HeartbeatState) -> Markup {
+    use crate::heartbeat::HeartbeatState as S;
+    let class = match state {
+        S::Up | S::New => "status up",
+        S::Late => "status stale",
+        S::Down => "status down",
+        S::Cancelled => "status muted",
+    };
+    html! { span class=(class) { (state.as_str()) } }
+}
+
+pub fn heartbeat_table(beats: &[crate::heartbeat::Heartbeat], now_ms: i64) -> Markup {
+    html! {
+        table.heartbeats {
+            thead { tr { th { "Service" } th { "State" } th { "Last pulse" } th { "Due by" } th.wide { "Expects" } th.wide.num { "Pulses" } } }
+            tbody {
+                @for h in beats {
+                    tr id={ "hb-" (h.service) } {
+                        td { (h.service) @if let Some(node) = &h.node { " " a.muted href={ "/nodes/" (node) } { "(" (node) ")" } } }
+                        td { (heartbeat_state(h.state)) " " span.muted { "for " (crate::timefmt::span(h.for_ms)) } }
+                        td { (at(h.last_pulse_ms, now_ms)) }
+                        td { time datetime=(h.deadline) title=(h.deadline) { (h.deadline) } }
+                        td.wide.muted { "every " (crate::timefmt::span(h.next_in_ms)) " + " (crate::timefmt::span(h.grace_ms)) " grace" }
+                        td.wide.num { (h.pulses) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One record of a node's live tail.
+pub fn tail_row(entry: &super::node::TailEntry, now_ms: i64) -> Markup {
+    html! {
+        tr id=(entry.element_id()) {
+            td { (at(entry.ts_ms, now_ms)) }
+            td { (entry.collector) }
+            td.record { code { (compact_json(&entry.data, 600)) } }
+        }
+    }
+}
+
+/// What the node page shows.
+pub struct NodePage<'a> {
+    pub summary: &'a NodeSummary,
+    pub range: super::node::Range,
+    pub charts: Vec<Markup>,
+    pub events: &'a [crate::store::events::EventEntry],
+    /// The newest event id when the page was made: the live stream starts after it.
+    pub latest_event: i64,
+    pub commands: &'a [crate::store::commands::CommandRecord],
+    pub heartbeats: &'a [crate::heartbeat::Heartbeat],
+    pub tail: &'a Result<Vec<super::node::TailEntry>, String>,
+}
+
+/// The node's status line: replaced live.
+pub fn node_vitals(n: &NodeSummary, now_ms: i64) -> Markup {
+    let v = n.vitals.as_ref();
+    html! {
+        dl #vitals .vitals {
+            div { dt { "Status" } dd { span class={ "status " (state_word(n.status)) } { (state_word(n.status)) } } }
+            div { dt { "Last seen" } dd { (when(n.last_seen_ms, now_ms)) } }
+            div { dt { "CPU" } dd { (percent(v.and_then(|v| v.cpu_percent))) } }
+            div { dt { "Memory" } dd { (percent(v.and_then(|v| v.memory_percent))) } }
+            div { dt { "Disk" } dd { (percent(v.and_then(|v| v.disk_percent))) } }
+            div { dt { "Load" } dd { (number(v.and_then(|v| v.load1))) } }
+        }
+    }
+}
+
+/// `/nodes/{node}`
+pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
+    let n = p.summary;
+    let live = format!("/live/nodes/{}?after={}", n.name, p.latest_event);
+    layout(
+        &n.name,
+        Some(viewer),
+        html! {
+            p.muted { a href="/" { "Overview" } " › node" }
+            h1 { (n.name) }
+            div data-live=(live) {
+                (node_vitals(n, now_ms))
+            }
+            @if !n.labels.is_empty() {
+                p.muted { "Labels: "
+                    @for (i, (k, v)) in n.labels.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        (k) "=" (v)
+                    }
+                }
+            }
+            nav.ranges aria-label="Chart range" {
+                "Range: "
+                @for r in super::node::Range::ALL {
+                    @if r == p.range {
+                        strong aria-current="true" { (r.as_str()) }
+                    } @else {
+                        a href={ "/nodes/" (n.name) "?range=" (r.as_str()) } { (r.as_str()) }
+                    }
+                    " "
+                }
+            }
+            div.charts { @for c in &p.charts { (c) } }
+            h2 { "Live tail" }
+            p.muted { "The newest records of each collector, newest first; new ones appear as they arrive." }
+            @match p.tail {
+                Err(problem) => p.error { "The hot ring cannot be read: " (problem) },
+                Ok(entries) => {
+                    table.tail {
+                        thead { tr { th { "When" } th { "Collector" } th { "Record" } } }
+                        tbody #tail {
+                            @for e in entries { (tail_row(e, now_ms)) }
+                        }
+                    }
+                    @if entries.is_empty() {
+                        p.empty data-until-rows { "Nothing from " (n.name) " in the hot ring yet. Records appear here within one agent interval of its start." }
+                    }
+                }
+            }
+            h2 { "Recent events" }
+            (event_table(p.events, None, now_ms))
+            @if p.events.is_empty() { p.empty.muted { "No events from this node." } }
+            p { a href={ "/events?node=" (n.name) } { "All events of " (n.name) } }
+            h2 { "Commands" }
+            (command_table(p.commands, None, now_ms))
+            @if p.commands.is_empty() { p.empty.muted { "No commands sent to this node yet. " a href={ "/commands?nodes=" (n.name) } { "Send one" } } }
+            h2 { "Heartbeats" }
+            (heartbeat_table(p.heartbeats, now_ms))
+            @if p.heartbeats.is_empty() { p.empty.muted { "No heartbeat names this node." } }
+        },
+    )
+}
+
+/// The event page's filters, as typed (the form shows them again).
+#[derive(Default)]
+pub struct EventFilters {
+    pub service: String,
+    pub node: String,
+    pub level: String,
+    pub q: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl EventFilters {
+    /// The filters as a query string (without `?`), for the live stream and the next page.
+    pub fn query(&self) -> String {
+        let mut url = reqwest::Url::parse("http://q.invalid/").expect("a literal URL");
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in [
+                ("service", &self.service),
+                ("node", &self.node),
+                ("level", &self.level),
+                ("q", &self.q),
+                ("from", &self.from),
+                ("to", &self.to),
+            ] {
+                if !v.is_empty() {
+                    q.append_pair(k, v);
+                }
+            }
+        }
+        url.query().unwrap_or_default().to_owned()
+    }
+}
+
+/// `/events` (and, with `errors`, `/errors`): the log, newest first, live.
+pub fn events_page(
+    viewer: (&str, &str),
+    errors: bool,
+    filters: &EventFilters,
+    entries: &[crate::store::events::EventEntry],
+    next_before: Option<i64>,
+    latest_id: Option<i64>,
+    now_ms: i64,
+) -> Markup {
+    let (title, path) = if errors {
+        ("Errors", "/errors")
+    } else {
+        ("Events", "/events")
+    };
+    let query = filters.query();
+    // Filtered up to a time, or a page of older entries, the page is a window into the past:
+    // nothing new belongs in it.
+    let live = latest_id
+        .filter(|_| filters.to.is_empty())
+        .map(|latest_id| {
+            format!(
+                "/live/{}?{}{}after={latest_id}",
+                if errors { "errors" } else { "events" },
+                query,
+                if query.is_empty() { "" } else { "&" }
+            )
+        });
+    layout(
+        title,
+        Some(viewer),
+        html! {
+            h1 { (title) }
+            @if errors {
+                p.muted { "The central error log: commands that failed, refusals, and what nodes report as errors." }
+            }
+            form.filters method="get" action=(path) {
+                label { "Node " input type="text" name="node" value=(filters.node) size="12"; }
+                @if !errors {
+                    label { "Service " input type="text" name="service" value=(filters.service) size="12"; }
+                    label { "Level at least "
+                        select name="level" {
+                            option value="" { "any" }
+                            @for name in crate::heartbeat::LEVELS {
+                                option value=(name) selected[filters.level == name] { (name) }
+                            }
+                        }
+                    }
+                    label { "Text " input type="search" name="q" value=(filters.q) size="16"; }
+                    label { "From " input type="text" name="from" value=(filters.from) placeholder="-1h" size="10"; }
+                    label { "To " input type="text" name="to" value=(filters.to) placeholder="now" size="10"; }
+                }
+                button type="submit" { "Filter" }
+            }
+            (event_table(entries, live.as_deref(), now_ms))
+            @if entries.is_empty() {
+                @if query.is_empty() {
+                    div.empty data-until-rows {
+                        @if errors {
+                            p { "No errors. Failed commands and refusals land here." }
+                        } @else {
+                            p { "No events yet. Scripts add them with "
+                                code { "fleet send --event --node central -- \"deploy started\"" }
+                                " or " code { "POST /api/v1/events" } "; missed heartbeats add them too." }
+                        }
+                    }
+                } @else {
+                    p.empty { "Nothing matches these filters. " a href=(path) { "Show all" } }
+                }
+            }
+            @if let Some(before) = next_before {
+                p { a href={ (path) "?" (query) (if query.is_empty() { "" } else { "&" }) "before=" (before) } { "Older" } }
+            }
+        },
+    )
+}
+
+/// `/heartbeats`
+pub fn heartbeats_page(
+    viewer: (&str, &str),
+    beats: &[crate::heartbeat::Heartbeat],
+    next_after: Option<&str>,
+    now_ms: i64,
+) -> Markup {
+    layout(
+        "Heartbeats",
+        Some(viewer),
+        html! {
+            h1 { "Heartbeats" }
+            @if beats.is_empty() {
+                div.empty {
+                    p { "Nothing is watched yet. Every agent pulses " code { "node:<name>" } " with its batches; scripts and cron jobs pulse with:" }
+                    pre { "fleet pulse backup --next-in 1d --grace 1h\nfleet run --heartbeat nightly-dump --next-in 1d -- pg_dump -f /backup/db.sql mydb" }
+                }
+            } @else {
+                (heartbeat_table(beats, now_ms))
+            }
+            @if let Some(after) = next_after {
+                p { a href={ "/heartbeats?after=" (after) } { "More" } }
+            }
+        },
+    )
+}
+
+/// What the command form was given, to show it again (the confirmation, a refusal).
+#[derive(Default, Clone)]
+pub struct CommandDraft {
+    /// Node names, comma or space separated, or `label:key=value`, or `all`.
+    pub targets: String,
+    pub command: String,
+    pub timeout: String,
+}
+
+/// What the commands page says about sending.
+pub enum SendForm<'a> {
+    /// The form, empty or filled again with a problem.
+    Draft {
+        draft: &'a CommandDraft,
+        problem: Option<&'a str>,
+    },
+    /// The nodes a draft resolves to, with the button that sends it.
+    Confirm {
+        draft: &'a CommandDraft,
+        nodes: &'a [String],
+        fleet_send: &'a str,
+    },
+}
+
+/// `/commands`: the form, then the history (live).
+pub fn commands_page(
+    viewer: (&str, &str),
+    dashboard_key: Option<&str>,
+    form: SendForm,
+    commands: &[crate::store::commands::CommandRecord],
+    now_ms: i64,
+) -> Markup {
+    let (_, csrf) = viewer;
+    layout(
+        "Commands",
+        Some(viewer),
+        html! {
+            h1 { "Commands" }
+            section.send {
+                h2 { "Send a command" }
+                @match form {
+                    SendForm::Draft { draft, problem } => {
+                        @if let Some(problem) = problem { p.error role="alert" { (problem) } }
+                        form method="post" action="/commands/confirm" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            p { label { "Nodes " br;
+                                input #targets type="text" name="targets" value=(draft.targets) required size="40"
+                                    placeholder="web1, web2   or   label:role=web   or   all"; } }
+                            p { label { "Command " br;
+                                input #command type="text" name="command" value=(draft.command) required size="60"
+                                    placeholder="uptime"; } }
+                            p { label { "Timeout " br;
+                                input #timeout type="text" name="timeout" value=(draft.timeout) size="8" placeholder="30s"; } }
+                            button type="submit" { "Review" }
+                        }
+                    }
+                    SendForm::Confirm { draft, nodes, fleet_send } => {
+                        p { "Run " code { (draft.command) } " on " strong { (nodes.len()) @if nodes.len() == 1 { " node" } @else { " nodes" } } ": " (nodes.join(", ")) "?" }
+                        @if dashboard_key.is_some() {
+                            form method="post" action="/commands/send" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="targets" value=(draft.targets);
+                                input type="hidden" name="command" value=(draft.command);
+                                input type="hidden" name="timeout" value=(draft.timeout);
+                                button #send type="submit" { "Send to " (nodes.len()) @if nodes.len() == 1 { " node" } @else { " nodes" } }
+                                " " a href="/commands" { "Cancel" }
+                            }
+                            p.muted { "Or from a terminal:" }
+                        } @else {
+                            p { "This controller holds no dashboard key, so it cannot sign commands. Run this where your operator key is:" }
+                        }
+                        pre #fleet-send { (fleet_send) }
+                        @if dashboard_key.is_none() { p { a href="/commands" { "Back" } } }
+                    }
+                }
+                @match dashboard_key {
+                    Some(key) => p.muted { "Commands from this form are signed with the dashboard key "
+                        code { (key) } "; a node runs them only if its " code { "[commands] trusted_keys" }
+                        " lists that key and its policy allows the command." },
+                    None => p.muted { "Sending from this page is off: it needs a dashboard key ("
+                        code { "[ui] signing_key" } ", made with " code { "fleet operator keygen" }
+                        ") that the nodes trust. Until then the page shows the " code { "fleet send" } " command to run." },
+                }
+            }
+            h2 { "History" }
+            (command_table(commands, Some("/live/commands"), now_ms))
+            @if commands.is_empty() {
+                p.empty data-until-rows { "No commands yet. Send one above, or with " code { "fleet send --node web1 -- uptime" } "." }
+            }
+        },
+    )
 }

@@ -1,0 +1,627 @@
+//! The dashboard's live streams (`/live/…`): Server-Sent Events whose data are rendered HTML
+//! fragments for `/ui/live.js` to put in place. Event types:
+//!
+//! - `replace`: an element whose id is on the page, replaced whole;
+//! - `prepend`: `<container id>\n<element>`: put first in the container (or replaced, if an
+//!   element with its id is there already, so a resent entry never shows twice);
+//! - `reload`: the page is out of date as a whole (nodes came or went, or the client fell too
+//!   far behind to be caught up entry by entry).
+//!
+//! Each stream is computed for its client at the client's pace: nothing is queued for a client
+//! that does not read, so a slow client slows neither ingest nor any other client. Each carries
+//! an id from which a reconnecting client (`Last-Event-ID`) resumes without losing or repeating
+//! entries. Streams never change anything.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use super::pages;
+use super::session::Viewer;
+use crate::model::NodeState;
+use crate::web::api::NodeSummary;
+use crate::web::error::ApiError;
+use crate::web::stream::{Filter, Follower, resume_id, stream_permit};
+use crate::web::{ApiQuery, AppState};
+
+/// How often the overview and node streams look for changes.
+const LIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// HTML for an SSE `data` field: a carriage return (which SSE cannot carry, and axum refuses)
+/// becomes its character reference; newlines are split into `data:` lines and joined again by
+/// the browser.
+fn sse_safe(html: String) -> String {
+    if html.contains('\r') {
+        html.replace('\r', "&#13;")
+    } else {
+        html
+    }
+}
+
+fn replace(html: String) -> Event {
+    Event::default().event("replace").data(sse_safe(html))
+}
+
+fn prepend(container: &str, html: String) -> Event {
+    Event::default()
+        .event("prepend")
+        .data(sse_safe(format!("{container}\n{html}")))
+}
+
+fn reload(why: &str) -> Event {
+    Event::default().event("reload").data(why)
+}
+
+/// Something that yields the next event of a stream when asked.
+trait Live: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Event> + Send;
+}
+
+/// Serves `live` as an SSE response that ends at shutdown, holding one stream permit.
+fn serve(state: &Arc<AppState>, live: impl Live) -> Response {
+    let permit = match stream_permit(state) {
+        Ok(p) => p,
+        Err(refused) => return refused.into_response(),
+    };
+    let events = futures::stream::unfold((live, permit), |(mut live, permit)| async move {
+        let event = live.next().await;
+        Some((Ok::<Event, Infallible>(event), (live, permit)))
+    })
+    .take_until(state.shutdown.clone().cancelled_owned());
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+// ---- the overview ----------------------------------------------------------------------------
+
+/// `GET /live/overview`: the overview's rows and counts as they change (`replace`); `reload`
+/// when nodes came or went.
+pub async fn overview(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<super::OverviewQuery>,
+) -> Response {
+    let filters = match super::filters_of(&query) {
+        Ok(f) => f,
+        Err(refused) => return refused.into_response(),
+    };
+    serve(
+        &state.clone(),
+        LiveOverview {
+            state,
+            filters,
+            // A browser that reconnects (it sends the last id it saw) may have missed changes
+            // while away: it gets every row again. A first connection starts from the page it
+            // was just rendered with.
+            sent: None,
+            resend: headers.contains_key("last-event-id"),
+            pending: VecDeque::new(),
+        },
+    )
+}
+
+/// What a live overview last sent: each row's data and the counts, as rendered.
+type Sent = (BTreeMap<String, RowKey>, String);
+
+/// The parts of a row that change it.
+type RowKey = (NodeState, Option<i64>, Option<crate::model::Vitals>);
+
+struct LiveOverview {
+    state: Arc<AppState>,
+    filters: pages::Filters,
+    sent: Option<Sent>,
+    /// Send every row on the first look (a reconnecting page), instead of starting from it.
+    resend: bool,
+    pending: VecDeque<Event>,
+}
+
+impl Live for LiveOverview {
+    async fn next(&mut self) -> Event {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            if self.sent.is_some() {
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+            let Ok((shown, total, counts)) = super::overview_data(&self.state, &self.filters).await
+            else {
+                // The store is away for a moment: try again next time.
+                tokio::time::sleep(LIVE_EVERY).await;
+                continue;
+            };
+            let now = crate::timefmt::now_ms();
+            let rows: BTreeMap<String, RowKey> = shown
+                .iter()
+                .map(|n| (n.name.clone(), (n.status, n.last_seen_ms, n.vitals.clone())))
+                .collect();
+            let counts_html = pages::counts_block(&shown, total, &counts).into_string();
+            let id = now.to_string();
+            let row = |n: &NodeSummary| replace(pages::node_row(n, now).into_string()).id(&id);
+            match self.sent.take() {
+                // The page was rendered just now: start from what it shows.
+                None if !std::mem::take(&mut self.resend) => {}
+                // A reconnecting page may have missed anything: everything again.
+                None => {
+                    self.pending.extend(shown.iter().map(row));
+                    self.pending.push_back(replace(counts_html.clone()).id(&id));
+                }
+                Some((old_rows, _)) if !old_rows.keys().eq(rows.keys()) => {
+                    self.pending.push_back(reload("nodes changed"));
+                }
+                Some((old_rows, old_counts)) => {
+                    self.pending.extend(
+                        shown
+                            .iter()
+                            .filter(|n| old_rows.get(&n.name) != rows.get(&n.name))
+                            .map(row),
+                    );
+                    if old_counts != counts_html {
+                        self.pending.push_back(replace(counts_html.clone()).id(&id));
+                    }
+                }
+            }
+            self.sent = Some((rows, counts_html));
+        }
+    }
+}
+
+// ---- the event and error logs ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    service: Option<String>,
+    node: Option<String>,
+    level: Option<String>,
+    q: Option<String>,
+    from: Option<String>,
+    /// The newest id the page showed: the stream starts after it.
+    after: Option<i64>,
+}
+
+/// `GET /live/events?service=&node=&level=&q=&after=`: new entries of the event log that pass
+/// the page's filters, prepended (`#events`), in id order. Resumes after `Last-Event-ID`.
+pub async fn events(
+    state: State<Arc<AppState>>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    query: ApiQuery<LogQuery>,
+) -> Response {
+    log(state, viewer, headers, query, false).await
+}
+
+/// `GET /live/errors?node=&after=`: the same for the error log.
+pub async fn errors(
+    state: State<Arc<AppState>>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    query: ApiQuery<LogQuery>,
+) -> Response {
+    log(state, viewer, headers, query, true).await
+}
+
+async fn log(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<LogQuery>,
+    errors: bool,
+) -> Response {
+    let filter = match log_filter(query.service, query.node, query.level, query.q, errors) {
+        Ok(f) => f,
+        Err(refused) => return refused.into_response(),
+    };
+    let cursor = match resume_id(&headers) {
+        Ok(Some(id)) => id,
+        Ok(None) => match query.after {
+            Some(after) if after >= 0 => after,
+            Some(_) => return ApiError::bad_request("after: an event id").into_response(),
+            None => match state.durable.last_event_id().await {
+                Ok(id) => id,
+                Err(err) => return ApiError::from(err).into_response(),
+            },
+        },
+        Err(refused) => return refused.into_response(),
+    };
+    // A page from a start time still takes what is new.
+    let _ = query.from;
+    serve(
+        &state.clone(),
+        LiveLog {
+            follower: Follower::new(state, filter, cursor),
+            container: "events",
+            lagging: false,
+        },
+    )
+}
+
+/// The stream's filter from the page's: the same checks as the API's.
+pub fn log_filter(
+    service: Option<String>,
+    node: Option<String>,
+    level: Option<String>,
+    q: Option<String>,
+    errors: bool,
+) -> Result<Filter, ApiError> {
+    let name = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let q = name(q);
+    if let Some(q) = &q {
+        crate::heartbeat::check_search(q)?;
+    }
+    Ok(Filter {
+        events: !errors,
+        errors,
+        heartbeats_only: false,
+        service: name(service),
+        node: name(node),
+        min_level: match name(level) {
+            Some(l) => crate::heartbeat::level_filter(&l)?,
+            None => 0,
+        },
+        text: q.map(|q| q.to_lowercase()),
+    })
+}
+
+struct LiveLog {
+    follower: Follower,
+    container: &'static str,
+    /// The last read was a full page: the client is far behind.
+    lagging: bool,
+}
+
+impl Live for LiveLog {
+    async fn next(&mut self) -> Event {
+        loop {
+            if let Some((entry, _)) = self.follower.next_ready() {
+                let now = crate::timefmt::now_ms();
+                return prepend(self.container, pages::event_row(&entry, now).into_string())
+                    .id(entry.id.to_string());
+            }
+            if self.lagging {
+                // Thousands of rows behind: the page is better made again than fed row by row.
+                return reload("too far behind");
+            }
+            let read = self.follower.fetch().await;
+            self.lagging = read == Follower::PAGE;
+            if read == 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+// ---- a node ----------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLiveQuery {
+    /// The newest event id the page showed.
+    after: Option<i64>,
+}
+
+/// Where a node's stream is: the event cursor and, per collector, the newest record sent. As
+/// the SSE id: `<event id> <collector>:<ts> …`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct NodeCursor {
+    pub event: i64,
+    pub tail: BTreeMap<String, i64>,
+}
+
+impl NodeCursor {
+    pub fn encode(&self) -> String {
+        let mut out = self.event.to_string();
+        for (collector, ts) in &self.tail {
+            out.push(' ');
+            out.push_str(collector);
+            out.push(':');
+            out.push_str(&ts.to_string());
+        }
+        out
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let event = parts.next()?.parse().ok().filter(|id: &i64| *id >= 0)?;
+        let mut tail = BTreeMap::new();
+        for part in parts {
+            let (collector, ts) = part.rsplit_once(':')?;
+            crate::model::check_collector_name("collector", collector).ok()?;
+            tail.insert(collector.to_owned(), ts.parse().ok()?);
+            if tail.len() > super::node::TAIL_COLLECTORS_MAX {
+                return None;
+            }
+        }
+        Some(Self { event, tail })
+    }
+}
+
+/// `GET /live/nodes/{node}?after=`: the node's vitals (`replace` `#vitals`), new records from
+/// the hot ring (`prepend` into `#tail`) and its new events (`prepend` into `#events`).
+pub async fn node(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<NodeLiveQuery>,
+) -> Response {
+    if let Err(e) = crate::model::NodeName::parse(&name) {
+        return ApiError::bad_request(e.to_string()).into_response();
+    }
+    let resumed = match headers.get("last-event-id") {
+        Some(v) => match v.to_str().ok().and_then(NodeCursor::decode) {
+            Some(c) => Some(c),
+            None => {
+                return ApiError::bad_request("Last-Event-ID is not one this stream sent")
+                    .into_response();
+            }
+        },
+        None => None,
+    };
+    let cursor = match resumed {
+        Some(c) => c,
+        None => {
+            // A first connection starts from what the page showed: the events up to `after`,
+            // and the records the hot ring holds now (the page was made from them just now).
+            let event = match query.after {
+                Some(a) if a >= 0 => a,
+                _ => match state.durable.last_event_id().await {
+                    Ok(id) => id,
+                    Err(err) => return ApiError::from(err).into_response(),
+                },
+            };
+            let mut tail = BTreeMap::new();
+            if let Ok(entries) = super::node::tail(&state, &name).await {
+                for e in entries {
+                    let newest = tail.entry(e.collector).or_insert(e.ts_ms);
+                    *newest = (*newest).max(e.ts_ms);
+                }
+            }
+            NodeCursor { event, tail }
+        }
+    };
+    let filter = Filter {
+        events: true,
+        node: Some(name.clone()),
+        ..Default::default()
+    };
+    serve(
+        &state.clone(),
+        LiveNode {
+            follower: Follower::new(state.clone(), filter, cursor.event),
+            state,
+            name,
+            cursor,
+            vitals: None,
+            pending: VecDeque::new(),
+            looked: false,
+        },
+    )
+}
+
+struct LiveNode {
+    state: Arc<AppState>,
+    follower: Follower,
+    name: String,
+    cursor: NodeCursor,
+    /// What the vitals block showed as last sent.
+    vitals: Option<RowKey>,
+    pending: VecDeque<Event>,
+    looked: bool,
+}
+
+impl LiveNode {
+    /// One look at everything: fills `pending`.
+    async fn look(&mut self) {
+        let now = crate::timefmt::now_ms();
+        // The vitals and status.
+        if let Ok(nodes) = crate::web::api::node_summaries(&self.state).await
+            && let Some(summary) = nodes.iter().find(|n| n.name == self.name)
+        {
+            let key = (summary.status, summary.last_seen_ms, summary.vitals.clone());
+            // The first look starts from what the page showed.
+            if self.vitals.as_ref().is_some_and(|old| *old != key) {
+                self.pending
+                    .push_back(replace(pages::node_vitals(summary, now).into_string()));
+            }
+            self.vitals = Some(key);
+        }
+        // New records, oldest first so the newest ends up on top.
+        if let Ok(collectors) = self
+            .state
+            .hot
+            .collectors(&self.name, super::node::TAIL_COLLECTORS_MAX)
+            .await
+        {
+            let mut fresh = Vec::new();
+            for collector in collectors {
+                let Ok(records) = self
+                    .state
+                    .hot
+                    .recent(&self.name, &collector, super::node::TAIL_PER_COLLECTOR)
+                    .await
+                else {
+                    continue;
+                };
+                let seen = self.cursor.tail.get(&collector).copied();
+                let entries: Vec<_> = records
+                    .into_iter()
+                    .map(|r| super::node::TailEntry::of(&collector, r))
+                    .collect();
+                // Every record read is new: more may have come than one read holds, and
+                // the tail can no longer be kept whole entry by entry.
+                if seen.is_some()
+                    && entries.len() == super::node::TAIL_PER_COLLECTOR
+                    && entries.iter().all(|e| Some(e.ts_ms) > seen)
+                {
+                    self.pending.push_back(reload("too far behind"));
+                    return;
+                }
+                fresh.extend(
+                    entries
+                        .into_iter()
+                        .filter(|e| seen.is_none_or(|s| e.ts_ms > s)),
+                );
+            }
+            fresh.sort_by_key(|e| e.ts_ms);
+            for entry in fresh {
+                let newest = self.cursor.tail.entry(entry.collector.clone()).or_default();
+                *newest = (*newest).max(entry.ts_ms);
+                self.pending.push_back(
+                    prepend("tail", pages::tail_row(&entry, now).into_string())
+                        .id(self.cursor.encode()),
+                );
+            }
+        }
+        // New events of the node.
+        if self.follower.fetch().await == Follower::PAGE {
+            self.pending.push_back(reload("too far behind"));
+            return;
+        }
+        while let Some((entry, _)) = self.follower.next_ready() {
+            self.cursor.event = entry.id;
+            self.pending.push_back(
+                prepend("events", pages::event_row(&entry, now).into_string())
+                    .id(self.cursor.encode()),
+            );
+        }
+    }
+}
+
+impl Live for LiveNode {
+    async fn next(&mut self) -> Event {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            if self.looked {
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+            self.looked = true;
+            self.look().await;
+        }
+    }
+}
+
+// ---- commands --------------------------------------------------------------------------------
+
+/// Commands the live history follows: the newest this many.
+const COMMANDS_FOLLOWED: i64 = 50;
+
+/// `GET /live/commands`: the newest commands as they are sent (`prepend` into `#commands`) and
+/// as their state changes (`replace`). A reconnecting page gets them all again (each replaces
+/// its own row, so none shows twice).
+pub async fn commands(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    headers: HeaderMap,
+) -> Response {
+    serve(
+        &state.clone(),
+        LiveCommands {
+            state,
+            sent: None,
+            resend: headers.contains_key("last-event-id"),
+            pending: VecDeque::new(),
+        },
+    )
+}
+
+struct LiveCommands {
+    state: Arc<AppState>,
+    /// Each followed command's state and attempts as last sent.
+    sent: Option<HashMap<String, (crate::command::CommandState, i64)>>,
+    resend: bool,
+    pending: VecDeque<Event>,
+}
+
+impl Live for LiveCommands {
+    async fn next(&mut self) -> Event {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            if self.sent.is_some() {
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+            let Ok(records) = self
+                .state
+                .durable
+                .commands(None, None, COMMANDS_FOLLOWED)
+                .await
+            else {
+                tokio::time::sleep(LIVE_EVERY).await;
+                continue;
+            };
+            let now = crate::timefmt::now_ms();
+            let current: HashMap<String, (crate::command::CommandState, i64)> = records
+                .iter()
+                .map(|c| (c.id.clone(), (c.state, c.attempts)))
+                .collect();
+            let id = now.to_string();
+            match self.sent.take() {
+                None if !std::mem::take(&mut self.resend) => {}
+                previous => {
+                    let previous = previous.unwrap_or_default();
+                    // Oldest first, so the newest ends up on top.
+                    for c in records.iter().rev() {
+                        let html = pages::command_row(c, now).into_string();
+                        match previous.get(&c.id) {
+                            Some(old) if *old == (c.state, c.attempts) => {}
+                            Some(_) => self.pending.push_back(replace(html).id(&id)),
+                            None => self.pending.push_back(prepend("commands", html).id(&id)),
+                        }
+                    }
+                }
+            }
+            self.sent = Some(current);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_cursor_reads_back_what_it_wrote() {
+        let cursor = NodeCursor {
+            event: 42,
+            tail: [
+                ("system".to_owned(), 1_700_000_000_000),
+                ("app.web-1".to_owned(), 5),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        assert_eq!(NodeCursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(
+            NodeCursor::decode("7"),
+            Some(NodeCursor {
+                event: 7,
+                tail: BTreeMap::new()
+            })
+        );
+        for bad in [
+            "",
+            "x",
+            "-1",
+            "3 system",
+            "3 sys tem:1",
+            "3 <b>:1",
+            "3 system:x",
+        ] {
+            assert_eq!(NodeCursor::decode(bad), None, "{bad:?}");
+        }
+    }
+}
