@@ -265,6 +265,40 @@ pub struct UiConfig {
     /// commands sent from the dashboard's form. Unset: the form shows the `fleet send` command
     /// to run instead. A node runs them only if its `trusted_keys` lists this key's public half.
     pub signing_key: Option<PathBuf>,
+    /// People who log in with a name and password instead of an operator token. Make an entry
+    /// with `fleet operator password NAME`.
+    pub users: Vec<UiUser>,
+}
+
+impl UiConfig {
+    /// Refuses users without a name, named twice, or whose hash is not one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (i, user) in self.users.iter().enumerate() {
+            if user.name.trim().is_empty() || user.name.len() > 64 {
+                anyhow::bail!("ui.users[{i}].name must be 1 to 64 characters");
+            }
+            if self.users[..i].iter().any(|u| u.name == user.name) {
+                anyhow::bail!("ui.users: {:?} is listed twice", user.name);
+            }
+            if let Err(e) = argon2::password_hash::PasswordHash::new(&user.password_hash) {
+                anyhow::bail!(
+                    "ui.users[{i}].password_hash ({:?}) is not an Argon2 hash ({e}); make one with `fleet operator password {}`",
+                    user.name,
+                    user.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A dashboard user: a name and the Argon2id hash of their password (a PHC string, never the
+/// password itself).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiUser {
+    pub name: String,
+    pub password_hash: String,
 }
 
 impl Default for UiConfig {
@@ -273,6 +307,7 @@ impl Default for UiConfig {
             allow: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3600),
             signing_key: None,
+            users: Vec::new(),
         }
     }
 }

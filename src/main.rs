@@ -231,6 +231,12 @@ enum OperatorCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Make a dashboard login: reads the password from the first line of stdin and prints the
+    /// entry to add under `[ui] users` in the controller's config (only a hash of it).
+    Password {
+        /// The name the person logs in with.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -329,6 +335,17 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 "secret key in {} (keep it safe); public key in {}.pub: list it in each node's [commands] trusted_keys",
                 out.display(),
                 out.display()
+            );
+        }
+        Command::Operator {
+            command: OperatorCommand::Password { name },
+        } => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("password for {name} (it is shown as you type; pipe it in to hide it):");
+            }
+            println!(
+                "{}",
+                fleet::modes::token::password_entry(&name, std::io::stdin().lock())?
             );
         }
         Command::Controller(args) => run_controller(args).await?,

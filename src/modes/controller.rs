@@ -51,6 +51,7 @@ pub async fn start(
     config: ControllerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    config.ui.validate()?;
     // Listeners first: a busy port or a bad certificate fails the start before anything is
     // opened, made or spawned.
     let listener = std::net::TcpListener::bind(config.listen)

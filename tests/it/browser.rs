@@ -611,3 +611,372 @@ async fn an_overview_of_a_thousand_nodes_renders() {
     c.stop().await;
     eprintln!("took {:?}", started.elapsed());
 }
+
+/// A batch of what a node's system collector sends: CPU and memory at `cpu` and `memory`
+/// percent, one record, stamped now.
+fn system_batch(node: &str, key: &str, seq: u64, cpu: f64, memory: f64) -> crate::harness::Batch {
+    use fleet::model::{BatchBody, Record, Sample};
+    let body = BatchBody {
+        interval_ms: 1000,
+        dropped_batches: 0,
+        records: vec![Record {
+            collector: "system".into(),
+            ts: fleet::timefmt::now_ms(),
+            data: serde_json::json!({ "cpu": { "used_percent": cpu }, "seq": seq }),
+            samples: vec![
+                Sample::new("cpu.used_percent", cpu),
+                Sample::new("memory.used_percent", memory),
+                Sample::new("load.1", 0.5),
+            ],
+        }],
+    };
+    crate::harness::Batch::new(node, key, seq).body(serde_json::to_vec(&body).unwrap())
+}
+
+/// Marks the page so a later check can tell it was not reloaded.
+async fn mark_page(b: &Browser) {
+    b.client
+        .execute("window.__notReloaded = true; return true", vec![])
+        .await
+        .expect("run a script on the page");
+}
+
+async fn page_was_not_reloaded(b: &Browser) -> bool {
+    b.client
+        .execute("return window.__notReloaded === true", vec![])
+        .await
+        .expect("run a script on the page")
+        .as_bool()
+        .unwrap_or(false)
+}
+
+/// Waits for an element's text to contain `text`.
+async fn element_with_text(b: &Browser, what: &str, css: &str, text: &str) -> String {
+    b.until(what, async |b| {
+        let el = b.client.find(Locator::Css(css)).await.ok()?;
+        let shown = el.text().await.ok()?;
+        shown.contains(text).then_some(shown)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_node_shows_new_samples_and_events_without_a_reload() {
+    let started = Instant::now();
+    let env = Env::new(Backend::Embedded).await;
+    const KEY: &str = "key-of-web1-0123456789";
+    let mut web1 = node("web1", KEY, &[]);
+    web1.labels = [("role".to_owned(), "web".to_owned())].into();
+    let c = controller(&env, vec![web1, node("db1", "key-of-db1-0123456789", &[])]).await;
+    let api = c.client();
+    for seq in 1..=3 {
+        let (status, answer) = api.send(&system_batch("web1", KEY, seq, 20.0, 40.0)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let b = Browser::open(&env, &c.url).await;
+    b.log_in().await;
+
+    // The overview: web1 is up, in words, with its vitals and sparklines; db1 never reported.
+    let row = element_with_text(&b, "web1's row, up", "tr#node-web1", "up").await;
+    assert!(row.contains("20 %") && row.contains("40 %"), "{row}");
+    assert!(
+        b.client
+            .find(Locator::Css(
+                "tr#node-web1 img[src='/ui/spark/web1/cpu.svg']"
+            ))
+            .await
+            .is_ok(),
+        "a CPU sparkline for web1"
+    );
+    b.screenshot("overview-live-node").await;
+
+    // The overview follows a change without a reload.
+    mark_page(&b).await;
+    let (status, _) = api.send(&system_batch("web1", KEY, 4, 87.0, 41.0)).await;
+    assert_eq!(status, 200);
+    element_with_text(&b, "web1's CPU to show 87 % live", "tr#node-web1", "87 %").await;
+    assert!(page_was_not_reloaded(&b).await, "the row changed in place");
+
+    // The node page: charts, the tail from the hot ring, then live.
+    b.goto("/nodes/web1").await;
+    b.element("the CPU chart's line", "#chart-cpu svg path")
+        .await;
+    b.element("the tail's newest record", "#tail tr").await;
+    b.screenshot("node").await;
+    mark_page(&b).await;
+    let (status, _) = api.send(&system_batch("web1", KEY, 5, 63.0, 42.0)).await;
+    assert_eq!(status, 200);
+    element_with_text(&b, "the vitals to show 63 % live", "#vitals", "63 %").await;
+    element_with_text(
+        &b,
+        "the new record at the top of the tail",
+        "#tail tr:first-child",
+        "\"seq\":5",
+    )
+    .await;
+    let message = "deploy <b>finished</b> on web1";
+    let (status, answer) = api
+        .post(
+            "/api/v1/events",
+            serde_json::json!({ "node": "web1", "service": "deploy", "level": "warning", "message": message })
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let shown = element_with_text(
+        &b,
+        "the event at the top of the node's events",
+        "#events tr:first-child",
+        "deploy <b>finished</b>",
+    )
+    .await;
+    assert!(shown.contains("warning"), "{shown}");
+    assert!(
+        page_was_not_reloaded(&b).await,
+        "the node page was not reloaded"
+    );
+    assert!(
+        b.client.find(Locator::Css("#events b")).await.is_err(),
+        "the message's markup is text, not elements"
+    );
+    b.screenshot("node-live").await;
+
+    // The event log: filtered, and live.
+    b.goto("/events?level=warning").await;
+    b.element("the warning in the event log", "#events tr")
+        .await;
+    mark_page(&b).await;
+    for (level, text) in [("info", "an info line"), ("error", "disk almost full")] {
+        let (status, _) = api
+            .post(
+                "/api/v1/events",
+                serde_json::json!({ "node": "web1", "level": level, "message": text }).to_string(),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    element_with_text(
+        &b,
+        "the error at the top of the event log",
+        "#events tr:first-child",
+        "disk almost full",
+    )
+    .await;
+    let text = b.text().await;
+    assert!(
+        !text.contains("an info line"),
+        "the page's level filter holds live: {text}"
+    );
+    assert!(page_was_not_reloaded(&b).await);
+    b.screenshot("events").await;
+
+    // Heartbeats (web1's agent pulses node:web1 with every batch) and errors.
+    b.goto("/heartbeats").await;
+    element_with_text(&b, "web1's heartbeat", "table.heartbeats", "node:web1").await;
+    b.screenshot("heartbeats").await;
+    b.goto("/errors").await;
+    b.element("the error log's heading", "h1").await;
+    b.screenshot("errors").await;
+
+    // On a phone's width the pages still read (the wide columns fold away).
+    b.client
+        .set_window_size(390, 844)
+        .await
+        .expect("resize the window");
+    b.goto("/").await;
+    b.element("the overview on a narrow screen", "tr#node-web1")
+        .await;
+    b.screenshot("overview-phone").await;
+    b.goto("/nodes/web1").await;
+    b.element("the node page on a narrow screen", "#chart-cpu")
+        .await;
+    b.screenshot("node-phone").await;
+
+    b.close().await;
+    c.stop().await;
+    eprintln!("took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_from_the_form_shows_its_result_live() {
+    let started = Instant::now();
+    let env = Env::new(Backend::Embedded).await;
+    const KEY: &str = "key-of-web1-0123456789";
+    // The controller's dashboard key, and a node that trusts it and allows one command.
+    let key_file = env.dir.path().join("dashboard.key");
+    let dashboard = fleet::command::OperatorKey::generate();
+    std::fs::write(&key_file, dashboard.secret_text()).unwrap();
+    let mut config = env.controller_config();
+    config.api_tokens = vec![TOKEN.into()];
+    config.nodes = vec![node("web1", KEY, &[])];
+    config.ui.signing_key = Some(key_file);
+    let c = InProcess::start(config).await;
+    let agent_config = env.dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "interval = \"1h\"\n[commands]\ntrusted_keys = [{:?}]\nallow = [\"sh -c *\"]\npoll_timeout = \"5s\"\n",
+            dashboard.public()
+        ),
+    )
+    .unwrap();
+    let agent_args: Vec<String> = [
+        "agent",
+        "--config",
+        &agent_config.display().to_string(),
+        "--controller",
+        &c.url,
+        "--node",
+        "web1",
+        "--key",
+        KEY,
+        "--data-dir",
+        &env.dir.path().join("agent").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut agent = crate::harness::Process::spawn(&agent_args, &env.dir.path().join("agent.log"));
+
+    let b = Browser::open(&env, &c.url).await;
+    b.log_in().await;
+    b.goto("/commands").await;
+    b.screenshot("commands-empty").await;
+    b.element("the form's node field", "input#targets")
+        .await
+        .send_keys("web1")
+        .await
+        .unwrap();
+    b.element("the form's command field", "input#command")
+        .await
+        .send_keys("sh -c 'sleep 1; echo hello from the form'")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::XPath("//button[normalize-space()='Review']"))
+        .await
+        .expect("a Review button")
+        .click()
+        .await
+        .expect("click Review");
+
+    // The confirmation names the nodes and shows the same command for a terminal.
+    let line = b
+        .element("the fleet send line on the confirmation", "pre#fleet-send")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        line,
+        "fleet send --node web1 --timeout 30s --ttl 1h -- sh -c 'sleep 1; echo hello from the form'"
+    );
+    let text = b.text().await;
+    assert!(text.contains("on 1 node: web1?"), "{text}");
+    b.screenshot("commands-confirm").await;
+    b.element("the send button", "button#send")
+        .await
+        .click()
+        .await
+        .expect("click Send");
+    b.at_path("/commands").await;
+    mark_page(&b).await;
+
+    // Queued or running first, then the result arrives in place.
+    let row = element_with_text(
+        &b,
+        "the command's result to appear live",
+        "#commands tr:first-child",
+        "succeeded",
+    )
+    .await;
+    assert!(row.contains("hello from the form"), "{row}");
+    assert!(row.contains("(dashboard)"), "who sent it: {row}");
+    assert!(
+        page_was_not_reloaded(&b).await,
+        "the result arrived without a reload"
+    );
+    b.screenshot("commands-result").await;
+
+    // Recorded as signed by the dashboard key.
+    let (status, listed) = c.client().get("/api/v1/commands?node=web1").await;
+    assert_eq!(status, 200);
+    let first = &listed["commands"][0];
+    assert_eq!(first["state"], "succeeded", "{listed}");
+    assert_eq!(
+        first["result"]["stdout"].as_str().map(str::trim),
+        Some("hello from the form")
+    );
+
+    agent.terminate();
+    b.close().await;
+    c.stop().await;
+    eprintln!("took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_logs_in_with_a_name_and_password() {
+    let env = Env::new(Backend::Embedded).await;
+    let mut config = env.controller_config();
+    config.api_tokens = vec![TOKEN.into()];
+    config.nodes = vec![node("web1", "key-of-web1-0123456789", &[])];
+    config.ui.users = vec![fleet::config::UiUser {
+        name: "alice".into(),
+        password_hash: fleet::web::ui::session::hash_password("correct horse battery"),
+    }];
+    let c = InProcess::start(config).await;
+    let b = Browser::open(&env, &c.url).await;
+    b.goto("/").await;
+    b.at_path("/login").await;
+    b.element("the name field", "input#user")
+        .await
+        .send_keys("alice")
+        .await
+        .unwrap();
+    b.element("the password field", "input#password")
+        .await
+        .send_keys("not her password")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::XPath(
+            "//button[normalize-space()='Log in with password']",
+        ))
+        .await
+        .expect("the password form's button")
+        .click()
+        .await
+        .unwrap();
+    let error = b
+        .element("the error after a wrong password", "p.error[role=alert]")
+        .await;
+    assert_eq!(
+        error.text().await.unwrap(),
+        "That name and password do not match."
+    );
+    b.screenshot("login-password-error").await;
+    b.element("the name field", "input#user")
+        .await
+        .send_keys("alice")
+        .await
+        .unwrap();
+    b.element("the password field", "input#password")
+        .await
+        .send_keys("correct horse battery")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::XPath(
+            "//button[normalize-space()='Log in with password']",
+        ))
+        .await
+        .expect("the password form's button")
+        .click()
+        .await
+        .unwrap();
+    b.element("the overview after the password login", "table#nodes")
+        .await;
+    let text = b.text().await;
+    assert!(text.contains("signed in with user \"alice\""), "{text}");
+    b.close().await;
+    c.stop().await;
+}

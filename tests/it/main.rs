@@ -15,4 +15,5 @@ mod nats;
 mod registry;
 mod tls;
 mod ui;
+mod ui_pages;
 mod watchtower;

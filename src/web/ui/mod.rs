@@ -87,15 +87,31 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-async fn login_page(ApiQuery(query): ApiQuery<NextQuery>) -> Html<String> {
-    Html(pages::login(&safe_next(query.next.as_deref()), None).into_string())
+async fn login_page(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(query): ApiQuery<NextQuery>,
+) -> Html<String> {
+    Html(
+        pages::login(
+            &safe_next(query.next.as_deref()),
+            None,
+            !state.ui.users.is_empty(),
+        )
+        .into_string(),
+    )
 }
 
+/// The login form: an operator token, or (when `[ui] users` lists any) a name and password.
 #[derive(Deserialize)]
 pub struct LoginForm {
-    token: String,
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
     next: Option<String>,
 }
+
+/// Longest token, name or password the login form reads.
+const LOGIN_FIELD_MAX: usize = 1024;
 
 async fn login(
     State(state): State<Arc<AppState>>,
@@ -106,19 +122,41 @@ async fn login(
         return refused.into_response();
     }
     let next = safe_next(form.next.as_deref());
-    let snapshot = state.registry.snapshot();
-    let Some(label) = snapshot.operator(form.token.trim()) else {
-        return (
+    let users = !state.ui.users.is_empty();
+    let refuse = |problem: &str| {
+        (
             StatusCode::UNAUTHORIZED,
-            Html(pages::login(&next, Some("That token is not valid.")).into_string()),
+            Html(pages::login(&next, Some(problem), users).into_string()),
         )
-            .into_response();
+            .into_response()
+    };
+    let too_long = [&form.token, &form.user, &form.password]
+        .iter()
+        .any(|f| f.as_ref().is_some_and(|v| v.len() > LOGIN_FIELD_MAX));
+    if too_long {
+        return refuse("That is longer than any token or password.");
+    }
+    let who = match (form.token.as_deref().map(str::trim), form.user.as_deref()) {
+        (Some(token), _) if !token.is_empty() => match state.registry.snapshot().operator(token) {
+            Some(label) => format!("token {label:?}"),
+            None => return refuse("That token is not valid."),
+        },
+        (_, Some(user)) if users && !user.trim().is_empty() => {
+            let password = form.password.as_deref().unwrap_or_default();
+            if session::check_user(&state.ui.users, user.trim(), password).await {
+                format!("user {:?}", user.trim())
+            } else {
+                return refuse("That name and password do not match.");
+            }
+        }
+        _ if users => return refuse("Give an operator token, or a name and password."),
+        _ => return refuse("That token is not valid."),
     };
     let id = session::random_token();
     let now = crate::timefmt::now_ms();
     let ttl = state.ui.session_ttl;
     let stored = crate::store::sessions::Session {
-        who: format!("token {label:?}"),
+        who,
         csrf: session::random_token(),
         expires_at_ms: now + ttl.as_millis() as i64,
     };

@@ -157,8 +157,9 @@ pub fn layout(title: &str, viewer: Option<(&str, &str)>, body: Markup) -> Markup
     }
 }
 
-/// The login page; `problem` is shown above the form after a failed attempt.
-pub fn login(next: &str, problem: Option<&str>) -> Markup {
+/// The login page; `problem` is shown above the form after a failed attempt. With `users`,
+/// a second form takes a name and password.
+pub fn login(next: &str, problem: Option<&str>, users: bool) -> Markup {
     layout(
         "Log in",
         None,
@@ -182,6 +183,23 @@ pub fn login(next: &str, problem: Option<&str>) -> Markup {
                 "); make another with "
                 code { "fleet token create" }
                 "."
+            }
+            @if users {
+                h2 { "Or with a name and password" }
+                form method="post" action="/login" {
+                    input type="hidden" name="next" value=(next);
+                    p {
+                        label for="user" { "Name" }
+                        br;
+                        input #user type="text" name="user" autocomplete="username" required size="24";
+                    }
+                    p {
+                        label for="password" { "Password" }
+                        br;
+                        input #password type="password" name="password" autocomplete="current-password" required size="24";
+                    }
+                    button type="submit" { "Log in with password" }
+                }
             }
         },
     )

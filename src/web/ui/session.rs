@@ -55,6 +55,46 @@ pub fn hash_id(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
+/// Password checks at once: each costs about 20 MiB and tens of milliseconds of one core
+/// (Argon2id's point), so a flood of login attempts waits here instead of exhausting memory.
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Checks a user's password against `[ui] users`, off the async threads. An unknown user costs
+/// the same as a wrong password, so timing does not tell which names exist.
+pub async fn check_user(users: &[crate::config::UiUser], name: &str, password: &str) -> bool {
+    static UNKNOWN: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| hash_password("no such user"));
+    let known = users.iter().find(|u| u.name == name);
+    let phc = known.map_or_else(|| UNKNOWN.clone(), |u| u.password_hash.clone());
+    let password = password.to_owned();
+    let Ok(_permit) = PASSWORD_CHECKS.acquire().await else {
+        return false;
+    };
+    let matches = tokio::task::spawn_blocking(move || password_matches(&phc, &password))
+        .await
+        .unwrap_or(false);
+    matches && known.is_some()
+}
+
+/// The Argon2id hash of a password, as a PHC string for `[ui] users`.
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("Argon2 with default parameters hashes any password")
+        .to_string()
+}
+
+/// Whether `password` is the one `phc` was made from. A malformed hash matches nothing.
+pub fn password_matches(phc: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc).is_ok_and(|hash| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    })
+}
+
 /// A fresh random token (session ids and CSRF tokens), 32 bytes as hex.
 pub fn random_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
