@@ -249,6 +249,9 @@ enum BenchCommand {
     /// Pulses per second accepted, and how late missed deadlines are noticed among many
     /// watched services.
     Heartbeats(fleet::modes::bench_heartbeats::HeartbeatsBenchArgs),
+    /// Render times of the dashboard's pages from a seeded store (the overview of many nodes,
+    /// a node's charts over days of history) beside /healthz.
+    Dashboard(fleet::modes::bench_dashboard::DashboardBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -427,6 +430,9 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Bench {
             command: BenchCommand::Heartbeats(args),
         } => fleet::modes::bench_heartbeats::heartbeats(args).await?,
+        Command::Bench {
+            command: BenchCommand::Dashboard(args),
+        } => fleet::modes::bench_dashboard::dashboard(args).await?,
     }
     Ok(0)
 }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_commands;
+pub mod bench_dashboard;
 pub mod bench_heartbeats;
 pub mod controller;
 pub mod node;

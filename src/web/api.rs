@@ -92,6 +92,13 @@ pub async fn node_summaries(state: &AppState) -> Result<Vec<NodeSummary>, ApiErr
     Ok(nodes)
 }
 
+/// One enrolled node with its status and vitals (the node page, its live stream).
+pub async fn node_summary(state: &AppState, name: &str) -> Result<NodeSummary, ApiError> {
+    let node = enrolled(state, name)?;
+    let status = state.durable.node_status(name).await?;
+    Ok(summary(state, &node, status.as_ref(), now_ms()))
+}
+
 fn enrolled(state: &AppState, name: &str) -> Result<crate::model::Node, ApiError> {
     NodeName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state

@@ -170,8 +170,10 @@ async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<String>, Str
             if !unknown.is_empty() {
                 return Err(format!("Not enrolled: {}.", unknown.join(", ")));
             }
+            // Each node once, in the order typed: a name given twice must not run twice.
+            let mut seen = std::collections::HashSet::new();
             let mut names = wanted.clone();
-            names.dedup();
+            names.retain(|n| seen.insert(n.clone()));
             names
         }
     };

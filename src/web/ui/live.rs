@@ -308,6 +308,8 @@ impl Live for LiveLog {
 pub struct NodeLiveQuery {
     /// The newest event id the page showed.
     after: Option<i64>,
+    /// The newest record of each collector the page showed (`<collector>:<ts> …`).
+    tail: Option<String>,
 }
 
 /// Where a node's stream is: the event cursor and, per collector, the newest record sent. As
@@ -372,21 +374,28 @@ pub async fn node(
         Some(c) => c,
         None => {
             // A first connection starts from what the page showed: the events up to `after`,
-            // and the records the hot ring holds now (the page was made from them just now).
+            // the records up to `tail`, so whatever was stored while the page loaded still
+            // arrives.
             let event = match query.after {
                 Some(a) if a >= 0 => a,
-                _ => match state.durable.last_event_id().await {
+                Some(_) => return ApiError::bad_request("after: an event id").into_response(),
+                None => match state.durable.last_event_id().await {
                     Ok(id) => id,
                     Err(err) => return ApiError::from(err).into_response(),
                 },
             };
-            let mut tail = BTreeMap::new();
-            if let Ok(entries) = super::node::tail(&state, &name).await {
-                for e in entries {
-                    let newest = tail.entry(e.collector).or_insert(e.ts_ms);
-                    *newest = (*newest).max(e.ts_ms);
-                }
-            }
+            let tail = match query.tail.as_deref().map(str::trim) {
+                None | Some("") => BTreeMap::new(),
+                Some(text) => match NodeCursor::decode(&format!("{event} {text}")) {
+                    Some(c) => c.tail,
+                    None => {
+                        return ApiError::bad_request(
+                            "tail: collector:ts pairs, as the page gives",
+                        )
+                        .into_response();
+                    }
+                },
+            };
             NodeCursor { event, tail }
         }
     };
@@ -425,14 +434,13 @@ impl LiveNode {
     async fn look(&mut self) {
         let now = crate::timefmt::now_ms();
         // The vitals and status.
-        if let Ok(nodes) = crate::web::api::node_summaries(&self.state).await
-            && let Some(summary) = nodes.iter().find(|n| n.name == self.name)
-        {
+        if let Ok(summary) = crate::web::api::node_summary(&self.state, &self.name).await {
             let key = (summary.status, summary.last_seen_ms, summary.vitals.clone());
-            // The first look starts from what the page showed.
-            if self.vitals.as_ref().is_some_and(|old| *old != key) {
+            // The first look sends them too: the page may be older than this stream (it
+            // reconnected, or a batch landed while it loaded), and a replace is harmless.
+            if self.vitals.as_ref() != Some(&key) {
                 self.pending
-                    .push_back(replace(pages::node_vitals(summary, now).into_string()));
+                    .push_back(replace(pages::node_vitals(&summary, now).into_string()));
             }
             self.vitals = Some(key);
         }

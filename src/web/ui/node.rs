@@ -216,16 +216,14 @@ pub async fn node_page(
     ApiQuery(query): ApiQuery<NodeQuery>,
 ) -> Result<Response, ApiError> {
     let range = Range::parse(query.range.as_deref())?;
-    let summary = crate::web::api::node_summaries(&state)
-        .await?
-        .into_iter()
-        .find(|n| n.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("no node named {name} is enrolled")))?;
+    let summary = crate::web::api::node_summary(&state, &name).await?;
     let now = crate::timefmt::now_ms();
     let interval_ms = summary
         .interval_seconds
         .map_or(10_000, |s| (s * 1000.0) as i64);
     let charts = charts(&state, &name, range, interval_ms, now).await?;
+    // Read before the events: whatever commits after it reaches the page live.
+    let latest_event = state.durable.last_event_id().await?;
     let events = state
         .durable
         .events(&crate::store::events::EventQuery {
@@ -244,7 +242,6 @@ pub async fn node_page(
         .heartbeats_of_node(&name, now, LIST_LIMIT)
         .await?;
     let tail = tail(&state, &name).await;
-    let latest_event = state.durable.last_event_id().await?;
     Ok(Html(
         pages::node_page(
             (&viewer.who, &viewer.csrf),

@@ -16,7 +16,7 @@ body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1f2328; backgro
 header { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; align-items: baseline;
   padding: .6rem 1rem; border-bottom: 1px solid #d0d7de; }
 header .brand { font-weight: 700; }
-header nav a { margin-right: 1rem; }
+header nav { display: flex; flex-wrap: wrap; gap: .2rem 1rem; }
 header form { margin-left: auto; }
 main { padding: 1rem; max-width: 80rem; }
 table { border-collapse: collapse; width: 100%; }
@@ -59,6 +59,9 @@ section.send { border: 1px solid #d0d7de; padding: .5rem 1rem; }
 body.offline header::after { content: "live updates paused: reconnecting…"; color: var(--stale); }
 @media (max-width: 40rem) {
   .wide { display: none; }
+  table { display: block; overflow-x: auto; }
+  figure.chart svg { height: 9rem; }
+  main { padding: .6rem; }
   th, td { padding: .3rem .3rem; }
 }
 "#;
@@ -581,7 +584,21 @@ pub fn node_vitals(n: &NodeSummary, now_ms: i64) -> Markup {
 /// `/nodes/{node}`
 pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
     let n = p.summary;
-    let live = format!("/live/nodes/{}?after={}", n.name, p.latest_event);
+    // The stream starts after what this page shows: its newest event and, per collector, its
+    // newest record.
+    let live = {
+        let mut newest: std::collections::BTreeMap<&str, i64> = Default::default();
+        for e in p.tail.as_ref().map(Vec::as_slice).unwrap_or_default() {
+            let ts = newest.entry(&e.collector).or_insert(e.ts_ms);
+            *ts = (*ts).max(e.ts_ms);
+        }
+        let tail: Vec<String> = newest.iter().map(|(c, ts)| format!("{c}:{ts}")).collect();
+        let mut url = reqwest::Url::parse("http://live.invalid/").expect("a literal URL");
+        url.query_pairs_mut()
+            .append_pair("after", &p.latest_event.to_string())
+            .append_pair("tail", &tail.join(" "));
+        format!("/live/nodes/{}?{}", n.name, url.query().unwrap_or_default())
+    };
     layout(
         &n.name,
         Some(viewer),
