@@ -183,6 +183,20 @@ pub async fn dashboard(args: DashboardBenchArgs) -> anyhow::Result<()> {
     for group in others.chunks(500) {
         store.write_batches(group, &keep, &mut cache).await?;
     }
+    // PostgreSQL plans from statistics that autovacuum gathers a minute or so after a bulk
+    // write; a store that has been running has them. Gather them now rather than measure
+    // plans made for an empty table.
+    if let Some(url) = &args.database_url {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .context("cannot connect to analyse the seeded tables")?;
+        sqlx::query("VACUUM ANALYZE samples, records, series, node_status")
+            .execute(&mut conn)
+            .await
+            .context("cannot analyse the seeded tables")?;
+        conn.close().await?;
+    }
     println!(
         "store     {}; {} nodes; {} of {} ({} records of 3 collectors) seeded in {:.1} s",
         if args.database_url.is_some() {

@@ -495,7 +495,7 @@ impl Durable {
             let sql = format!(
                 "UPDATE commands SET published = 1 WHERE state = 'queued' AND published = 0 \
                  AND id IN ({}) RETURNING id",
-                placeholders(chunk.len())
+                super::durable::placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -529,7 +529,7 @@ impl Durable {
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "SELECT {COLUMNS} FROM commands WHERE id IN ({})",
-                placeholders(chunk.len())
+                super::durable::placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -653,14 +653,6 @@ async fn apply_one(
         method: command.method,
         args: command.args,
     }))
-}
-
-/// `$1, $2, …, $n`, for an `IN (…)` list.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// One line of the audit trail, to be written.

@@ -249,6 +249,14 @@ fn pack_points(mut points: Vec<(i64, f64)>) -> Vec<u8> {
     out
 }
 
+/// `$first, $first+1, …` (`n` of them), for an `IN (…)` list.
+pub(super) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The value of `series_id` in a packed row, if the record had it.
 fn find_point(packed: &[u8], series_id: i64) -> Result<Option<f64>, StoreError> {
     if !packed.len().is_multiple_of(16) {
@@ -881,9 +889,13 @@ impl Durable {
 
     /// Points of several series of one node and collector in `[from, to]`, oldest first, thinned
     /// to at most one record per `bucket_ms` (the newest in each), so a week of 10-second ticks
-    /// charts from a few hundred rows instead of sixty thousand. The thinning runs on the
-    /// `(node, collector, ts)` index; only the chosen rows' packed points are read. One list per
-    /// series, in the order given.
+    /// charts from a few hundred rows instead of sixty thousand. One list per series, in the
+    /// order given.
+    ///
+    /// Two statements, each with one plan whatever the table's statistics say: the newest
+    /// time of each bucket from the `(node, collector, ts)` index alone, then those rows by
+    /// key. (As one statement with `ts IN (SELECT …)`, PostgreSQL with fresh statistics chose
+    /// a nested loop that took seconds.)
     pub async fn points_thinned(
         &self,
         node: &str,
@@ -893,13 +905,10 @@ impl Durable {
         to_ms: i64,
         bucket_ms: i64,
     ) -> Result<Vec<Vec<(i64, f64)>>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT ts, points FROM samples \
-             WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 AND ts IN ( \
-               SELECT MAX(ts) FROM samples \
-               WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
-               GROUP BY ts / $5) \
-             ORDER BY ts",
+        let newest: Vec<i64> = sqlx::query_scalar(
+            "SELECT MAX(ts) FROM samples \
+             WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
+             GROUP BY ts / $5",
         )
         .bind(node)
         .bind(collector)
@@ -908,19 +917,41 @@ impl Durable {
         .bind(bucket_ms.max(1))
         .fetch_all(&self.pool)
         .await?;
+        let mut rows = Vec::with_capacity(newest.len());
+        // Bounded lists: SQLite takes at most 32,766 parameters in a statement.
+        for chunk in newest.chunks(1000) {
+            let statement = format!(
+                "SELECT ts, points FROM samples WHERE node = $1 AND collector = $2 AND ts IN ({})",
+                placeholders(3, chunk.len())
+            );
+            // Not prepared and kept: each list length is its own statement, and a plan kept
+            // for one (PostgreSQL's generic plan after five runs) scanned every row of the
+            // node's collector instead of looking the times up.
+            let mut query = sqlx::query(&statement)
+                .persistent(false)
+                .bind(node)
+                .bind(collector);
+            for ts in chunk {
+                query = query.bind(*ts);
+            }
+            rows.extend(query.fetch_all(&self.pool).await?);
+        }
+        let mut rows: Vec<(i64, Vec<u8>)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, StoreError>>()?;
+        rows.sort_by_key(|(ts, _)| *ts);
         let mut out = vec![Vec::with_capacity(rows.len()); series_ids.len()];
         let mut last_ts = None;
-        for row in &rows {
-            let ts: i64 = row.try_get(0)?;
+        for (ts, packed) in &rows {
             // Two records of one tick: the chart needs one point.
-            if last_ts == Some(ts) {
+            if last_ts == Some(*ts) {
                 continue;
             }
-            last_ts = Some(ts);
-            let packed: Vec<u8> = row.try_get(1)?;
+            last_ts = Some(*ts);
             for (points, id) in out.iter_mut().zip(series_ids) {
-                if let Some(value) = find_point(&packed, *id)? {
-                    points.push((ts, value));
+                if let Some(value) = find_point(packed, *id)? {
+                    points.push((*ts, value));
                 }
             }
         }

@@ -1500,3 +1500,88 @@ async fn the_heartbeat_list_shows_pulsed_services() {
     assert!(!node_page.contains("id=\"hb-backup\""), "{node_page}");
     ui.stop().await;
 }
+
+// ---- slow clients ------------------------------------------------------------------------------
+
+/// A client a page or more behind the log (it stopped reading, or comes back after a long
+/// time) is told to reload, once, and the stream ends: nothing piles up for it. A client that
+/// keeps up meanwhile gets every entry, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_far_behind_is_told_to_reload_and_one_that_keeps_up_misses_nothing() {
+    let env = Env::new(Backend::Embedded).await;
+    let ui = Ui::start(&env, |config| config.nodes = vec![node("web1", KEY1, &[])]).await;
+    let first = ui
+        .event(json!({ "node": "web1", "message": "before the others" }))
+        .await;
+    let mut keeping_up = ui.sse(&format!("/live/events?after={first}"), None).await;
+    let mut written = Vec::new();
+    for i in 0..600 {
+        let id =
+            ui.c.store
+                .add_event(
+                    &fleet::store::events::NewEvent {
+                        node: Some("web1".into()),
+                        service: None,
+                        level: 1,
+                        message: format!("entry {i}"),
+                        fields: json!({}),
+                        category: "event",
+                    },
+                    now_ms(),
+                )
+                .await
+                .unwrap();
+        written.push(id);
+        // About 2 ms an entry: a reader polling four times a second sees a tenth of a page.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The reader keeps up: it takes what has arrived so far.
+        while let Some(e) = keeping_up.next(Duration::from_millis(1)).await {
+            let id: i64 = e.id.as_deref().unwrap().parse().unwrap();
+            assert_eq!(e.event, "prepend", "{e:?}");
+            written.retain(|w| *w != id);
+        }
+    }
+    let started = std::time::Instant::now();
+    while !written.is_empty() {
+        let e = keeping_up
+            .next(LIVE_WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{} entries never arrived", written.len()));
+        assert_eq!(
+            e.event, "prepend",
+            "a client that keeps up is never told to reload: {e:?}"
+        );
+        let id: i64 = e.id.as_deref().unwrap().parse().unwrap();
+        assert_eq!(Some(&id), written.first(), "in order, none twice");
+        written.remove(0);
+        assert!(started.elapsed() < LIVE_WAIT * 4);
+    }
+
+    // Resuming from the first entry: 600 behind.
+    let mut behind = ui
+        .sse(
+            &format!("/live/events?after={first}"),
+            Some(&first.to_string()),
+        )
+        .await;
+    let (reload, before) = behind
+        .until("a reload for a client far behind", |e| e.event == "reload")
+        .await;
+    assert!(
+        before.is_empty(),
+        "nothing is fed row by row first: {before:?}"
+    );
+    assert_eq!(reload.data, "too far behind");
+    assert!(
+        behind.next(Duration::from_secs(2)).await.is_none(),
+        "the stream ends after its reload"
+    );
+    // The node page's stream does the same.
+    let mut node_behind = ui
+        .sse(&format!("/live/nodes/web1?after={first}"), None)
+        .await;
+    node_behind
+        .until("a reload on the node page", |e| e.event == "reload")
+        .await;
+    ui.stop().await;
+}

@@ -56,13 +56,28 @@ fn prepend(container: &str, html: String) -> Event {
         .data(sse_safe(format!("{container}\n{html}")))
 }
 
-fn reload(why: &str) -> Event {
-    Event::default().event("reload").data(why)
+/// The page is out of date as a whole: the stream's last event.
+fn reload(why: &str) -> Out {
+    Out::Last(Event::default().event("reload").data(why))
+}
+
+/// What a stream sends next: an event, or the event after which it ends (a `reload`: the page
+/// reconnects when it is made again, and a client that does not reload is not fed the same
+/// advice forever).
+enum Out {
+    More(Event),
+    Last(Event),
+}
+
+impl From<Event> for Out {
+    fn from(event: Event) -> Self {
+        Out::More(event)
+    }
 }
 
 /// Something that yields the next event of a stream when asked.
 trait Live: Send + 'static {
-    fn next(&mut self) -> impl Future<Output = Event> + Send;
+    fn next(&mut self) -> impl Future<Output = Out> + Send;
 }
 
 /// Serves `live` as an SSE response that ends at shutdown, holding one stream permit.
@@ -71,9 +86,12 @@ fn serve(state: &Arc<AppState>, live: impl Live) -> Response {
         Ok(p) => p,
         Err(refused) => return refused.into_response(),
     };
-    let events = futures::stream::unfold((live, permit), |(mut live, permit)| async move {
-        let event = live.next().await;
-        Some((Ok::<Event, Infallible>(event), (live, permit)))
+    let events = futures::stream::unfold(Some((live, permit)), |state| async move {
+        let (mut live, permit) = state?;
+        match live.next().await {
+            Out::More(event) => Some((Ok::<Event, Infallible>(event), Some((live, permit)))),
+            Out::Last(event) => Some((Ok(event), None)),
+        }
     })
     .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(events)
@@ -122,11 +140,11 @@ struct LiveOverview {
     sent: Option<Sent>,
     /// Send every row on the first look (a reconnecting page), instead of starting from it.
     resend: bool,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Out>,
 }
 
 impl Live for LiveOverview {
-    async fn next(&mut self) -> Event {
+    async fn next(&mut self) -> Out {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return event;
@@ -147,14 +165,19 @@ impl Live for LiveOverview {
                 .collect();
             let counts_html = pages::counts_block(&shown, total, &counts).into_string();
             let id = now.to_string();
-            let row = |n: &NodeSummary| replace(pages::node_row(n, now).into_string()).id(&id);
+            let row = |n: &NodeSummary| {
+                replace(pages::node_row(n, now).into_string())
+                    .id(&id)
+                    .into()
+            };
             match self.sent.take() {
                 // The page was rendered just now: start from what it shows.
                 None if !std::mem::take(&mut self.resend) => {}
                 // A reconnecting page may have missed anything: everything again.
                 None => {
                     self.pending.extend(shown.iter().map(row));
-                    self.pending.push_back(replace(counts_html.clone()).id(&id));
+                    self.pending
+                        .push_back(replace(counts_html.clone()).id(&id).into());
                 }
                 Some((old_rows, _)) if !old_rows.keys().eq(rows.keys()) => {
                     self.pending.push_back(reload("nodes changed"));
@@ -167,7 +190,8 @@ impl Live for LiveOverview {
                             .map(row),
                     );
                     if old_counts != counts_html {
-                        self.pending.push_back(replace(counts_html.clone()).id(&id));
+                        self.pending
+                            .push_back(replace(counts_html.clone()).id(&id).into());
                     }
                 }
             }
@@ -241,7 +265,6 @@ async fn log(
         LiveLog {
             follower: Follower::new(state, filter, cursor),
             container: "events",
-            lagging: false,
         },
     )
 }
@@ -276,24 +299,24 @@ pub fn log_filter(
 struct LiveLog {
     follower: Follower,
     container: &'static str,
-    /// The last read was a full page: the client is far behind.
-    lagging: bool,
 }
 
 impl Live for LiveLog {
-    async fn next(&mut self) -> Event {
+    async fn next(&mut self) -> Out {
         loop {
             if let Some((entry, _)) = self.follower.next_ready() {
                 let now = crate::timefmt::now_ms();
                 return prepend(self.container, pages::event_row(&entry, now).into_string())
-                    .id(entry.id.to_string());
-            }
-            if self.lagging {
-                // Thousands of rows behind: the page is better made again than fed row by row.
-                return reload("too far behind");
+                    .id(entry.id.to_string())
+                    .into();
             }
             let read = self.follower.fetch().await;
-            self.lagging = read == Follower::PAGE;
+            if read == Follower::PAGE {
+                // A page or more behind (a client that stopped reading, or came back after a
+                // long time): the page is better made again than fed row by row, and nothing
+                // more is held for it.
+                return reload("too far behind");
+            }
             if read == 0 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -425,7 +448,7 @@ struct LiveNode {
     cursor: NodeCursor,
     /// What the vitals block showed as last sent.
     vitals: Option<RowKey>,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Out>,
     looked: bool,
 }
 
@@ -440,7 +463,7 @@ impl LiveNode {
             // reconnected, or a batch landed while it loaded), and a replace is harmless.
             if self.vitals.as_ref() != Some(&key) {
                 self.pending
-                    .push_back(replace(pages::node_vitals(&summary, now).into_string()));
+                    .push_back(replace(pages::node_vitals(&summary, now).into_string()).into());
             }
             self.vitals = Some(key);
         }
@@ -487,7 +510,8 @@ impl LiveNode {
                 *newest = (*newest).max(entry.ts_ms);
                 self.pending.push_back(
                     prepend("tail", pages::tail_row(&entry, now).into_string())
-                        .id(self.cursor.encode()),
+                        .id(self.cursor.encode())
+                        .into(),
                 );
             }
         }
@@ -500,14 +524,15 @@ impl LiveNode {
             self.cursor.event = entry.id;
             self.pending.push_back(
                 prepend("events", pages::event_row(&entry, now).into_string())
-                    .id(self.cursor.encode()),
+                    .id(self.cursor.encode())
+                    .into(),
             );
         }
     }
 }
 
 impl Live for LiveNode {
-    async fn next(&mut self) -> Event {
+    async fn next(&mut self) -> Out {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return event;
@@ -550,11 +575,11 @@ struct LiveCommands {
     /// Each followed command's state and attempts as last sent.
     sent: Option<HashMap<String, (crate::command::CommandState, i64)>>,
     resend: bool,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Out>,
 }
 
 impl Live for LiveCommands {
-    async fn next(&mut self) -> Event {
+    async fn next(&mut self) -> Out {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return event;
@@ -586,8 +611,10 @@ impl Live for LiveCommands {
                         let html = pages::command_row(c, now).into_string();
                         match previous.get(&c.id) {
                             Some(old) if *old == (c.state, c.attempts) => {}
-                            Some(_) => self.pending.push_back(replace(html).id(&id)),
-                            None => self.pending.push_back(prepend("commands", html).id(&id)),
+                            Some(_) => self.pending.push_back(replace(html).id(&id).into()),
+                            None => self
+                                .pending
+                                .push_back(prepend("commands", html).id(&id).into()),
                         }
                     }
                 }
