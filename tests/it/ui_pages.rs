@@ -1585,3 +1585,57 @@ async fn a_client_far_behind_is_told_to_reload_and_one_that_keeps_up_misses_noth
         .await;
     ui.stop().await;
 }
+
+/// The tail can follow one collector: the page shows only its records, links the others, and
+/// its stream sends only that collector's new records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_follows_one_collector_when_asked() {
+    let env = Env::new(Backend::Embedded).await;
+    let ui = Ui::start(&env, |config| config.nodes = vec![node("web1", KEY1, &[])]).await;
+    let t1 = now_ms() - 1000;
+    ui.ingest("web1", KEY1, 1, system_records(t1, 10.0)).await;
+    let page = ui.ok("/nodes/web1?range=6h&collector=system").await;
+    assert!(page.contains(&format!("id=\"tail-system-{t1}\"")), "{page}");
+    assert!(
+        !page.contains("id=\"tail-disk-") && !page.contains("id=\"tail-network-"),
+        "only the system collector's records: {page}"
+    );
+    assert!(
+        page.contains("href=\"/nodes/web1?range=6h&amp;collector=disk\""),
+        "the other collectors are linked, keeping the range: {page}"
+    );
+    assert!(
+        page.contains("href=\"/nodes/web1?range=24h&amp;collector=system\""),
+        "the ranges keep the collector: {page}"
+    );
+    let live = element(&page, "data-live=\"", "\">")
+        .trim_start_matches("data-live=\"")
+        .trim_end_matches("\">")
+        .replace("&amp;", "&");
+    assert!(live.ends_with("&collector=system"), "{live}");
+    let mut sse = ui.sse(&live, None).await;
+    let t2 = now_ms();
+    ui.ingest("web1", KEY1, 2, system_records(t2, 50.0)).await;
+    let (got, before) = sse
+        .until("the system record", |e| e.event == "prepend")
+        .await;
+    assert!(
+        got.data
+            .starts_with(&format!("tail\n<tr id=\"tail-system-{t2}\"")),
+        "{got:?} after {before:?}"
+    );
+    // Nothing of the other collectors follows it.
+    while let Some(e) = sse.next(Duration::from_millis(2500)).await {
+        assert!(
+            e.event != "prepend" || !e.data.starts_with("tail\n"),
+            "only system records: {e:?}"
+        );
+    }
+    for bad in [
+        "/nodes/web1?collector=no%20such",
+        "/live/nodes/web1?collector=a%2Fb",
+    ] {
+        assert_eq!(ui.page(bad).await.0, 400, "{bad}");
+    }
+    ui.stop().await;
+}

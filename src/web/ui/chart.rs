@@ -78,8 +78,13 @@ fn axis_top(unit: Unit, max: f64) -> f64 {
     if unit == Unit::Percent {
         return 100.0;
     }
+    let floor = match unit {
+        // Nothing swapped is "0 B of 1 KiB", not three labels of "0 B".
+        Unit::Bytes | Unit::BytesPerSecond => 1024.0,
+        _ => 1.0,
+    };
     if max.is_nan() || max <= 0.0 || !max.is_finite() {
-        return 1.0;
+        return floor;
     }
     let (base, steps): (f64, &[f64]) = match unit {
         Unit::Bytes | Unit::BytesPerSecond if max >= 1024.0 => (
@@ -98,6 +103,7 @@ fn axis_top(unit: Unit, max: f64) -> f64 {
         .map(|s| s * base)
         .find(|top| *top >= max)
         .unwrap_or(max)
+        .max(floor)
 }
 
 /// A time on the axis: the hour and minute within a day, the day and hour beyond (UTC).
@@ -254,7 +260,12 @@ mod tests {
             axis_top(Unit::Bytes, 3.0 * 1024.0 * 1024.0),
             4.0 * 1024.0 * 1024.0
         );
-        assert_eq!(axis_top(Unit::Bytes, 900.0), 1000.0);
+        assert_eq!(axis_top(Unit::Bytes, 900.0), 1024.0);
+        assert_eq!(axis_top(Unit::Bytes, 0.0), 1024.0);
+        assert_eq!(
+            Unit::Bytes.format(axis_top(Unit::Bytes, 0.0) / 2.0),
+            "512 B"
+        );
     }
 
     #[test]

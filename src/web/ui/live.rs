@@ -32,8 +32,10 @@ use crate::web::error::ApiError;
 use crate::web::stream::{Filter, Follower, resume_id, stream_permit};
 use crate::web::{ApiQuery, AppState};
 
-/// How often the overview and node streams look for changes.
+/// How often the node and command streams look for changes.
 const LIVE_EVERY: Duration = Duration::from_secs(1);
+/// How often the overview looks: it reads every node's status, so less often.
+const OVERVIEW_EVERY: Duration = Duration::from_secs(2);
 
 /// HTML for an SSE `data` field: a carriage return (which SSE cannot carry, and axum refuses)
 /// becomes its character reference; newlines are split into `data:` lines and joined again by
@@ -150,12 +152,12 @@ impl Live for LiveOverview {
                 return event;
             }
             if self.sent.is_some() {
-                tokio::time::sleep(LIVE_EVERY).await;
+                tokio::time::sleep(OVERVIEW_EVERY).await;
             }
             let Ok((shown, total, counts)) = super::overview_data(&self.state, &self.filters).await
             else {
                 // The store is away for a moment: try again next time.
-                tokio::time::sleep(LIVE_EVERY).await;
+                tokio::time::sleep(OVERVIEW_EVERY).await;
                 continue;
             };
             let now = crate::timefmt::now_ms();
@@ -333,6 +335,8 @@ pub struct NodeLiveQuery {
     after: Option<i64>,
     /// The newest record of each collector the page showed (`<collector>:<ts> …`).
     tail: Option<String>,
+    /// Only this collector's records (the page's collector filter).
+    collector: Option<String>,
 }
 
 /// Where a node's stream is: the event cursor and, per collector, the newest record sent. As
@@ -383,6 +387,10 @@ pub async fn node(
     if let Err(e) = crate::model::NodeName::parse(&name) {
         return ApiError::bad_request(e.to_string()).into_response();
     }
+    let only = match super::node::collector_filter(query.collector) {
+        Ok(only) => only,
+        Err(refused) => return refused.into_response(),
+    };
     let resumed = match headers.get("last-event-id") {
         Some(v) => match v.to_str().ok().and_then(NodeCursor::decode) {
             Some(c) => Some(c),
@@ -433,6 +441,7 @@ pub async fn node(
             follower: Follower::new(state.clone(), filter, cursor.event),
             state,
             name,
+            only,
             cursor,
             vitals: None,
             pending: VecDeque::new(),
@@ -445,6 +454,8 @@ struct LiveNode {
     state: Arc<AppState>,
     follower: Follower,
     name: String,
+    /// Only this collector's records in the tail.
+    only: Option<String>,
     cursor: NodeCursor,
     /// What the vitals block showed as last sent.
     vitals: Option<RowKey>,
@@ -468,11 +479,8 @@ impl LiveNode {
             self.vitals = Some(key);
         }
         // New records, oldest first so the newest ends up on top.
-        if let Ok(collectors) = self
-            .state
-            .hot
-            .collectors(&self.name, super::node::TAIL_COLLECTORS_MAX)
-            .await
+        if let Ok(collectors) =
+            super::node::tail_collectors(&self.state, &self.name, self.only.as_deref()).await
         {
             let mut fresh = Vec::new();
             for collector in collectors {

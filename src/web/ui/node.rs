@@ -141,9 +141,12 @@ fn line_label(word: &str, series: &Series) -> String {
 }
 
 /// How long without a point breaks a line: three buckets, or three of the node's intervals.
-fn gap_ms(range_ms: i64, interval_ms: i64) -> i64 {
-    (range_ms / CHART_POINTS * 3).max(interval_ms * 3).max(1)
+fn gap_ms(bucket_ms: i64, interval_ms: i64) -> i64 {
+    (bucket_ms * 3).max(interval_ms * 3).max(1)
 }
+
+/// Points on a sparkline: one per pixel of its width.
+const SPARK_POINTS: i64 = 80;
 
 /// The node page's charts, each a rendered figure.
 async fn charts(
@@ -156,7 +159,7 @@ async fn charts(
     let all = state.durable.series(node, None).await?;
     let from = now - range.ms();
     let bucket = range.ms() / CHART_POINTS;
-    let gap = gap_ms(range.ms(), interval_ms);
+    let gap = gap_ms(bucket, interval_ms);
     let mut out = Vec::with_capacity(CHARTS.len());
     for spec in &CHARTS {
         // The chart's series, in the spec's order, loopback interfaces left out (always idle
@@ -202,10 +205,42 @@ async fn charts(
     Ok(out)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_breaks_only_where_more_than_three_buckets_or_intervals_are_missing() {
+        // A sparkline's buckets (45 s) are longer than a 10 s agent's interval: one point per
+        // bucket is a continuous line.
+        let gap = gap_ms(Range::Hour.ms() / SPARK_POINTS, 10_000);
+        let points: Vec<(i64, f64)> = (0..10).map(|i| (i * 45_000, 50.0)).collect();
+        let svg = chart::sparkline(&points, 0, 3_600_000, 100.0, gap);
+        let d = svg.split(" d=\"").nth(1).unwrap();
+        assert_eq!(d.matches('M').count(), 1, "{svg}");
+        // A slow agent (every 5 min) on a 1 h chart: its points are not gaps either.
+        assert_eq!(gap_ms(Range::Hour.ms() / CHART_POINTS, 300_000), 900_000);
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeQuery {
     range: Option<String>,
+    /// Only this collector's records in the tail.
+    collector: Option<String>,
+}
+
+/// The tail's collector filter from a query string: none, or one valid collector name.
+pub fn collector_filter(given: Option<String>) -> Result<Option<String>, ApiError> {
+    match given.filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(c) => {
+            crate::model::check_collector_name("collector", &c)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Ok(Some(c))
+        }
+    }
 }
 
 /// `GET /nodes/{node}?range=`
@@ -216,6 +251,7 @@ pub async fn node_page(
     ApiQuery(query): ApiQuery<NodeQuery>,
 ) -> Result<Response, ApiError> {
     let range = Range::parse(query.range.as_deref())?;
+    let only = collector_filter(query.collector)?;
     let summary = crate::web::api::node_summary(&state, &name).await?;
     let now = crate::timefmt::now_ms();
     let interval_ms = summary
@@ -241,7 +277,12 @@ pub async fn node_page(
         .durable
         .heartbeats_of_node(&name, now, LIST_LIMIT)
         .await?;
-    let tail = tail(&state, &name).await;
+    let collectors = state
+        .hot
+        .collectors(&name, TAIL_COLLECTORS_MAX)
+        .await
+        .unwrap_or_default();
+    let tail = tail(&state, &name, only.as_deref()).await;
     Ok(Html(
         pages::node_page(
             (&viewer.who, &viewer.csrf),
@@ -254,6 +295,8 @@ pub async fn node_page(
                 commands: &commands,
                 heartbeats: &heartbeats,
                 tail: &tail,
+                collectors: &collectors,
+                only: only.as_deref(),
             },
             now,
         )
@@ -262,16 +305,32 @@ pub async fn node_page(
     .into_response())
 }
 
-/// The newest records of each of the node's collectors in the hot ring, newest first, or why
-/// the ring cannot be read (the page shows it, and the live tail starts from nothing).
-pub async fn tail(state: &AppState, node: &str) -> Result<Vec<TailEntry>, String> {
-    let collectors = state
-        .hot
-        .collectors(node, TAIL_COLLECTORS_MAX)
-        .await
-        .map_err(|e| e.to_string())?;
+/// The collectors of the node's tail: all that have a ring, or just `only`.
+pub async fn tail_collectors(
+    state: &AppState,
+    node: &str,
+    only: Option<&str>,
+) -> Result<Vec<String>, String> {
+    match only {
+        Some(one) => Ok(vec![one.to_owned()]),
+        None => state
+            .hot
+            .collectors(node, TAIL_COLLECTORS_MAX)
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The newest records of each of the node's collectors (or of `only`) in the hot ring, newest
+/// first, or why the ring cannot be read (the page shows it, and the live tail starts from
+/// nothing).
+pub async fn tail(
+    state: &AppState,
+    node: &str,
+    only: Option<&str>,
+) -> Result<Vec<TailEntry>, String> {
     let mut entries = Vec::new();
-    for collector in collectors {
+    for collector in tail_collectors(state, node, only).await? {
         let records = state
             .hot
             .recent(node, &collector, TAIL_PER_COLLECTOR)
@@ -337,23 +396,22 @@ pub async fn sparkline(
     let now = crate::timefmt::now_ms();
     let from = now - Range::Hour.ms();
     let series = state.durable.series(&name, Some(metric)).await?;
+    let bucket = Range::Hour.ms() / SPARK_POINTS;
     let points = match series.first() {
         Some(s) => state
             .durable
-            .points_thinned(
-                &name,
-                &s.collector,
-                &[s.id],
-                from,
-                now,
-                Range::Hour.ms() / 80,
-            )
+            .points_thinned(&name, &s.collector, &[s.id], from, now, bucket)
             .await?
             .pop()
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let svg = chart::sparkline(&points, from, now, 100.0, gap_ms(Range::Hour.ms(), 10_000));
+    let interval_ms = state
+        .durable
+        .node_status(&name)
+        .await?
+        .map_or(10_000, |s| s.interval_ms);
+    let svg = chart::sparkline(&points, from, now, 100.0, gap_ms(bucket, interval_ms));
     Ok((
         [
             (header::CONTENT_TYPE, "image/svg+xml"),

@@ -564,6 +564,10 @@ pub struct NodePage<'a> {
     pub commands: &'a [crate::store::commands::CommandRecord],
     pub heartbeats: &'a [crate::heartbeat::Heartbeat],
     pub tail: &'a Result<Vec<super::node::TailEntry>, String>,
+    /// The collectors the node has a ring for (the tail's filter links).
+    pub collectors: &'a [String],
+    /// The tail shows only this collector.
+    pub only: Option<&'a str>,
 }
 
 /// The node's status line: replaced live.
@@ -594,9 +598,14 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
         }
         let tail: Vec<String> = newest.iter().map(|(c, ts)| format!("{c}:{ts}")).collect();
         let mut url = reqwest::Url::parse("http://live.invalid/").expect("a literal URL");
-        url.query_pairs_mut()
-            .append_pair("after", &p.latest_event.to_string())
-            .append_pair("tail", &tail.join(" "));
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("after", &p.latest_event.to_string())
+                .append_pair("tail", &tail.join(" "));
+            if let Some(only) = p.only {
+                q.append_pair("collector", only);
+            }
+        }
         format!("/live/nodes/{}?{}", n.name, url.query().unwrap_or_default())
     };
     layout(
@@ -622,7 +631,8 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
                     @if r == p.range {
                         strong aria-current="true" { (r.as_str()) }
                     } @else {
-                        a href={ "/nodes/" (n.name) "?range=" (r.as_str()) } { (r.as_str()) }
+                        a href={ "/nodes/" (n.name) "?range=" (r.as_str())
+                            @if let Some(only) = p.only { "&collector=" (only) } } { (r.as_str()) }
                     }
                     " "
                 }
@@ -630,6 +640,22 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
             div.charts { @for c in &p.charts { (c) } }
             h2 { "Live tail" }
             p.muted { "The newest records of each collector, newest first; new ones appear as they arrive." }
+            @if p.collectors.len() > 1 || p.only.is_some() {
+                nav.ranges aria-label="Collectors" {
+                    "Collector: "
+                    @let base = format!("/nodes/{}?range={}", n.name, p.range.as_str());
+                    @if p.only.is_none() { strong aria-current="true" { "all" } } @else { a href=(base) { "all" } }
+                    " "
+                    @for c in p.collectors {
+                        @if p.only == Some(c.as_str()) {
+                            strong aria-current="true" { (c) }
+                        } @else {
+                            a href={ (base) "&collector=" (c) } { (c) }
+                        }
+                        " "
+                    }
+                }
+            }
             @match p.tail {
                 Err(problem) => p.error { "The hot ring cannot be read: " (problem) },
                 Ok(entries) => {
