@@ -913,6 +913,29 @@ async fn a_command_sent_from_the_form_shows_its_result_live() {
     eprintln!("took {:?}", started.elapsed());
 }
 
+/// Types a name and password into the login page's second form and sends it.
+async fn submit_password(b: &Browser, user: &str, password: &str) {
+    for (what, css, text) in [
+        ("name", "input#user", user),
+        ("password", "input#password", password),
+    ] {
+        b.element(&format!("the {what} field"), css)
+            .await
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+    b.client
+        .find(Locator::XPath(
+            "//button[normalize-space()='Log in with password']",
+        ))
+        .await
+        .expect("the password form's button")
+        .click()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_logs_in_with_a_name_and_password() {
     let env = Env::new(Backend::Embedded).await;
@@ -927,25 +950,7 @@ async fn a_user_logs_in_with_a_name_and_password() {
     let b = Browser::open(&env, &c.url).await;
     b.goto("/").await;
     b.at_path("/login").await;
-    b.element("the name field", "input#user")
-        .await
-        .send_keys("alice")
-        .await
-        .unwrap();
-    b.element("the password field", "input#password")
-        .await
-        .send_keys("not her password")
-        .await
-        .unwrap();
-    b.client
-        .find(Locator::XPath(
-            "//button[normalize-space()='Log in with password']",
-        ))
-        .await
-        .expect("the password form's button")
-        .click()
-        .await
-        .unwrap();
+    submit_password(&b, "alice", "not her password").await;
     let error = b
         .element("the error after a wrong password", "p.error[role=alert]")
         .await;
@@ -954,25 +959,7 @@ async fn a_user_logs_in_with_a_name_and_password() {
         "That name and password do not match."
     );
     b.screenshot("login-password-error").await;
-    b.element("the name field", "input#user")
-        .await
-        .send_keys("alice")
-        .await
-        .unwrap();
-    b.element("the password field", "input#password")
-        .await
-        .send_keys("correct horse battery")
-        .await
-        .unwrap();
-    b.client
-        .find(Locator::XPath(
-            "//button[normalize-space()='Log in with password']",
-        ))
-        .await
-        .expect("the password form's button")
-        .click()
-        .await
-        .unwrap();
+    submit_password(&b, "alice", "correct horse battery").await;
     b.element("the overview after the password login", "table#nodes")
         .await;
     let text = b.text().await;

@@ -226,6 +226,16 @@ fn draft_of(body: &SendFormBody) -> CommandDraft {
     }
 }
 
+/// A draft checked, and the nodes it reaches; or what to fix, for the form.
+async fn check_and_resolve(
+    state: &AppState,
+    draft: &CommandDraft,
+) -> Result<(Checked, Vec<String>), String> {
+    let checked = check(draft)?;
+    let nodes = resolve(state, &checked.targets).await?;
+    Ok((checked, nodes))
+}
+
 /// `POST /commands/confirm`: which nodes the draft reaches, and the button that sends it.
 pub async fn confirm(
     State(state): State<Arc<AppState>>,
@@ -237,13 +247,7 @@ pub async fn confirm(
         return Ok(refused.into_response());
     }
     let draft = draft_of(&body);
-    let resolved = match check(&draft) {
-        Ok(checked) => resolve(&state, &checked.targets)
-            .await
-            .map(|nodes| (checked, nodes)),
-        Err(problem) => Err(problem),
-    };
-    match resolved {
+    match check_and_resolve(&state, &draft).await {
         Ok((checked, nodes)) => {
             let line = fleet_send_line(&checked, &nodes);
             render(
@@ -301,12 +305,8 @@ pub async fn send(
         )
         .await;
     };
-    let checked = match check(&draft) {
-        Ok(c) => c,
-        Err(problem) => return refuse(&state, &viewer, &draft, &problem).await,
-    };
-    let nodes = match resolve(&state, &checked.targets).await {
-        Ok(n) => n,
+    let (checked, nodes) = match check_and_resolve(&state, &draft).await {
+        Ok(both) => both,
         Err(problem) => return refuse(&state, &viewer, &draft, &problem).await,
     };
     let submissions: Vec<Submission> = nodes

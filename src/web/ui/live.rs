@@ -204,25 +204,13 @@ impl Live for LiveOverview {
 
 // ---- the event and error logs ----------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    service: Option<String>,
-    node: Option<String>,
-    level: Option<String>,
-    q: Option<String>,
-    from: Option<String>,
-    /// The newest id the page showed: the stream starts after it.
-    after: Option<i64>,
-}
-
 /// `GET /live/events?service=&node=&level=&q=&after=`: new entries of the event log that pass
 /// the page's filters, prepended (`#events`), in id order. Resumes after `Last-Event-ID`.
 pub async fn events(
     state: State<Arc<AppState>>,
     viewer: Viewer,
     headers: HeaderMap,
-    query: ApiQuery<LogQuery>,
+    query: ApiQuery<super::logs::LogQuery>,
 ) -> Response {
     log(state, viewer, headers, query, false).await
 }
@@ -232,7 +220,7 @@ pub async fn errors(
     state: State<Arc<AppState>>,
     viewer: Viewer,
     headers: HeaderMap,
-    query: ApiQuery<LogQuery>,
+    query: ApiQuery<super::logs::LogQuery>,
 ) -> Response {
     log(state, viewer, headers, query, true).await
 }
@@ -241,7 +229,7 @@ async fn log(
     State(state): State<Arc<AppState>>,
     _: Viewer,
     headers: HeaderMap,
-    ApiQuery(query): ApiQuery<LogQuery>,
+    ApiQuery(query): ApiQuery<super::logs::LogQuery>,
     errors: bool,
 ) -> Response {
     let filter = match log_filter(query.service, query.node, query.level, query.q, errors) {
@@ -260,8 +248,8 @@ async fn log(
         },
         Err(refused) => return refused.into_response(),
     };
-    // A page from a start time still takes what is new.
-    let _ = query.from;
+    // A page from a start time still takes what is new; one up to a time (`to`) or of older
+    // entries (`before`) has no live stream.
     serve(
         &state.clone(),
         LiveLog {

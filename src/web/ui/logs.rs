@@ -16,16 +16,21 @@ use crate::web::{ApiQuery, AppState};
 /// Entries on one page of a log.
 const PAGE: i64 = 100;
 
+/// The filters of the event and error logs, for their pages and their live streams (the API's
+/// filters, as a form sends them: an empty field means any).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
-    service: Option<String>,
-    node: Option<String>,
-    level: Option<String>,
-    q: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    before: Option<i64>,
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub level: Option<String>,
+    pub q: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// A page of entries older than this id.
+    pub before: Option<i64>,
+    /// A live stream starts after this id (the newest its page showed).
+    pub after: Option<i64>,
 }
 
 /// `GET /events?service=&node=&level=&q=&from=&to=&before=`
