@@ -318,7 +318,10 @@ async fn the_live_overview_sends_changed_rows() {
     let ui = Ui::start(&env, |config| config.nodes = vec![live]).await;
     let cookie = ui.log_in().await;
     let page = ui.get("/", Some(&cookie)).await.text().await.unwrap();
-    assert!(page.contains("data-live=\"/live/overview\""), "{page}");
+    assert!(
+        page.contains("data-live=\"/live/overview?rendered="),
+        "{page}"
+    );
     assert!(page.contains("<script src=\"/ui/live.js\""), "{page}");
     assert_eq!(ui.get("/ui/live.js", None).await.status(), 200);
     assert_eq!(
@@ -395,6 +398,49 @@ async fn a_reconnecting_live_page_gets_every_row_again() {
     assert!(
         text.contains("id: "),
         "events carry ids, so the next reconnect says so: {text}"
+    );
+    ui.c.stop().await;
+}
+
+/// What changed between the page and its stream's first look (a batch while the page loaded
+/// its script) still reaches the page: the stream starts from when the page was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_between_the_page_and_its_stream_reaches_the_page() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = "key-of-late1-0123456789";
+    let ui = Ui::start(&env, |config| {
+        config.nodes = vec![
+            node("late1", key, &[]),
+            node("quiet1", "key-of-quiet1-0123456789", &[]),
+        ]
+    })
+    .await;
+    let cookie = ui.log_in().await;
+    let page = ui.get("/", Some(&cookie)).await.text().await.unwrap();
+    let at = page.find("data-live=\"").unwrap() + 11;
+    let live = page[at..at + page[at..].find('"').unwrap()].replace("&amp;", "&");
+    let (status, _) =
+        ui.c.client()
+            .send(&crate::harness::Batch::new("late1", key, 1))
+            .await;
+    assert_eq!(status, 200);
+    let mut stream = ui.get(&live, Some(&cookie)).await;
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text.contains("id=\"counts\"") && Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(
+        text.contains("<tr id=\"node-late1\">") && text.contains("class=\"status up\">up<"),
+        "the row that changed since the page: {text}"
+    );
+    assert!(
+        !text.contains("node-quiet1"),
+        "a row that did not change is not sent again: {text}"
     );
     ui.c.stop().await;
 }

@@ -125,6 +125,7 @@ pub async fn overview(
             // was just rendered with.
             sent: None,
             resend: headers.contains_key("last-event-id"),
+            rendered: query.rendered,
             pending: VecDeque::new(),
         },
     )
@@ -142,7 +143,23 @@ struct LiveOverview {
     sent: Option<Sent>,
     /// Send every row on the first look (a reconnecting page), instead of starting from it.
     resend: bool,
+    /// When the page was made: the first look sends the rows that changed since.
+    rendered: Option<i64>,
     pending: VecDeque<Out>,
+}
+
+/// Whether a row may have changed since a page showed it at `rendered`: new data came, or
+/// time alone moved its status (up → stale → down).
+fn changed_since(status: &crate::config::StatusConfig, n: &NodeSummary, rendered: i64) -> bool {
+    let interval_ms = n.interval_seconds.map_or(0, |s| (s * 1000.0) as i64);
+    let then = NodeState::of(
+        n.last_seen_ms,
+        interval_ms,
+        rendered,
+        status.stale_after,
+        status.down_after,
+    );
+    n.last_seen_ms.is_some_and(|seen| seen > rendered) || then != n.status
 }
 
 impl Live for LiveOverview {
@@ -173,8 +190,19 @@ impl Live for LiveOverview {
                     .into()
             };
             match self.sent.take() {
-                // The page was rendered just now: start from what it shows.
-                None if !std::mem::take(&mut self.resend) => {}
+                // A first connection: what changed since the page was made, and the counts.
+                None if !std::mem::take(&mut self.resend) => {
+                    if let Some(rendered) = self.rendered {
+                        self.pending.extend(
+                            shown
+                                .iter()
+                                .filter(|n| changed_since(&self.state.status, n, rendered))
+                                .map(row),
+                        );
+                        self.pending
+                            .push_back(replace(counts_html.clone()).id(&id).into());
+                    }
+                }
                 // A reconnecting page may have missed anything: everything again.
                 None => {
                     self.pending.extend(shown.iter().map(row));
@@ -548,19 +576,14 @@ impl Live for LiveNode {
 const COMMANDS_FOLLOWED: i64 = 50;
 
 /// `GET /live/commands`: the newest commands as they are sent (`prepend` into `#commands`) and
-/// as their state changes (`replace`). A reconnecting page gets them all again (each replaces
-/// its own row, so none shows twice).
-pub async fn commands(
-    State(state): State<Arc<AppState>>,
-    _: Viewer,
-    headers: HeaderMap,
-) -> Response {
+/// as their state changes (`replace`). Every connection, new or resumed, first gets them all
+/// (each replaces its own row, so none shows twice).
+pub async fn commands(State(state): State<Arc<AppState>>, _: Viewer) -> Response {
     serve(
         &state.clone(),
         LiveCommands {
             state,
             sent: None,
-            resend: headers.contains_key("last-event-id"),
             pending: VecDeque::new(),
         },
     )
@@ -570,7 +593,6 @@ struct LiveCommands {
     state: Arc<AppState>,
     /// Each followed command's state and attempts as last sent.
     sent: Option<HashMap<String, (crate::command::CommandState, i64)>>,
-    resend: bool,
     pending: VecDeque<Out>,
 }
 
@@ -598,10 +620,11 @@ impl Live for LiveCommands {
                 .map(|c| (c.id.clone(), (c.state, c.attempts)))
                 .collect();
             let id = now.to_string();
-            match self.sent.take() {
-                None if !std::mem::take(&mut self.resend) => {}
-                previous => {
-                    let previous = previous.unwrap_or_default();
+            // The first look (a new page or a reconnecting one) sends every row: a row the
+            // page has replaces itself in place, one it lacks (sent meanwhile) goes on top.
+            {
+                {
+                    let previous = self.sent.take().unwrap_or_default();
                     // Oldest first, so the newest ends up on top.
                     for c in records.iter().rev() {
                         let html = pages::command_row(c, now).into_string();

@@ -216,6 +216,9 @@ async fn logout(
 pub struct OverviewQuery {
     status: Option<String>,
     label: Option<String>,
+    /// When the page the live stream follows was made (ms): the stream's first look sends
+    /// what changed since.
+    rendered: Option<i64>,
 }
 
 /// The overview's filters from its query string.

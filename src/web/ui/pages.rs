@@ -230,11 +230,12 @@ pub fn overview(
     filters: &Filters,
     now_ms: i64,
 ) -> Markup {
-    // The live stream follows the same filters as the page.
+    // The live stream follows the same filters as the page, from when it was made.
     let live_query = {
         let mut url = reqwest::Url::parse("http://live.invalid/").expect("a literal URL");
         {
             let mut q = url.query_pairs_mut();
+            q.append_pair("rendered", &now_ms.to_string());
             if let Some(s) = filters.status {
                 q.append_pair("status", state_word(s));
             }
