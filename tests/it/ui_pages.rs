@@ -1639,3 +1639,64 @@ async fn the_tail_follows_one_collector_when_asked() {
     }
     ui.stop().await;
 }
+
+/// The history narrows to one node or one state, and its stream follows the same filter; the
+/// overview's failed-commands count links to the failed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_history_filters_by_node_and_state() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = OperatorKey::generate();
+    let key_file = env.dir.path().join("dashboard.key");
+    std::fs::write(&key_file, key.secret_text()).unwrap();
+    let ui = Ui::start(&env, |config| {
+        config.nodes = vec![node("web1", KEY1, &[]), node("web2", KEY2, &[])];
+        config.ui.signing_key = Some(key_file);
+    })
+    .await;
+    let overview = ui.ok("/").await;
+    assert!(
+        overview.contains("href=\"/commands?state=failed\""),
+        "{overview}"
+    );
+    let mut web2_only = ui.sse("/live/commands?node=web2", None).await;
+    let csrf = ui.csrf().await;
+    for node in ["web1", "web2"] {
+        let (status, page, _) = ui
+            .post_form(
+                "/commands/send",
+                &[("csrf", &csrf), ("targets", node), ("command", "uptime")],
+                None,
+            )
+            .await;
+        assert_eq!(status, 303, "{page}");
+    }
+    let page = ui.ok("/commands?node=web1&state=queued").await;
+    assert_eq!(page.matches("<tr id=\"cmd-").count(), 1, "{page}");
+    assert!(page.contains("<a href=\"/nodes/web1\">web1</a>"), "{page}");
+    assert!(!page.contains("<a href=\"/nodes/web2\">web2</a>"), "{page}");
+    assert!(
+        page.contains("data-live=\"/live/commands?node=web1&amp;state=queued\""),
+        "the stream follows the page's filter: {page}"
+    );
+    assert!(
+        page.contains("<option value=\"queued\" selected>"),
+        "{page}"
+    );
+    let none = ui.ok("/commands?state=failed").await;
+    assert!(none.contains("No command matches these filters."), "{none}");
+    let (got, _) = web2_only
+        .until("web2's command", |e| e.event == "prepend")
+        .await;
+    assert!(got.data.contains("/nodes/web2"), "{got:?}");
+    while let Some(e) = web2_only.next(Duration::from_millis(1500)).await {
+        assert!(!e.data.contains("/nodes/web1"), "only web2's: {e:?}");
+    }
+    for bad in [
+        "/commands?state=sideways",
+        "/commands?node=a%2Fb",
+        "/live/commands?state=x",
+    ] {
+        assert_eq!(ui.page(bad).await.0, 400, "{bad}");
+    }
+    ui.stop().await;
+}

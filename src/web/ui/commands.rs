@@ -35,6 +35,62 @@ const LINE_MAX: usize = 4096;
 pub struct PageQuery {
     /// Fills the form's node field (the node page links here with its name).
     nodes: Option<String>,
+    /// The history shows only this node's commands.
+    node: Option<String>,
+    /// The history shows only commands in this state.
+    state: Option<String>,
+}
+
+/// Which commands the history (and its live stream) shows.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub node: Option<String>,
+    pub state: Option<crate::command::CommandState>,
+}
+
+impl HistoryFilter {
+    /// From a query string: an empty field means any; a bad one is refused.
+    pub fn parse(node: Option<String>, state: Option<String>) -> Result<Self, ApiError> {
+        let node = node.filter(|n| !n.is_empty());
+        if let Some(n) = &node {
+            crate::model::NodeName::parse(n).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let state = match state.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(
+                crate::command::CommandState::parse(text)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+        };
+        Ok(Self { node, state })
+    }
+
+    /// The filter as a query string (without `?`), for the live stream.
+    pub fn query(&self) -> String {
+        let mut url = reqwest::Url::parse("http://q.invalid/").expect("a literal URL");
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(n) = &self.node {
+                q.append_pair("node", n);
+            }
+            if let Some(s) = self.state {
+                q.append_pair("state", s.as_str());
+            }
+        }
+        url.query().unwrap_or_default().to_owned()
+    }
+
+    /// The newest commands that pass.
+    pub async fn newest(
+        &self,
+        state: &AppState,
+        limit: i64,
+    ) -> Result<Vec<crate::store::commands::CommandRecord>, crate::store::durable::StoreError> {
+        state
+            .durable
+            .commands(self.node.as_deref(), self.state, limit)
+            .await
+    }
 }
 
 /// `GET /commands?nodes=`
@@ -43,17 +99,19 @@ pub async fn page(
     viewer: Viewer,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
+    let filter = HistoryFilter::parse(query.node, query.state)?;
     let draft = CommandDraft {
         targets: query.nodes.unwrap_or_default(),
         ..Default::default()
     };
-    render(
+    render_filtered(
         &state,
         &viewer,
         SendForm::Draft {
             draft: &draft,
             problem: None,
         },
+        &filter,
     )
     .await
 }
@@ -63,13 +121,23 @@ async fn render(
     viewer: &Viewer,
     form: SendForm<'_>,
 ) -> Result<Response, ApiError> {
-    let commands = state.durable.commands(None, None, HISTORY).await?;
+    render_filtered(state, viewer, form, &HistoryFilter::default()).await
+}
+
+async fn render_filtered(
+    state: &AppState,
+    viewer: &Viewer,
+    form: SendForm<'_>,
+    filter: &HistoryFilter,
+) -> Result<Response, ApiError> {
+    let commands = filter.newest(state, HISTORY).await?;
     let key = state.dashboard_key.as_ref().map(|k| k.public());
     Ok(Html(
         pages::commands_page(
             (&viewer.who, &viewer.csrf),
             key.as_deref(),
             form,
+            filter,
             &commands,
             crate::timefmt::now_ms(),
         )

@@ -578,19 +578,36 @@ const COMMANDS_FOLLOWED: i64 = 50;
 /// `GET /live/commands`: the newest commands as they are sent (`prepend` into `#commands`) and
 /// as their state changes (`replace`). Every connection, new or resumed, first gets them all
 /// (each replaces its own row, so none shows twice).
-pub async fn commands(State(state): State<Arc<AppState>>, _: Viewer) -> Response {
+pub async fn commands(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    ApiQuery(query): ApiQuery<CommandsLiveQuery>,
+) -> Response {
+    let filter = match super::commands::HistoryFilter::parse(query.node, query.state) {
+        Ok(f) => f,
+        Err(refused) => return refused.into_response(),
+    };
     serve(
         &state.clone(),
         LiveCommands {
             state,
+            filter,
             sent: None,
             pending: VecDeque::new(),
         },
     )
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsLiveQuery {
+    node: Option<String>,
+    state: Option<String>,
+}
+
 struct LiveCommands {
     state: Arc<AppState>,
+    filter: super::commands::HistoryFilter,
     /// Each followed command's state and attempts as last sent.
     sent: Option<HashMap<String, (crate::command::CommandState, i64)>>,
     pending: VecDeque<Out>,
@@ -605,12 +622,7 @@ impl Live for LiveCommands {
             if self.sent.is_some() {
                 tokio::time::sleep(LIVE_EVERY).await;
             }
-            let Ok(records) = self
-                .state
-                .durable
-                .commands(None, None, COMMANDS_FOLLOWED)
-                .await
-            else {
+            let Ok(records) = self.filter.newest(&self.state, COMMANDS_FOLLOWED).await else {
                 tokio::time::sleep(LIVE_EVERY).await;
                 continue;
             };

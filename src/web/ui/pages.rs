@@ -313,8 +313,8 @@ pub fn counts_block(nodes: &[NodeSummary], total: usize, counts: &Counts) -> Mar
             span.status.up { (count_of(NodeState::Up)) " up" }
             span.status.stale { (count_of(NodeState::Stale)) " stale" }
             span.status.down { (count_of(NodeState::Down)) " down" }
-            span { (counts.down_heartbeats) " heartbeats down" }
-            span { (counts.failed_commands) " commands failed (24 h)" }
+            a href="/heartbeats" { (counts.down_heartbeats) " heartbeats down" }
+            a href="/commands?state=failed" { (counts.failed_commands) " commands failed (24 h)" }
         }
     }
 }
@@ -852,10 +852,16 @@ pub fn commands_page(
     viewer: (&str, &str),
     dashboard_key: Option<&str>,
     form: SendForm,
+    filter: &super::commands::HistoryFilter,
     commands: &[crate::store::commands::CommandRecord],
     now_ms: i64,
 ) -> Markup {
     let (_, csrf) = viewer;
+    let live = match filter.query() {
+        q if q.is_empty() => "/live/commands".to_owned(),
+        q => format!("/live/commands?{q}"),
+    };
+    let filtered = filter.node.is_some() || filter.state.is_some();
     layout(
         "Commands",
         Some(viewer),
@@ -908,9 +914,25 @@ pub fn commands_page(
                 }
             }
             h2 { "History" }
-            (command_table(commands, Some("/live/commands"), now_ms))
+            form.filters method="get" action="/commands" {
+                label { "Node " input type="text" name="node" value=[filter.node.as_deref()] size="12"; }
+                label { "State "
+                    select name="state" {
+                        option value="" { "any" }
+                        @for s in crate::command::CommandState::ALL {
+                            option value=(s.as_str()) selected[filter.state == Some(s)] { (s.as_str().replace('_', " ")) }
+                        }
+                    }
+                }
+                button type="submit" { "Filter" }
+            }
+            (command_table(commands, Some(&live), now_ms))
             @if commands.is_empty() {
-                p.empty data-until-rows { "No commands yet. Send one above, or with " code { "fleet send --node web1 -- uptime" } "." }
+                @if filtered {
+                    p.empty { "No command matches these filters. " a href="/commands" { "Show all" } }
+                } @else {
+                    p.empty data-until-rows { "No commands yet. Send one above, or with " code { "fleet send --node web1 -- uptime" } "." }
+                }
             }
         },
     )
