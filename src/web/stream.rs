@@ -229,6 +229,11 @@ impl Follower {
 
     pub const PAGE: usize = PAGE as usize;
 
+    /// Whether entries read are ready to be handed out (a hole in the ids holds them back).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Moves the entries that are certainly in order into `ready`, holding back those after a
     /// hole until the hole is old enough to be a rollback.
     fn take(&mut self, rows: Vec<(EventEntry, String)>) {

@@ -196,6 +196,36 @@ fn element<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
     &rest[..stop]
 }
 
+/// The hidden fields of a confirmation page's send form, as the browser would post them.
+fn send_fields(page: &str) -> Vec<(String, String)> {
+    let form = element(page, "action=\"/commands/send\"", "</form>");
+    form.split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .map(|rest| {
+            let (name, rest) = rest.split_once('"').unwrap();
+            let value = rest
+                .split_once("value=\"")
+                .map_or("", |(_, v)| v.split('"').next().unwrap());
+            (
+                name.to_owned(),
+                value
+                    .replace("&#39;", "'")
+                    .replace("&quot;", "\"")
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&amp;", "&"),
+            )
+        })
+        .collect()
+}
+
+fn as_pairs(fields: &[(String, String)]) -> Vec<(&str, &str)> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// One Server-Sent Event.
 #[derive(Debug, Clone)]
 struct SseEvent {
@@ -1230,6 +1260,9 @@ async fn with_a_dashboard_key_the_form_signs_and_queues_the_command() {
         "{page}"
     );
 
+    let confirmed = send_fields(&page);
+    let form = as_pairs(&confirmed);
+    assert_eq!(form[0].0, "csrf", "{form:?}");
     let mut live = ui.sse("/live/commands", None).await;
 
     // Another site's form, or one without the token: refused, nothing stored.
@@ -1358,10 +1391,22 @@ async fn a_node_named_twice_gets_the_command_once() {
         "{page}"
     );
     assert!(page.contains("fleet send --nodes web1,web2 "), "{page}");
-    let (status, page, _) = ui.post_form("/commands/send", &form, None).await;
-    assert_eq!(status, 303, "{page}");
+    let confirmed = send_fields(&page);
+    // Sent twice (a double click): each node's command is queued once.
+    for _ in 0..2 {
+        let (status, page, _) = ui
+            .post_form("/commands/send", &as_pairs(&confirmed), None)
+            .await;
+        assert_eq!(status, 303, "{page}");
+    }
     let (_, v) = ui.api().get("/api/v1/commands?node=web1").await;
     assert_eq!(v["commands"].as_array().unwrap().len(), 1, "{v}");
+    let (_, v) = ui.api().get("/api/v1/commands?node=web2").await;
+    assert_eq!(v["commands"].as_array().unwrap().len(), 1, "{v}");
+    // Without the confirmed nodes and ids (a form made by hand), nothing is sent.
+    let (status, page, _) = ui.post_form("/commands/send", &form, None).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("changed since you reviewed"), "{page}");
     ui.stop().await;
 }
 
@@ -1663,10 +1708,14 @@ async fn the_command_history_filters_by_node_and_state() {
     for node in ["web1", "web2"] {
         let (status, page, _) = ui
             .post_form(
-                "/commands/send",
+                "/commands/confirm",
                 &[("csrf", &csrf), ("targets", node), ("command", "uptime")],
                 None,
             )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let (status, page, _) = ui
+            .post_form("/commands/send", &as_pairs(&send_fields(&page)), None)
             .await;
         assert_eq!(status, 303, "{page}");
     }
@@ -1698,5 +1747,55 @@ async fn the_command_history_filters_by_node_and_state() {
     ] {
         assert_eq!(ui.page(bad).await.0, 400, "{bad}");
     }
+    ui.stop().await;
+}
+
+/// What the operator confirmed is what is sent: a label that reaches another node by the time
+/// of the click is refused, not signed for the new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_reaches_only_the_nodes_that_were_confirmed() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = OperatorKey::generate();
+    let key_file = env.dir.path().join("dashboard.key");
+    std::fs::write(&key_file, key.secret_text()).unwrap();
+    let mut web1 = node("web1", KEY1, &[]);
+    web1.labels = BTreeMap::from([("role".to_owned(), "web".to_owned())]);
+    let ui = Ui::start(&env, |config| {
+        config.nodes = vec![web1, node("web2", KEY2, &[])];
+        config.ui.signing_key = Some(key_file.clone());
+    })
+    .await;
+    let csrf = ui.csrf().await;
+    let (status, page, _) = ui
+        .post_form(
+            "/commands/confirm",
+            &[
+                ("csrf", &csrf),
+                ("targets", "label:role=web"),
+                ("command", "uptime"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut confirmed = send_fields(&page);
+    // As if web2 had been labelled role=web meanwhile: the form says web1 and web2 now.
+    for (name, value) in &mut confirmed {
+        if name == "targets" {
+            *value = "web1,web2".into();
+        }
+    }
+    let (status, page, _) = ui
+        .post_form("/commands/send", &as_pairs(&confirmed), None)
+        .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("changed since you reviewed it (now web1, web2)"),
+        "{page}"
+    );
+    assert_eq!(
+        ui.api().get("/api/v1/commands").await.1["commands"],
+        json!([])
+    );
     ui.stop().await;
 }

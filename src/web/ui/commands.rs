@@ -155,6 +155,13 @@ pub struct SendFormBody {
     command: String,
     #[serde(default)]
     timeout: String,
+    /// The nodes the operator confirmed, comma separated (the send form carries them).
+    #[serde(default)]
+    nodes: String,
+    /// The command ids chosen at confirmation, one per node: sending the form twice (a
+    /// double click, a reload) queues each command once.
+    #[serde(default)]
+    ids: String,
 }
 
 /// Whom a draft is for.
@@ -173,6 +180,11 @@ struct Checked {
 }
 
 fn check(draft: &CommandDraft) -> Result<Checked, String> {
+    if draft.targets.len() > LINE_MAX {
+        return Err(format!(
+            "The node list is longer than {LINE_MAX} bytes: use a label."
+        ));
+    }
     let text = draft.targets.trim();
     let targets = if text.is_empty() {
         return Err("Say which nodes: names, label:key=value, or all.".into());
@@ -318,12 +330,14 @@ pub async fn confirm(
     match check_and_resolve(&state, &draft).await {
         Ok((checked, nodes)) => {
             let line = fleet_send_line(&checked, &nodes);
+            let ids: Vec<String> = nodes.iter().map(|_| crate::command::new_id()).collect();
             render(
                 &state,
                 &viewer,
                 SendForm::Confirm {
                     draft: &draft,
                     nodes: &nodes,
+                    ids: &ids,
                     fleet_send: &line,
                 },
             )
@@ -377,10 +391,30 @@ pub async fn send(
         Ok(both) => both,
         Err(problem) => return refuse(&state, &viewer, &draft, &problem).await,
     };
+    // Exactly the nodes the operator confirmed: `all` or a label may reach others by now.
+    let confirmed: Vec<&str> = body.nodes.split(',').filter(|n| !n.is_empty()).collect();
+    if confirmed != nodes.iter().map(String::as_str).collect::<Vec<_>>() {
+        let problem = format!(
+            "The nodes this reaches changed since you reviewed it (now {}): review it again.",
+            nodes.join(", ")
+        );
+        return refuse(&state, &viewer, &draft, &problem).await;
+    }
+    let ids: Vec<&str> = body.ids.split(',').filter(|i| !i.is_empty()).collect();
+    if ids.len() != nodes.len() || ids.iter().any(|i| ulid::Ulid::from_string(i).is_err()) {
+        return refuse(
+            &state,
+            &viewer,
+            &draft,
+            "The form is incomplete: review the command again.",
+        )
+        .await;
+    }
     let submissions: Vec<Submission> = nodes
         .iter()
-        .map(|node| Submission {
-            command: crate::command::build(
+        .zip(&ids)
+        .map(|(node, id)| {
+            let mut command = crate::command::build(
                 &key,
                 node,
                 Kind::CommandAck,
@@ -389,8 +423,13 @@ pub async fn send(
                 checked.timeout,
                 TTL,
                 false,
-            ),
-            retries: RETRIES,
+            );
+            command.id = (*id).to_owned();
+            key.sign(&mut command);
+            Submission {
+                command,
+                retries: RETRIES,
+            }
         })
         .collect();
     let sent_by = format!("{} (dashboard)", viewer.who);

@@ -32,6 +32,9 @@ use crate::web::error::ApiError;
 use crate::web::stream::{Filter, Follower, resume_id, stream_permit};
 use crate::web::{ApiQuery, AppState};
 
+/// Pages of the log a node stream reads in one look before it calls its client behind.
+const NODE_LOG_PAGES: usize = 8;
+
 /// How often the node and command streams look for changes.
 const LIVE_EVERY: Duration = Duration::from_secs(1);
 /// How often the overview looks: it reads every node's status, so less often.
@@ -82,16 +85,57 @@ trait Live: Send + 'static {
     fn next(&mut self) -> impl Future<Output = Out> + Send;
 }
 
-/// Serves `live` as an SSE response that ends at shutdown, holding one stream permit.
-fn serve(state: &Arc<AppState>, live: impl Live) -> Response {
+/// How often an open stream makes sure its session still stands.
+const SESSION_RECHECK: Duration = Duration::from_secs(10);
+
+/// What a stream holds besides its source: its permit, and whose session it serves.
+struct Holder {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    state: Arc<AppState>,
+    session: String,
+    checked: tokio::time::Instant,
+}
+
+impl Holder {
+    /// Whether the session that opened the stream still stands (not logged out, not
+    /// expired); asked again at most every [`SESSION_RECHECK`]. A store that cannot answer
+    /// keeps the stream: the next look asks again.
+    async fn session_stands(&mut self) -> bool {
+        if self.checked.elapsed() < SESSION_RECHECK {
+            return true;
+        }
+        self.checked = tokio::time::Instant::now();
+        !matches!(
+            self.state
+                .durable
+                .session(&self.session, crate::timefmt::now_ms())
+                .await,
+            Ok(None)
+        )
+    }
+}
+
+/// Serves `live` to `viewer` as an SSE response that ends at shutdown, or when the viewer's
+/// session ends (a logout in another tab, expiry), holding one stream permit.
+fn serve(state: &Arc<AppState>, viewer: &Viewer, live: impl Live) -> Response {
     let permit = match stream_permit(state) {
         Ok(p) => p,
         Err(refused) => return refused.into_response(),
     };
-    let events = futures::stream::unfold(Some((live, permit)), |state| async move {
-        let (mut live, permit) = state?;
-        match live.next().await {
-            Out::More(event) => Some((Ok::<Event, Infallible>(event), Some((live, permit)))),
+    let holder = Holder {
+        _permit: permit,
+        state: state.clone(),
+        session: viewer.id_hash().to_owned(),
+        checked: tokio::time::Instant::now(),
+    };
+    let events = futures::stream::unfold(Some((live, holder)), |state| async move {
+        let (mut live, mut holder) = state?;
+        let out = live.next().await;
+        if !holder.session_stands().await {
+            return None;
+        }
+        match out {
+            Out::More(event) => Some((Ok::<Event, Infallible>(event), Some((live, holder)))),
             Out::Last(event) => Some((Ok(event), None)),
         }
     })
@@ -107,7 +151,7 @@ fn serve(state: &Arc<AppState>, live: impl Live) -> Response {
 /// when nodes came or went.
 pub async fn overview(
     State(state): State<Arc<AppState>>,
-    _: Viewer,
+    viewer: Viewer,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<super::OverviewQuery>,
 ) -> Response {
@@ -117,6 +161,7 @@ pub async fn overview(
     };
     serve(
         &state.clone(),
+        &viewer,
         LiveOverview {
             state,
             filters,
@@ -255,7 +300,7 @@ pub async fn errors(
 
 async fn log(
     State(state): State<Arc<AppState>>,
-    _: Viewer,
+    viewer: Viewer,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<super::logs::LogQuery>,
     errors: bool,
@@ -280,9 +325,11 @@ async fn log(
     // entries (`before`) has no live stream.
     serve(
         &state.clone(),
+        &viewer,
         LiveLog {
             follower: Follower::new(state, filter, cursor),
             container: "events",
+            queue: VecDeque::new(),
         },
     )
 }
@@ -317,25 +364,48 @@ pub fn log_filter(
 struct LiveLog {
     follower: Follower,
     container: &'static str,
+    /// Wanted entries read and not yet sent, oldest first.
+    queue: VecDeque<crate::store::events::EventEntry>,
+}
+
+/// Reads the log after the follower's cursor, up to `pages` pages, into `queue` (what the
+/// filter wants). Returns false when the client is a page or more of wanted entries behind,
+/// or the log had more than `pages` pages for it: the page is better made again than fed row
+/// by row.
+async fn catch_up(
+    follower: &mut Follower,
+    queue: &mut VecDeque<crate::store::events::EventEntry>,
+    pages: usize,
+) -> bool {
+    for _ in 0..pages {
+        let read = follower.fetch().await;
+        while let Some((entry, _)) = follower.next_ready() {
+            queue.push_back(entry);
+        }
+        if queue.len() >= Follower::PAGE {
+            return false;
+        }
+        if read < Follower::PAGE {
+            return true;
+        }
+    }
+    false
 }
 
 impl Live for LiveLog {
     async fn next(&mut self) -> Out {
         loop {
-            if let Some((entry, _)) = self.follower.next_ready() {
+            if let Some(entry) = self.queue.pop_front() {
                 let now = crate::timefmt::now_ms();
                 return prepend(self.container, pages::event_row(&entry, now).into_string())
                     .id(entry.id.to_string())
                     .into();
             }
-            let read = self.follower.fetch().await;
-            if read == Follower::PAGE {
-                // A page or more behind (a client that stopped reading, or came back after a
-                // long time): the page is better made again than fed row by row, and nothing
-                // more is held for it.
+            if !catch_up(&mut self.follower, &mut self.queue, NODE_LOG_PAGES).await {
                 return reload("too far behind");
             }
-            if read == 0 {
+            if self.queue.is_empty() {
+                // Nothing new, or what is new waits behind a hole in the ids.
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
@@ -395,7 +465,7 @@ impl NodeCursor {
 /// the hot ring (`prepend` into `#tail`) and its new events (`prepend` into `#events`).
 pub async fn node(
     State(state): State<Arc<AppState>>,
-    _: Viewer,
+    viewer: Viewer,
     Path(name): Path<String>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<NodeLiveQuery>,
@@ -453,6 +523,7 @@ pub async fn node(
     };
     serve(
         &state.clone(),
+        &viewer,
         LiveNode {
             follower: Follower::new(state.clone(), filter, cursor.event),
             state,
@@ -499,35 +570,31 @@ impl LiveNode {
             super::node::tail_collectors(&self.state, &self.name, self.only.as_deref()).await
         {
             let mut fresh = Vec::new();
-            for collector in collectors {
+            for collector in &collectors {
                 let Ok(records) = self
                     .state
                     .hot
-                    .recent(&self.name, &collector, super::node::TAIL_PER_COLLECTOR)
+                    .recent(&self.name, collector, super::node::TAIL_PER_COLLECTOR)
                     .await
                 else {
                     continue;
                 };
-                let seen = self.cursor.tail.get(&collector).copied();
+                let seen = self.cursor.tail.get(collector.as_str()).copied();
                 let entries: Vec<_> = records
                     .into_iter()
-                    .map(|r| super::node::TailEntry::of(&collector, r))
+                    .map(|r| super::node::TailEntry::of(collector, r))
                     .collect();
-                // Every record read is new: more may have come than one read holds, and
-                // the tail can no longer be kept whole entry by entry.
-                if seen.is_some()
-                    && entries.len() == super::node::TAIL_PER_COLLECTOR
-                    && entries.iter().all(|e| Some(e.ts_ms) > seen)
-                {
-                    self.pending.push_back(reload("too far behind"));
-                    return;
-                }
+                // A burst of more records than one read holds shows its newest: the tail is
+                // a view of the ring, the store keeps them all.
                 fresh.extend(
                     entries
                         .into_iter()
                         .filter(|e| seen.is_none_or(|s| e.ts_ms > s)),
                 );
             }
+            // Collectors gone from the ring leave the cursor, so it stays one a reconnect
+            // can send back.
+            self.cursor.tail.retain(|c, _| collectors.contains(c));
             fresh.sort_by_key(|e| e.ts_ms);
             for entry in fresh {
                 let newest = self.cursor.tail.entry(entry.collector.clone()).or_default();
@@ -539,12 +606,15 @@ impl LiveNode {
                 );
             }
         }
-        // New events of the node.
-        if self.follower.fetch().await == Follower::PAGE {
+        // The node's new events. The follower reads the whole log (the node filter is
+        // applied after): a busy fleet fills several pages a second before this node is
+        // behind.
+        let mut queue = VecDeque::new();
+        if !catch_up(&mut self.follower, &mut queue, NODE_LOG_PAGES).await {
             self.pending.push_back(reload("too far behind"));
             return;
         }
-        while let Some((entry, _)) = self.follower.next_ready() {
+        for entry in queue {
             self.cursor.event = entry.id;
             self.pending.push_back(
                 prepend("events", pages::event_row(&entry, now).into_string())
@@ -580,7 +650,7 @@ const COMMANDS_FOLLOWED: i64 = 50;
 /// (each replaces its own row, so none shows twice).
 pub async fn commands(
     State(state): State<Arc<AppState>>,
-    _: Viewer,
+    viewer: Viewer,
     ApiQuery(query): ApiQuery<CommandsLiveQuery>,
 ) -> Response {
     let filter = match super::commands::HistoryFilter::parse(query.node, query.state) {
@@ -589,6 +659,7 @@ pub async fn commands(
     };
     serve(
         &state.clone(),
+        &viewer,
         LiveCommands {
             state,
             filter,

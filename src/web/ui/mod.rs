@@ -82,7 +82,16 @@ pub struct NextQuery {
 /// open redirect.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        // Browsers drop tabs and newlines from a Location, so `/\t/evil` would become
+        // `//evil`: no control characters or spaces either.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }

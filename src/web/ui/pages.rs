@@ -843,6 +843,8 @@ pub enum SendForm<'a> {
     Confirm {
         draft: &'a CommandDraft,
         nodes: &'a [String],
+        /// One command id per node, chosen now: the send form carries them.
+        ids: &'a [String],
         fleet_send: &'a str,
     },
 }
@@ -885,7 +887,7 @@ pub fn commands_page(
                             button type="submit" { "Review" }
                         }
                     }
-                    SendForm::Confirm { draft, nodes, fleet_send } => {
+                    SendForm::Confirm { draft, nodes, ids, fleet_send } => {
                         p { "Run " code { (draft.command) } " on " strong { (nodes.len()) @if nodes.len() == 1 { " node" } @else { " nodes" } } ": " (nodes.join(", ")) "?" }
                         @if dashboard_key.is_some() {
                             form method="post" action="/commands/send" {
@@ -893,6 +895,8 @@ pub fn commands_page(
                                 input type="hidden" name="targets" value=(draft.targets);
                                 input type="hidden" name="command" value=(draft.command);
                                 input type="hidden" name="timeout" value=(draft.timeout);
+                                input type="hidden" name="nodes" value=(nodes.join(","));
+                                input type="hidden" name="ids" value=(ids.join(","));
                                 button #send type="submit" { "Send to " (nodes.len()) @if nodes.len() == 1 { " node" } @else { " nodes" } }
                                 " " a href="/commands" { "Cancel" }
                             }
