@@ -277,6 +277,12 @@ impl UiConfig {
             if user.name.trim().is_empty() || user.name.len() > 64 {
                 anyhow::bail!("ui.users[{i}].name must be 1 to 64 characters");
             }
+            if user.name.trim() != user.name {
+                anyhow::bail!(
+                    "ui.users[{i}].name {:?} starts or ends with a space; the login form trims what is typed, so it could never match",
+                    user.name
+                );
+            }
             if self.users[..i].iter().any(|u| u.name == user.name) {
                 anyhow::bail!("ui.users: {:?} is listed twice", user.name);
             }

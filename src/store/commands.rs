@@ -542,6 +542,36 @@ impl Durable {
         Ok(records)
     }
 
+    /// The id, state and attempts of commands, newest first, optionally of one node and in one
+    /// state: what a live view compares, without reading every command's output.
+    pub async fn command_states(
+        &self,
+        node: Option<&str>,
+        state: Option<CommandState>,
+        limit: i64,
+    ) -> Result<Vec<(String, CommandState, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, state, attempts FROM commands WHERE ($1 IS NULL OR node = $1) \
+             AND ($2 IS NULL OR state = $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(node)
+        .bind(state.map(|s| s.as_str()))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get(1)?;
+                Ok((
+                    r.try_get(0)?,
+                    CommandState::parse(&state)
+                        .map_err(|e| StoreError::Corrupt(format!("command state: {e}")))?,
+                    r.try_get(2)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Commands, newest first, optionally of one node and in one state.
     pub async fn commands(
         &self,

@@ -941,15 +941,14 @@ impl Durable {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, StoreError>>()?;
         rows.sort_by_key(|(ts, _)| *ts);
-        let mut out = vec![Vec::with_capacity(rows.len()); series_ids.len()];
-        let mut last_ts = None;
+        let mut out: Vec<Vec<(i64, f64)>> = vec![Vec::with_capacity(rows.len()); series_ids.len()];
         for (ts, packed) in &rows {
-            // Two records of one tick: the chart needs one point.
-            if last_ts == Some(*ts) {
-                continue;
-            }
-            last_ts = Some(*ts);
             for (points, id) in out.iter_mut().zip(series_ids) {
+                // Two records of one tick (a collector that sent twice in a millisecond):
+                // one point, from whichever has the series.
+                if points.last().is_some_and(|(last, _)| last == ts) {
+                    continue;
+                }
                 if let Some(value) = find_point(packed, *id)? {
                     points.push((*ts, value));
                 }

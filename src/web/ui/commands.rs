@@ -80,6 +80,19 @@ impl HistoryFilter {
         url.query().unwrap_or_default().to_owned()
     }
 
+    /// The id, state and attempts of the newest commands that pass.
+    pub async fn newest_states(
+        &self,
+        state: &AppState,
+        limit: i64,
+    ) -> Result<Vec<(String, crate::command::CommandState, i64)>, crate::store::durable::StoreError>
+    {
+        state
+            .durable
+            .command_states(self.node.as_deref(), self.state, limit)
+            .await
+    }
+
     /// The newest commands that pass.
     pub async fn newest(
         &self,

@@ -693,33 +693,56 @@ impl Live for LiveCommands {
             if self.sent.is_some() {
                 tokio::time::sleep(LIVE_EVERY).await;
             }
-            let Ok(records) = self.filter.newest(&self.state, COMMANDS_FOLLOWED).await else {
+            let Ok(states) = self
+                .filter
+                .newest_states(&self.state, COMMANDS_FOLLOWED)
+                .await
+            else {
                 tokio::time::sleep(LIVE_EVERY).await;
                 continue;
             };
-            let now = crate::timefmt::now_ms();
-            let current: HashMap<String, (crate::command::CommandState, i64)> = records
+            let current: HashMap<String, (crate::command::CommandState, i64)> = states
                 .iter()
-                .map(|c| (c.id.clone(), (c.state, c.attempts)))
+                .map(|(id, state, attempts)| (id.clone(), (*state, *attempts)))
                 .collect();
-            let id = now.to_string();
             // The first look (a new page or a reconnecting one) sends every row: a row the
             // page has replaces itself in place, one it lacks (sent meanwhile) goes on top.
-            {
-                {
-                    let previous = self.sent.take().unwrap_or_default();
-                    // Oldest first, so the newest ends up on top.
-                    for c in records.iter().rev() {
-                        let html = pages::command_row(c, now).into_string();
-                        match previous.get(&c.id) {
-                            Some(old) if *old == (c.state, c.attempts) => {}
-                            Some(_) => self.pending.push_back(replace(html).id(&id).into()),
-                            None => self
-                                .pending
-                                .push_back(prepend("commands", html).id(&id).into()),
-                        }
-                    }
-                }
+            let previous = self.sent.take().unwrap_or_default();
+            let changed: Vec<String> = states
+                .iter()
+                .filter(|(id, state, attempts)| previous.get(id) != Some(&(*state, *attempts)))
+                .map(|(id, _, _)| id.clone())
+                // A command that left a filtered view (a queued one that ran) is sent once
+                // more, in its new state, instead of staying as it was.
+                .chain(
+                    previous
+                        .keys()
+                        .filter(|id| !current.contains_key(*id))
+                        .cloned(),
+                )
+                .collect();
+            if changed.is_empty() {
+                self.sent = Some(current);
+                continue;
+            }
+            let Ok(mut records) = self.state.durable.commands_by_ids(&changed).await else {
+                // Looked at again next time: nothing is marked sent.
+                self.sent = Some(previous);
+                tokio::time::sleep(LIVE_EVERY).await;
+                continue;
+            };
+            // Oldest first (ids sort by time), so the newest ends up on top.
+            records.sort_by(|a, b| a.id.cmp(&b.id));
+            let now = crate::timefmt::now_ms();
+            let id = now.to_string();
+            for c in &records {
+                let html = pages::command_row(c, now).into_string();
+                let event = if previous.contains_key(&c.id) {
+                    replace(html)
+                } else {
+                    prepend("commands", html)
+                };
+                self.pending.push_back(event.id(&id).into());
             }
             self.sent = Some(current);
         }

@@ -28,6 +28,9 @@ use session::Viewer;
 
 /// The dashboard's routes, behind the address allowlist.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    if !state.ui.users.is_empty() {
+        session::prepare();
+    }
     Router::new()
         .route("/", get(overview))
         .route("/login", get(login_page).post(login))

@@ -98,25 +98,36 @@ function prepend(data) {
   const empty = into.closest("section, main").querySelector(".empty[data-until-rows]");
   if (empty) empty.remove();
 }
+function span(s) {
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min";
+  if (s < 86400) return Math.floor(s / 3600) + " h";
+  return Math.floor(s / 86400) + " d";
+}
 function ago(seconds) {
-  if (seconds < 5) return "just now";
-  if (seconds < 60) return seconds + " s ago";
-  if (seconds < 3600) return Math.floor(seconds / 60) + " min ago";
-  if (seconds < 86400) return Math.floor(seconds / 3600) + " h ago";
-  return Math.floor(seconds / 86400) + " d ago";
+  if (Math.abs(seconds) < 5) return "just now";
+  return seconds < 0 ? "in " + span(-seconds) : span(seconds) + " ago";
 }
 function refreshTimes() {
   for (const t of document.querySelectorAll("time[datetime]:not([data-fixed])")) {
     const at = Date.parse(t.getAttribute("datetime"));
-    if (!isNaN(at)) t.textContent = ago(Math.max(0, Math.floor((Date.now() - at) / 1000)));
+    if (!isNaN(at)) t.textContent = ago(Math.trunc((Date.now() - at) / 1000));
   }
+}
+// A page told to reload more than once in 10 s waits out the rest: never a reload loop.
+function reloadSoon() {
+  const last = Number(sessionStorage.getItem("fleet-reload")) || 0;
+  setTimeout(() => {
+    sessionStorage.setItem("fleet-reload", String(Date.now()));
+    location.reload();
+  }, Math.max(0, 10000 - (Date.now() - last)));
 }
 document.addEventListener("DOMContentLoaded", () => {
   for (const el of document.querySelectorAll("[data-live]")) {
     const source = new EventSource(el.dataset.live);
     source.addEventListener("replace", (e) => { place(e.data); refreshTimes(); });
     source.addEventListener("prepend", (e) => { prepend(e.data); refreshTimes(); });
-    source.addEventListener("reload", () => location.reload());
+    source.addEventListener("reload", () => { source.close(); reloadSoon(); });
     source.addEventListener("open", () => document.body.classList.remove("offline"));
     source.addEventListener("error", () => document.body.classList.add("offline"));
   }
@@ -363,13 +374,18 @@ pub fn when(ms: Option<i64>, now_ms: i64) -> Markup {
     let Some(ms) = ms else {
         return html! { span.muted { "never" } };
     };
-    let ago = (now_ms - ms).max(0) / 1000;
-    let text = match ago {
-        0..=4 => "just now".to_owned(),
-        5..=59 => format!("{ago} s ago"),
-        60..=3599 => format!("{} min ago", ago / 60),
-        3600..=86_399 => format!("{} h ago", ago / 3600),
-        _ => format!("{} d ago", ago / 86_400),
+    let seconds = (now_ms - ms) / 1000;
+    let span = |s: i64| match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86_399 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    };
+    // A deadline is in the future: "in 3 min".
+    let text = match seconds {
+        -4..=4 => "just now".to_owned(),
+        s if s < 0 => format!("in {}", span(-s)),
+        s => format!("{} ago", span(s)),
     };
     let absolute = crate::timefmt::rfc3339(ms);
     html! { time datetime=(absolute) title=(absolute) { (text) } }
@@ -463,6 +479,25 @@ fn command_state(state: crate::command::CommandState) -> Markup {
     html! { span class=(class) { (state.as_str().replace('_', " ")) } }
 }
 
+/// Most output a list shows of one stream; the whole is in the API.
+const OUTPUT_SHOWN: usize = 4096;
+
+/// The end of a command's output, where the answer usually is, cut at [`OUTPUT_SHOWN`] bytes.
+fn output_tail(text: &str) -> String {
+    if text.len() <= OUTPUT_SHOWN {
+        return text.to_owned();
+    }
+    let mut cut = text.len() - OUTPUT_SHOWN;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!(
+        "… {} bytes before this (GET /api/v1/commands/{{id}} has them)\n{}",
+        cut,
+        &text[cut..]
+    )
+}
+
 /// One command with its result: a row replaced live as its state changes.
 pub fn command_row(c: &crate::store::commands::CommandRecord, now_ms: i64) -> Markup {
     let created = crate::timefmt::parse_time(&c.created_at, now_ms).ok();
@@ -486,8 +521,8 @@ pub fn command_row(c: &crate::store::commands::CommandRecord, now_ms: i64) -> Ma
             td.output {
                 @if let Some(r) = &c.result {
                     @if let Some(error) = &r.error { p.error { (error) } }
-                    @if !r.stdout.is_empty() { pre.stdout { (r.stdout) } }
-                    @if !r.stderr.is_empty() { pre.stderr { (r.stderr) } }
+                    @if !r.stdout.is_empty() { pre.stdout { (output_tail(&r.stdout)) } }
+                    @if !r.stderr.is_empty() { pre.stderr { (output_tail(&r.stderr)) } }
                     @if r.truncated { p.muted { "Output was cut at the node's limit." } }
                     @if r.duration_ms > 0 { span.muted { "took " (crate::timefmt::span(r.duration_ms as i64)) } }
                 }
@@ -533,7 +568,7 @@ pub fn heartbeat_table(beats: &[crate::heartbeat::Heartbeat], now_ms: i64) -> Ma
                         td { (h.service) @if let Some(node) = &h.node { " " a.muted href={ "/nodes/" (node) } { "(" (node) ")" } } }
                         td { (heartbeat_state(h.state)) " " span.muted { "for " (crate::timefmt::span(h.for_ms)) } }
                         td { (at(h.last_pulse_ms, now_ms)) }
-                        td { time datetime=(h.deadline) title=(h.deadline) { (h.deadline) } }
+                        td { (at(h.deadline_ms, now_ms)) }
                         td.wide.muted { "every " (crate::timefmt::span(h.next_in_ms)) " + " (crate::timefmt::span(h.grace_ms)) " grace" }
                         td.wide.num { (h.pulses) }
                     }
@@ -817,7 +852,12 @@ pub fn heartbeats_page(
                 (heartbeat_table(beats, now_ms))
             }
             @if let Some(after) = next_after {
-                p { a href={ "/heartbeats?after=" (after) } { "More" } }
+                @let more = {
+                    let mut url = reqwest::Url::parse("http://q.invalid/heartbeats").expect("a literal URL");
+                    url.query_pairs_mut().append_pair("after", after);
+                    format!("/heartbeats?{}", url.query().unwrap_or_default())
+                };
+                p { a href=(more) { "More" } }
             }
         },
     )
@@ -940,4 +980,41 @@ pub fn commands_page(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_relative_both_ways() {
+        let now = 1_800_000_000_000;
+        let text = |ms: i64| when(Some(ms), now).into_string();
+        assert!(
+            text(now - 2_000).contains(">just now<"),
+            "{}",
+            text(now - 2_000)
+        );
+        assert!(text(now - 90_000).contains(">1 min ago<"));
+        assert!(
+            text(now + 3 * 3_600_000).contains(">in 3 h<"),
+            "a deadline ahead"
+        );
+        assert!(
+            text(now).contains("title=\"2027-01-15T08:00:00.000Z\""),
+            "{}",
+            text(now)
+        );
+        assert!(when(None, now).into_string().contains("never"));
+    }
+
+    #[test]
+    fn long_output_shows_its_end_and_says_how_much_is_left_out() {
+        assert_eq!(output_tail("short"), "short");
+        let long = format!("{}é{}", "a".repeat(10_000), "the answer");
+        let shown = output_tail(&long);
+        assert!(shown.ends_with("the answer"), "{shown}");
+        assert!(shown.starts_with("… 5"), "{shown}");
+        assert!(shown.len() < OUTPUT_SHOWN + 100);
+    }
 }

@@ -62,18 +62,33 @@ static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_n
 /// Checks a user's password against `[ui] users`, off the async threads. An unknown user costs
 /// the same as a wrong password, so timing does not tell which names exist.
 pub async fn check_user(users: &[crate::config::UiUser], name: &str, password: &str) -> bool {
-    static UNKNOWN: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| hash_password("no such user"));
     let known = users.iter().find(|u| u.name == name);
-    let phc = known.map_or_else(|| UNKNOWN.clone(), |u| u.password_hash.clone());
+    let phc = known.map_or_else(|| UNKNOWN_USER.clone(), |u| u.password_hash.clone());
     let password = password.to_owned();
-    let Ok(_permit) = PASSWORD_CHECKS.acquire().await else {
+    // A login waits its turn at most this long: a flood is refused, not queued without end.
+    let Ok(Ok(_permit)) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        PASSWORD_CHECKS.acquire(),
+    )
+    .await
+    else {
         return false;
     };
     let matches = tokio::task::spawn_blocking(move || password_matches(&phc, &password))
         .await
         .unwrap_or(false);
     matches && known.is_some()
+}
+
+/// What an unknown name's password is checked against, with the parameters every hash made
+/// by `fleet operator password` has, so it costs what a known name costs. Made when the
+/// dashboard's router is (see [`prepare`]), not on the first unknown name.
+static UNKNOWN_USER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password("no such user"));
+
+/// Makes the unknown-user hash now, off any request.
+pub fn prepare() {
+    std::sync::LazyLock::force(&UNKNOWN_USER);
 }
 
 /// The Argon2id hash of a password, as a PHC string for `[ui] users`.
