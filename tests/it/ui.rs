@@ -448,3 +448,43 @@ async fn a_change_between_the_page_and_its_stream_reaches_the_page() {
     );
     ui.c.stop().await;
 }
+
+/// Under a status filter, a node that left it between the page and its stream's first look
+/// makes the page reload: its rows are no longer the filter's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaving_the_status_filter_before_the_stream_reloads_the_page() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = "key-of-gone1-0123456789";
+    let ui = Ui::start(&env, |config| config.nodes = vec![node("gone1", key, &[])]).await;
+    let cookie = ui.log_in().await;
+    let page = ui
+        .get("/?status=down", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"node-gone1\""),
+        "never seen: down: {page}"
+    );
+    let at = page.find("data-live=\"").unwrap() + 11;
+    let live = page[at..at + page[at..].find('"').unwrap()].replace("&amp;", "&");
+    assert!(live.contains("rows="), "{live}");
+    let (status, _) =
+        ui.c.client()
+            .send(&crate::harness::Batch::new("gone1", key, 1))
+            .await;
+    assert_eq!(status, 200);
+    let mut stream = ui.get(&live, Some(&cookie)).await;
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text.contains("event: reload") && Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(text.contains("event: reload"), "{text}");
+    ui.c.stop().await;
+}

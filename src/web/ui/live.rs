@@ -171,6 +171,7 @@ pub async fn overview(
             sent: None,
             resend: headers.contains_key("last-event-id"),
             rendered: query.rendered,
+            page_rows: query.rows.clone(),
             pending: VecDeque::new(),
         },
     )
@@ -190,6 +191,8 @@ struct LiveOverview {
     resend: bool,
     /// When the page was made: the first look sends the rows that changed since.
     rendered: Option<i64>,
+    /// The digest of the page's row names ([`pages::rows_digest`]).
+    page_rows: Option<String>,
     pending: VecDeque<Out>,
 }
 
@@ -237,6 +240,17 @@ impl Live for LiveOverview {
             match self.sent.take() {
                 // A first connection: what changed since the page was made, and the counts.
                 None if !std::mem::take(&mut self.resend) => {
+                    // The page's rows are not these rows (a node came into the status filter
+                    // or went out of it since): the page is made again.
+                    if self
+                        .page_rows
+                        .as_ref()
+                        .is_some_and(|digest| *digest != pages::rows_digest(rows.keys()))
+                    {
+                        self.pending.push_back(reload("nodes changed"));
+                        self.sent = Some((rows, counts_html));
+                        continue;
+                    }
                     if let Some(rendered) = self.rendered {
                         self.pending.extend(
                             shown

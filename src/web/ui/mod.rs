@@ -231,6 +231,8 @@ pub struct OverviewQuery {
     /// When the page the live stream follows was made (ms): the stream's first look sends
     /// what changed since.
     rendered: Option<i64>,
+    /// The digest of the page's rows: a first look that finds other rows reloads the page.
+    rows: Option<String>,
 }
 
 /// The overview's filters from its query string.
@@ -281,13 +283,7 @@ pub(super) async fn overview_data(
     let total = all.len();
     let shown = all
         .into_iter()
-        .filter(|n| filters.status.is_none_or(|s| n.status == s))
-        .filter(|n| {
-            filters
-                .label
-                .as_ref()
-                .is_none_or(|(k, v)| n.labels.get(k) == Some(v))
-        })
+        .filter(|n| filters.passes(n, n.status))
         .collect();
     Ok((shown, total, counts))
 }

@@ -232,6 +232,18 @@ pub struct Filters {
     pub label: Option<(String, String)>,
 }
 
+impl Filters {
+    /// Whether a node with this status passes (the status given, so a caller may ask about
+    /// another moment than now).
+    pub fn passes(&self, n: &NodeSummary, status: NodeState) -> bool {
+        self.status.is_none_or(|s| status == s)
+            && self
+                .label
+                .as_ref()
+                .is_none_or(|(k, v)| n.labels.get(k) == Some(v))
+    }
+}
+
 /// `/`: every node with its status, last seen and vitals.
 pub fn overview(
     viewer: (&str, &str),
@@ -246,7 +258,8 @@ pub fn overview(
         let mut url = reqwest::Url::parse("http://live.invalid/").expect("a literal URL");
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("rendered", &now_ms.to_string());
+            q.append_pair("rendered", &now_ms.to_string())
+                .append_pair("rows", &rows_digest(nodes.iter().map(|n| &n.name)));
             if let Some(s) = filters.status {
                 q.append_pair("status", state_word(s));
             }
@@ -313,6 +326,18 @@ pub fn overview(
             }
         },
     )
+}
+
+/// A short digest of which rows a page shows, in order: the live overview compares it with
+/// its own rows to tell that the page's set of nodes is out of date.
+pub fn rows_digest<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for name in names {
+        hash.update(name.as_bytes());
+        hash.update(b"\n");
+    }
+    hex::encode(&hash.finalize()[..8])
 }
 
 /// The counts above the table; replaced live as a whole.
