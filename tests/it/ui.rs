@@ -79,6 +79,25 @@ impl Ui {
     }
 }
 
+/// Reads a streamed response until `done` holds for all read so far, or `secs` pass; returns
+/// what was read (the assertions after it say what was missing).
+async fn read_until(
+    stream: &mut reqwest::Response,
+    secs: u64,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done(&text) && Instant::now() < deadline {
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    text
+}
+
 fn csrf_of(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
     page[at..at + 64].to_owned()
@@ -340,18 +359,11 @@ async fn the_live_overview_sends_changed_rows() {
             .send(&crate::harness::Batch::new("live1", key, 1))
             .await;
     assert_eq!(status, 200);
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !(text.contains("class=\"status up\">up<")
-        && text.contains("<span>1 node</span><span class=\"status up\">1 up"))
-        && Instant::now() < deadline
-    {
-        if let Ok(Ok(Some(chunk))) =
-            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
-        {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
+    let text = read_until(&mut stream, 15, |text| {
+        text.contains("class=\"status up\">up<")
+            && text.contains("<span>1 node</span><span class=\"status up\">1 up")
+    })
+    .await;
     assert!(text.contains("event: replace"), "{text}");
     assert!(text.contains("<tr id=\"node-live1\">"), "{text}");
     assert!(text.contains("class=\"status up\">up<"), "{text}");
@@ -384,17 +396,10 @@ async fn a_reconnecting_live_page_gets_every_row_again() {
         .send()
         .await
         .unwrap();
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(text.contains("node-r1") && text.contains("node-r2") && text.contains("id=\"counts\""))
-        && Instant::now() < deadline
-    {
-        if let Ok(Ok(Some(chunk))) =
-            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
-        {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
+    let text = read_until(&mut stream, 10, |text| {
+        text.contains("node-r1") && text.contains("node-r2") && text.contains("id=\"counts\"")
+    })
+    .await;
     assert!(
         text.contains("<tr id=\"node-r1\">") && text.contains("<tr id=\"node-r2\">"),
         "{text}"
@@ -429,15 +434,7 @@ async fn a_change_between_the_page_and_its_stream_reaches_the_page() {
             .await;
     assert_eq!(status, 200);
     let mut stream = ui.get(&live, Some(&cookie)).await;
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text.contains("id=\"counts\"") && Instant::now() < deadline {
-        if let Ok(Ok(Some(chunk))) =
-            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
-        {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
+    let text = read_until(&mut stream, 10, |text| text.contains("id=\"counts\"")).await;
     assert!(
         text.contains("<tr id=\"node-late1\">") && text.contains("class=\"status up\">up<"),
         "the row that changed since the page: {text}"
@@ -476,15 +473,7 @@ async fn a_node_leaving_the_status_filter_before_the_stream_reloads_the_page() {
             .await;
     assert_eq!(status, 200);
     let mut stream = ui.get(&live, Some(&cookie)).await;
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text.contains("event: reload") && Instant::now() < deadline {
-        if let Ok(Ok(Some(chunk))) =
-            tokio::time::timeout(Duration::from_secs(1), stream.chunk()).await
-        {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
+    let text = read_until(&mut stream, 10, |text| text.contains("event: reload")).await;
     assert!(text.contains("event: reload"), "{text}");
     ui.c.stop().await;
 }
