@@ -594,7 +594,10 @@ pub fn heartbeat_table(beats: &[crate::heartbeat::Heartbeat], now_ms: i64) -> Ma
                         td { (heartbeat_state(h.state)) " " span.muted { "for " (crate::timefmt::span(h.for_ms)) } }
                         td { (at(h.last_pulse_ms, now_ms)) }
                         td { (at(h.deadline_ms, now_ms)) }
-                        td.wide.muted { "every " (crate::timefmt::span(h.next_in_ms)) " + " (crate::timefmt::span(h.grace_ms)) " grace" }
+                        td.wide.muted {
+                            "every " (crate::timefmt::span(h.next_in_ms))
+                            @if h.grace_ms > 0 { " + " (crate::timefmt::span(h.grace_ms)) " grace" } @else { ", no grace" }
+                        }
                         td.wide.num { (h.pulses) }
                     }
                 }
