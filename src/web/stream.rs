@@ -56,6 +56,20 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A follower's filter for the entries a store search finds (its category, service,
+    /// node, level and text; the time range and paging are the search's own).
+    pub fn of_search(search: &crate::store::events::EventQuery) -> Self {
+        Self {
+            events: search.category == "event",
+            errors: search.category == "error",
+            heartbeats_only: false,
+            service: search.service.clone(),
+            node: search.node.clone(),
+            min_level: search.min_level.unwrap_or(0),
+            text: search.text.as_ref().map(|t| t.to_lowercase()),
+        }
+    }
+
     fn wants(&self, entry: &EventEntry, category: &str) -> bool {
         let kind = match category {
             "error" => self.errors,
@@ -229,9 +243,9 @@ impl Follower {
 
     pub const PAGE: usize = PAGE as usize;
 
-    /// Whether entries read are ready to be handed out (a hole in the ids holds them back).
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+    /// Every id up to this one has been handed out or passed over.
+    pub fn cursor(&self) -> i64 {
+        self.cursor
     }
 
     /// Moves the entries that are certainly in order into `ready`, holding back those after a

@@ -306,17 +306,18 @@ fn quote(text: &str) -> String {
         .unwrap_or_else(|_| text.replace('\0', ""))
 }
 
-/// Refuses a form that another site posted or that lacks this session's token.
-fn guard(headers: &HeaderMap, viewer: &Viewer, csrf: Option<&str>) -> Result<(), session::Refused> {
-    session::same_origin(headers).and_then(|()| viewer.check_csrf(csrf.unwrap_or_default()))
-}
-
-fn draft_of(body: &SendFormBody) -> CommandDraft {
-    CommandDraft {
+/// The draft a posted form holds, once the form is known to be this session's own.
+fn draft_of(
+    headers: &HeaderMap,
+    viewer: &Viewer,
+    body: &SendFormBody,
+) -> Result<CommandDraft, session::Refused> {
+    viewer.check_form(headers, body.csrf.as_deref())?;
+    Ok(CommandDraft {
         targets: body.targets.clone(),
         command: body.command.clone(),
         timeout: body.timeout.clone(),
-    }
+    })
 }
 
 /// A draft checked, and the nodes it reaches; or what to fix, for the form.
@@ -336,10 +337,10 @@ pub async fn confirm(
     headers: HeaderMap,
     Form(body): Form<SendFormBody>,
 ) -> Result<Response, ApiError> {
-    if let Err(refused) = guard(&headers, &viewer, body.csrf.as_deref()) {
-        return Ok(refused.into_response());
-    }
-    let draft = draft_of(&body);
+    let draft = match draft_of(&headers, &viewer, &body) {
+        Ok(draft) => draft,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     match check_and_resolve(&state, &draft).await {
         Ok((checked, nodes)) => {
             let line = fleet_send_line(&checked, &nodes);
@@ -387,10 +388,10 @@ pub async fn send(
     headers: HeaderMap,
     Form(body): Form<SendFormBody>,
 ) -> Result<Response, ApiError> {
-    if let Err(refused) = guard(&headers, &viewer, body.csrf.as_deref()) {
-        return Ok(refused.into_response());
-    }
-    let draft = draft_of(&body);
+    let draft = match draft_of(&headers, &viewer, &body) {
+        Ok(draft) => draft,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     let Some(key) = state.dashboard_key.clone() else {
         return refuse(
             &state,

@@ -319,19 +319,16 @@ async fn log(
     ApiQuery(query): ApiQuery<super::logs::LogQuery>,
     errors: bool,
 ) -> Response {
-    let filter = match log_filter(query.service, query.node, query.level, query.q, errors) {
-        Ok(f) => f,
+    let category = if errors { "error" } else { "event" };
+    let filter = match query.search(category, 1, crate::timefmt::now_ms()) {
+        Ok(search) => Filter::of_search(&search),
         Err(refused) => return refused.into_response(),
     };
     let cursor = match resume_id(&headers) {
         Ok(Some(id)) => id,
-        Ok(None) => match query.after {
-            Some(after) if after >= 0 => after,
-            Some(_) => return ApiError::bad_request("after: an event id").into_response(),
-            None => match state.durable.last_event_id().await {
-                Ok(id) => id,
-                Err(err) => return ApiError::from(err).into_response(),
-            },
+        Ok(None) => match start_after(&state, query.after).await {
+            Ok(id) => id,
+            Err(refused) => return refused.into_response(),
         },
         Err(refused) => return refused.into_response(),
     };
@@ -348,31 +345,14 @@ async fn log(
     )
 }
 
-/// The stream's filter from the page's: the same checks as the API's.
-pub fn log_filter(
-    service: Option<String>,
-    node: Option<String>,
-    level: Option<String>,
-    q: Option<String>,
-    errors: bool,
-) -> Result<Filter, ApiError> {
-    let name = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let q = name(q);
-    if let Some(q) = &q {
-        crate::heartbeat::check_search(q)?;
+/// Where a first connection starts in the log: after `after` (the newest id its page
+/// showed), or, without one, after the newest there is.
+async fn start_after(state: &AppState, after: Option<i64>) -> Result<i64, ApiError> {
+    match after {
+        Some(a) if a >= 0 => Ok(a),
+        Some(_) => Err(ApiError::bad_request("after: an event id")),
+        None => Ok(state.durable.last_event_id().await?),
     }
-    Ok(Filter {
-        events: !errors,
-        errors,
-        heartbeats_only: false,
-        service: name(service),
-        node: name(node),
-        min_level: match name(level) {
-            Some(l) => crate::heartbeat::level_filter(&l)?,
-            None => 0,
-        },
-        text: q.map(|q| q.to_lowercase()),
-    })
 }
 
 struct LiveLog {
@@ -507,13 +487,9 @@ pub async fn node(
             // A first connection starts from what the page showed: the events up to `after`,
             // the records up to `tail`, so whatever was stored while the page loaded still
             // arrives.
-            let event = match query.after {
-                Some(a) if a >= 0 => a,
-                Some(_) => return ApiError::bad_request("after: an event id").into_response(),
-                None => match state.durable.last_event_id().await {
-                    Ok(id) => id,
-                    Err(err) => return ApiError::from(err).into_response(),
-                },
+            let event = match start_after(&state, query.after).await {
+                Ok(id) => id,
+                Err(refused) => return refused.into_response(),
             };
             let tail = match query.tail.as_deref().map(str::trim) {
                 None | Some("") => BTreeMap::new(),
@@ -579,37 +555,26 @@ impl LiveNode {
             }
             self.vitals = Some(key);
         }
-        // New records, oldest first so the newest ends up on top.
-        if let Ok(collectors) =
-            super::node::tail_collectors(&self.state, &self.name, self.only.as_deref()).await
+        // New records, oldest first so the newest ends up on top. A burst of more records
+        // than one read holds shows its newest: the tail is a view of the ring, the store
+        // keeps them all.
+        if let Ok(entries) = super::node::tail(&self.state, &self.name, self.only.as_deref()).await
         {
-            let mut fresh = Vec::new();
-            for collector in &collectors {
-                let Ok(records) = self
-                    .state
-                    .hot
-                    .recent(&self.name, collector, super::node::TAIL_PER_COLLECTOR)
-                    .await
-                else {
-                    continue;
-                };
-                let seen = self.cursor.tail.get(collector.as_str()).copied();
-                let entries: Vec<_> = records
-                    .into_iter()
-                    .map(|r| super::node::TailEntry::of(collector, r))
-                    .collect();
-                // A burst of more records than one read holds shows its newest: the tail is
-                // a view of the ring, the store keeps them all.
-                fresh.extend(
-                    entries
-                        .into_iter()
-                        .filter(|e| seen.is_none_or(|s| e.ts_ms > s)),
-                );
-            }
             // Collectors gone from the ring leave the cursor, so it stays one a reconnect
             // can send back.
-            self.cursor.tail.retain(|c, _| collectors.contains(c));
-            fresh.sort_by_key(|e| e.ts_ms);
+            self.cursor
+                .tail
+                .retain(|c, _| entries.iter().any(|e| &e.collector == c));
+            let fresh: Vec<_> = entries
+                .into_iter()
+                .rev()
+                .filter(|e| {
+                    self.cursor
+                        .tail
+                        .get(&e.collector)
+                        .is_none_or(|seen| e.ts_ms > *seen)
+                })
+                .collect();
             for entry in fresh {
                 let newest = self.cursor.tail.entry(entry.collector.clone()).or_default();
                 *newest = (*newest).max(entry.ts_ms);
@@ -636,6 +601,9 @@ impl LiveNode {
                     .into(),
             );
         }
+        // Every id the follower passed over is behind this stream too: the ids of the events
+        // sent from now on say so, and a reconnect does not read the others' events again.
+        self.cursor.event = self.follower.cursor();
     }
 }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::pages;
 use super::session::Viewer;
+use crate::store::events::EventQuery;
 use crate::web::error::ApiError;
 use crate::web::heartbeats::{EventsQuery, event_search};
 use crate::web::{ApiQuery, AppState};
@@ -31,6 +32,53 @@ pub struct LogQuery {
     pub before: Option<i64>,
     /// A live stream starts after this id (the newest its page showed).
     pub after: Option<i64>,
+}
+
+impl LogQuery {
+    /// The store's search for these filters: the API's checks ([`event_search`]).
+    pub fn search(
+        &self,
+        category: &'static str,
+        limit: i64,
+        now: i64,
+    ) -> Result<EventQuery, ApiError> {
+        event_search(
+            EventsQuery {
+                service: self.service.clone(),
+                node: self.node.clone(),
+                level: self.level.clone(),
+                from: self.from.clone(),
+                to: self.to.clone(),
+                q: self.q.clone(),
+                limit: Some(limit),
+                before: self.before,
+            },
+            category,
+            now,
+        )
+    }
+
+    /// The filters as typed, as a query string (without `?`): for the live stream and the
+    /// next page. Empty fields are left out; so are the paging ids.
+    pub fn filter_query(&self) -> String {
+        let mut url = reqwest::Url::parse("http://q.invalid/").expect("a literal URL");
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in [
+                ("service", &self.service),
+                ("node", &self.node),
+                ("level", &self.level),
+                ("q", &self.q),
+                ("from", &self.from),
+                ("to", &self.to),
+            ] {
+                if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                    q.append_pair(k, v);
+                }
+            }
+        }
+        url.query().unwrap_or_default().to_owned()
+    }
 }
 
 /// `GET /events?service=&node=&level=&q=&from=&to=&before=`
@@ -57,30 +105,8 @@ async fn log_page(
     ApiQuery(query): ApiQuery<LogQuery>,
     errors: bool,
 ) -> Result<Response, ApiError> {
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let filters = pages::EventFilters {
-        service: text(&query.service),
-        node: text(&query.node),
-        level: text(&query.level),
-        q: text(&query.q),
-        from: text(&query.from),
-        to: text(&query.to),
-    };
     let now = crate::timefmt::now_ms();
-    let search = event_search(
-        EventsQuery {
-            service: query.service,
-            node: query.node,
-            level: query.level,
-            from: query.from,
-            to: query.to,
-            q: query.q,
-            limit: Some(PAGE),
-            before: query.before,
-        },
-        if errors { "error" } else { "event" },
-        now,
-    )?;
+    let search = query.search(if errors { "error" } else { "event" }, PAGE, now)?;
     // Read before the page's entries: whatever commits after it reaches the page live.
     let latest_id = state.durable.last_event_id().await?;
     let entries = state.durable.events(&search).await?;
@@ -97,7 +123,7 @@ async fn log_page(
         pages::events_page(
             (&viewer.who, &viewer.csrf),
             errors,
-            &filters,
+            &query,
             &entries,
             next_before,
             latest_id,

@@ -204,9 +204,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = session::same_origin(&headers)
-        .and_then(|()| viewer.check_csrf(form.csrf.as_deref().unwrap_or_default()))
-    {
+    if let Err(refused) = viewer.check_form(&headers, form.csrf.as_deref()) {
         return refused.into_response();
     }
     if let Err(err) = state.durable.delete_session(viewer.id_hash()).await {

@@ -160,49 +160,54 @@ async fn charts(
     let from = now - range.ms();
     let bucket = range.ms() / CHART_POINTS;
     let gap = gap_ms(bucket, interval_ms);
-    let mut out = Vec::with_capacity(CHARTS.len());
-    for spec in &CHARTS {
-        // The chart's series, in the spec's order, loopback interfaces left out (always idle
-        // or always busy, never what an operator looks for).
-        let chosen: Vec<(&Series, &str)> = spec
-            .metrics
-            .iter()
-            .flat_map(|(name, word)| {
-                all.iter()
-                    .filter(move |s| s.name == *name)
-                    .filter(|s| s.labels.get("interface").is_none_or(|i| i != "lo"))
-                    .map(move |s| (s, *word))
-            })
-            .take(LINES_MAX)
-            .collect();
-        let mut lines: Vec<Line> = Vec::with_capacity(chosen.len());
-        // One read per collector for all of the chart's series in it.
-        let mut collectors: Vec<&str> = chosen.iter().map(|(s, _)| s.collector.as_str()).collect();
-        collectors.dedup();
-        let mut points_of: std::collections::HashMap<i64, Vec<(i64, f64)>> = Default::default();
-        for collector in collectors {
-            let ids: Vec<i64> = chosen
+    // Each chart's series, in the spec's order, loopback interfaces left out (always idle or
+    // always busy, never what an operator looks for).
+    let chosen: Vec<Vec<(&Series, &str)>> = CHARTS
+        .iter()
+        .map(|spec| {
+            spec.metrics
                 .iter()
-                .filter(|(s, _)| s.collector == collector)
-                .map(|(s, _)| s.id)
-                .collect();
-            let lists = state
-                .durable
-                .points_thinned(node, collector, &ids, from, now, bucket)
-                .await?;
-            points_of.extend(ids.into_iter().zip(lists));
-        }
-        for (series, word) in &chosen {
-            lines.push(Line {
-                label: line_label(word, series),
-                points: points_of.remove(&series.id).unwrap_or_default(),
-            });
-        }
-        out.push(chart::line_chart(
-            spec.id, spec.title, spec.unit, from, now, gap, &lines,
-        ));
+                .flat_map(|(name, word)| {
+                    all.iter()
+                        .filter(move |s| s.name == *name)
+                        .filter(|s| s.labels.get("interface").is_none_or(|i| i != "lo"))
+                        .map(move |s| (s, *word))
+                })
+                .take(LINES_MAX)
+                .collect()
+        })
+        .collect();
+    // One read per collector for every chart's series in it: CPU, memory, swap and load all
+    // come from `system`, which is read once.
+    let mut by_collector: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    for (series, _) in chosen.iter().flatten() {
+        by_collector
+            .entry(series.collector.as_str())
+            .or_default()
+            .push(series.id);
     }
-    Ok(out)
+    let mut points_of: std::collections::HashMap<i64, Vec<(i64, f64)>> = Default::default();
+    for (collector, ids) in by_collector {
+        let lists = state
+            .durable
+            .points_thinned(node, collector, &ids, from, now, bucket)
+            .await?;
+        points_of.extend(ids.into_iter().zip(lists));
+    }
+    Ok(CHARTS
+        .iter()
+        .zip(&chosen)
+        .map(|(spec, lines)| {
+            let lines: Vec<Line> = lines
+                .iter()
+                .map(|(series, word)| Line {
+                    label: line_label(word, series),
+                    points: points_of.get(&series.id).cloned().unwrap_or_default(),
+                })
+                .collect();
+            chart::line_chart(spec.id, spec.title, spec.unit, from, now, gap, &lines)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -306,7 +311,7 @@ pub async fn node_page(
 }
 
 /// The collectors of the node's tail: all that have a ring, or just `only`.
-pub async fn tail_collectors(
+async fn tail_collectors(
     state: &AppState,
     node: &str,
     only: Option<&str>,

@@ -526,13 +526,13 @@ fn output_tail(text: &str) -> String {
 /// One command with its result: a row replaced live as its state changes.
 pub fn command_row(c: &crate::store::commands::CommandRecord, now_ms: i64) -> Markup {
     let created = crate::timefmt::parse_time(&c.created_at, now_ms).ok();
-    let line = std::iter::once(c.method.as_str().to_owned())
-        .chain(c.args.iter().cloned())
-        .collect::<Vec<_>>();
-    let what = if c.method == crate::command::Method::CliCommand {
-        shlex::try_join(c.args.iter().map(String::as_str)).unwrap_or_else(|_| c.args.join(" "))
-    } else {
-        line.join(" ")
+    // A program as a shell would read it; another method by name, then its arguments.
+    let args =
+        shlex::try_join(c.args.iter().map(String::as_str)).unwrap_or_else(|_| c.args.join(" "));
+    let what = match c.method {
+        crate::command::Method::CliCommand => args,
+        method if args.is_empty() => method.as_str().to_owned(),
+        method => format!("{} {args}", method.as_str()),
     };
     html! {
         tr id={ "cmd-" (c.id) } data-state=(c.state.as_str()) {
@@ -748,45 +748,11 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
     )
 }
 
-/// The event page's filters, as typed (the form shows them again).
-#[derive(Default)]
-pub struct EventFilters {
-    pub service: String,
-    pub node: String,
-    pub level: String,
-    pub q: String,
-    pub from: String,
-    pub to: String,
-}
-
-impl EventFilters {
-    /// The filters as a query string (without `?`), for the live stream and the next page.
-    pub fn query(&self) -> String {
-        let mut url = reqwest::Url::parse("http://q.invalid/").expect("a literal URL");
-        {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in [
-                ("service", &self.service),
-                ("node", &self.node),
-                ("level", &self.level),
-                ("q", &self.q),
-                ("from", &self.from),
-                ("to", &self.to),
-            ] {
-                if !v.is_empty() {
-                    q.append_pair(k, v);
-                }
-            }
-        }
-        url.query().unwrap_or_default().to_owned()
-    }
-}
-
 /// `/events` (and, with `errors`, `/errors`): the log, newest first, live.
 pub fn events_page(
     viewer: (&str, &str),
     errors: bool,
-    filters: &EventFilters,
+    filters: &super::logs::LogQuery,
     entries: &[crate::store::events::EventEntry],
     next_before: Option<i64>,
     latest_id: Option<i64>,
@@ -797,11 +763,12 @@ pub fn events_page(
     } else {
         ("Events", "/events")
     };
-    let query = filters.query();
+    let query = filters.filter_query();
+    let typed = |v: &Option<String>| v.clone().unwrap_or_default();
     // Filtered up to a time, or a page of older entries, the page is a window into the past:
     // nothing new belongs in it.
     let live = latest_id
-        .filter(|_| filters.to.is_empty())
+        .filter(|_| typed(&filters.to).is_empty())
         .map(|latest_id| {
             format!(
                 "/live/{}?{}{}after={latest_id}",
@@ -819,20 +786,20 @@ pub fn events_page(
                 p.muted { "The central error log: commands that failed, refusals, and what nodes report as errors." }
             }
             form.filters method="get" action=(path) {
-                label { "Node " input type="text" name="node" value=(filters.node) size="12"; }
+                label { "Node " input type="text" name="node" value=(typed(&filters.node)) size="12"; }
                 @if !errors {
-                    label { "Service " input type="text" name="service" value=(filters.service) size="12"; }
+                    label { "Service " input type="text" name="service" value=(typed(&filters.service)) size="12"; }
                     label { "Level at least "
                         select name="level" {
                             option value="" { "any" }
                             @for name in crate::heartbeat::LEVELS {
-                                option value=(name) selected[filters.level == name] { (name) }
+                                option value=(name) selected[filters.level.as_deref() == Some(name)] { (name) }
                             }
                         }
                     }
-                    label { "Text " input type="search" name="q" value=(filters.q) size="16"; }
-                    label { "From " input type="text" name="from" value=(filters.from) placeholder="-1h" size="10"; }
-                    label { "To " input type="text" name="to" value=(filters.to) placeholder="now" size="10"; }
+                    label { "Text " input type="search" name="q" value=(typed(&filters.q)) size="16"; }
+                    label { "From " input type="text" name="from" value=(typed(&filters.from)) placeholder="-1h" size="10"; }
+                    label { "To " input type="text" name="to" value=(typed(&filters.to)) placeholder="now" size="10"; }
                 }
                 button type="submit" { "Filter" }
             }

@@ -31,6 +31,12 @@ impl Viewer {
         &self.id_hash
     }
 
+    /// Refuses a state-changing form that another site posted or that lacks this session's
+    /// CSRF token: every such form of the dashboard passes here.
+    pub fn check_form(&self, headers: &HeaderMap, csrf: Option<&str>) -> Result<(), Refused> {
+        same_origin(headers).and_then(|()| self.check_csrf(csrf.unwrap_or_default()))
+    }
+
     /// Refuses a form without this session's CSRF token.
     pub fn check_csrf(&self, given: &str) -> Result<(), Refused> {
         if given.len() == self.csrf.len()
