@@ -31,6 +31,10 @@ pub mod limits {
     /// (a request id as a label value, say) must not grow the store without end. Samples of
     /// series past the limit are dropped and counted.
     pub const SERIES_PER_NODE_MAX: usize = 10_000;
+    /// Largest item an app (the agent's socket) or a MassAffect agent may send, as JSON.
+    pub const ITEM_BYTES_MAX: usize = 64 * 1024;
+    /// Most samples taken from one item's `metrics`; the rest are left in its document.
+    pub const ITEM_SAMPLES_MAX: usize = 256;
 }
 
 /// Why a name or a value was refused. The message names the offending field.
@@ -229,6 +233,118 @@ pub struct Record {
     pub data: serde_json::Value,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
+}
+
+/// Collector names an item may not claim: the agent's own collectors, whose records the
+/// dashboard and the vitals trust to come from the agent.
+pub const RESERVED_COLLECTORS: [&str; 4] = ["system", "disk", "network", "processes"];
+
+impl Record {
+    /// A record from an item as apps (the agent's socket) and MassAffect agents send it: a JSON
+    /// object with a `collector` name, an optional `ts` and any other keys.
+    ///
+    /// - `ts` is epoch seconds (MassAffect's form, fractions allowed) or, from 10^11 up (the
+    ///   year 5138 in seconds), milliseconds (`Date.now()`); absent, the item is stamped
+    ///   `received_ms`.
+    /// - The document is the item without `collector` and `ts`.
+    /// - Numbers under `metrics` (nested objects joined with `.`) become samples named
+    ///   `<collector>.<path>`, up to [`limits::ITEM_SAMPLES_MAX`]; keys that make no valid metric
+    ///   name stay in the document only.
+    ///
+    /// `reserved` lists collector names the caller refuses (see [`RESERVED_COLLECTORS`]).
+    pub fn from_item(
+        item: serde_json::Value,
+        received_ms: i64,
+        reserved: &[&str],
+    ) -> Result<Record, InvalidInput> {
+        let serde_json::Value::Object(mut fields) = item else {
+            return Err(InvalidInput::new(
+                "item",
+                "must be a JSON object with a \"collector\" key",
+            ));
+        };
+        let collector = match fields.remove("collector") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(_) => return Err(InvalidInput::new("collector", "must be a string")),
+            None => {
+                return Err(InvalidInput::new(
+                    "collector",
+                    "is missing; every item names its collector",
+                ));
+            }
+        };
+        check_collector_name("collector", &collector)?;
+        if reserved.contains(&collector.as_str()) {
+            return Err(InvalidInput::new(
+                "collector",
+                format!("{collector:?} is the agent's own; name yours differently"),
+            ));
+        }
+        let ts = match fields.remove("ts") {
+            None | Some(serde_json::Value::Null) => received_ms,
+            Some(serde_json::Value::Number(n)) => {
+                let value = n.as_f64().unwrap_or(-1.0);
+                if !(value.is_finite() && value >= 0.0 && value < 1e15) {
+                    return Err(InvalidInput::new(
+                        "ts",
+                        "must be seconds (or milliseconds) since the Unix epoch",
+                    ));
+                }
+                if value >= 1e11 {
+                    value as i64
+                } else {
+                    (value * 1000.0).round() as i64
+                }
+            }
+            Some(_) => {
+                return Err(InvalidInput::new(
+                    "ts",
+                    "must be a number of seconds since the Unix epoch",
+                ));
+            }
+        };
+        let mut samples = Vec::new();
+        if let Some(metrics) = fields.get("metrics") {
+            let mut path = collector.clone();
+            collect_samples(metrics, &mut path, 0, &mut samples);
+        }
+        Ok(Record {
+            collector,
+            ts,
+            data: serde_json::Value::Object(fields),
+            samples,
+        })
+    }
+}
+
+/// Walks `value` depth-first, pushing each number as a sample named by its path.
+fn collect_samples(
+    value: &serde_json::Value,
+    path: &mut String,
+    depth: usize,
+    out: &mut Vec<Sample>,
+) {
+    const DEPTH_MAX: usize = 4;
+    match value {
+        serde_json::Value::Number(n) if depth > 0 => {
+            if out.len() < limits::ITEM_SAMPLES_MAX
+                && let Some(v) = n.as_f64().filter(|v| v.is_finite())
+                && check_metric_name("metrics", path).is_ok()
+            {
+                out.push(Sample::new(path.clone(), v));
+            }
+        }
+        serde_json::Value::Object(map) if depth < DEPTH_MAX => {
+            for (key, child) in map {
+                let len = path.len();
+                path.push('.');
+                path.push_str(key);
+                collect_samples(child, path, depth + 1, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The body of a batch on the wire (see docs/wire.md), before compression.
@@ -502,6 +618,53 @@ mod tests {
             NodeState::of(Some(now - 40_000), 60_000, now, stale, down),
             NodeState::Up
         );
+    }
+
+    #[test]
+    fn items_become_records() {
+        use serde_json::json;
+        let item = json!({"collector": "wordpress", "ts": 1700000000.5, "site": "blog",
+            "metrics": {"users": 12, "cache": {"hits": 3, "ratio": 0.5}, "bad key": 1, "name": "x"}});
+        let record = Record::from_item(item, 99, &RESERVED_COLLECTORS).unwrap();
+        assert_eq!(record.collector, "wordpress");
+        assert_eq!(record.ts, 1_700_000_000_500);
+        assert_eq!(record.data["site"], "blog");
+        assert!(record.data.get("collector").is_none());
+        let names: Vec<_> = record
+            .samples
+            .iter()
+            .map(|s| (s.name.as_str(), s.value))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("wordpress.cache.hits", 3.0),
+                ("wordpress.cache.ratio", 0.5),
+                ("wordpress.users", 12.0)
+            ]
+        );
+        // Milliseconds are told from seconds; no ts means the time it came.
+        let ms =
+            Record::from_item(json!({"collector": "app", "ts": 1700000000123i64}), 1, &[]).unwrap();
+        assert_eq!(ms.ts, 1_700_000_000_123);
+        assert_eq!(
+            Record::from_item(json!({"collector": "app"}), 42, &[])
+                .unwrap()
+                .ts,
+            42
+        );
+        for (bad, field) in [
+            (json!([1]), "item"),
+            (json!({"x": 1}), "collector"),
+            (json!({"collector": 5}), "collector"),
+            (json!({"collector": "a b"}), "collector"),
+            (json!({"collector": "system"}), "collector"),
+            (json!({"collector": "app", "ts": "today"}), "ts"),
+            (json!({"collector": "app", "ts": -1}), "ts"),
+        ] {
+            let err = Record::from_item(bad.clone(), 1, &RESERVED_COLLECTORS).unwrap_err();
+            assert_eq!(err.field, field, "{bad}");
+        }
     }
 
     #[test]
