@@ -167,6 +167,9 @@ struct AgentArgs {
     /// Send telemetry over NATS too (needs --nats-url).
     #[arg(long)]
     nats_telemetry: bool,
+    /// Name of the abstract app socket apps write to (`@NAME`) [default: fleet]; `off` for none.
+    #[arg(long, env = "FLEET_APP_SOCKET")]
+    app_socket: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -386,6 +389,14 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
             if args.nats_telemetry {
                 config.nats.telemetry = true;
+            }
+            match args.app_socket.as_deref() {
+                Some("off") => config.app_socket.name.clear(),
+                Some(name) => config.app_socket.name = name.to_owned(),
+                None => {}
+            }
+            if config.app_socket.name.is_empty() && config.app_socket.path.is_none() {
+                config.app_socket.enabled = false;
             }
             fleet::modes::agent::run(config, shutdown_on_signals()).await?
         }

@@ -235,10 +235,6 @@ pub struct Record {
     pub samples: Vec<Sample>,
 }
 
-/// Collector names an item may not claim: the agent's own collectors, whose records the
-/// dashboard and the vitals trust to come from the agent.
-pub const RESERVED_COLLECTORS: [&str; 4] = ["system", "disk", "network", "processes"];
-
 impl Record {
     /// A record from an item as apps (the agent's socket) and MassAffect agents send it: a JSON
     /// object with a `collector` name, an optional `ts` and any other keys.
@@ -251,7 +247,7 @@ impl Record {
     ///   `<collector>.<path>`, up to [`limits::ITEM_SAMPLES_MAX`]; keys that make no valid metric
     ///   name stay in the document only.
     ///
-    /// `reserved` lists collector names the caller refuses (see [`RESERVED_COLLECTORS`]).
+    /// `reserved` lists collector names the caller refuses (the app socket: the agent's own).
     pub fn from_item(
         item: serde_json::Value,
         received_ms: i64,
@@ -625,7 +621,7 @@ mod tests {
         use serde_json::json;
         let item = json!({"collector": "wordpress", "ts": 1700000000.5, "site": "blog",
             "metrics": {"users": 12, "cache": {"hits": 3, "ratio": 0.5}, "bad key": 1, "name": "x"}});
-        let record = Record::from_item(item, 99, &RESERVED_COLLECTORS).unwrap();
+        let record = Record::from_item(item, 99, &["system"]).unwrap();
         assert_eq!(record.collector, "wordpress");
         assert_eq!(record.ts, 1_700_000_000_500);
         assert_eq!(record.data["site"], "blog");
@@ -662,7 +658,7 @@ mod tests {
             (json!({"collector": "app", "ts": "today"}), "ts"),
             (json!({"collector": "app", "ts": -1}), "ts"),
         ] {
-            let err = Record::from_item(bad.clone(), 1, &RESERVED_COLLECTORS).unwrap_err();
+            let err = Record::from_item(bad.clone(), 1, &["system"]).unwrap_err();
             assert_eq!(err.field, field, "{bad}");
         }
     }

@@ -109,6 +109,43 @@ fn agent_message(mac: &mut Hmac<Sha256>, node: &str, what: &str, timestamp_ms: i
     mac.update(body);
 }
 
+/// Largest records array one spooled batch holds, as JSON: well under the controller's default
+/// limits (1 MiB as sent, 8 MiB inflated) even for text that does not compress.
+pub const BATCH_RECORDS_BYTES_MAX: usize = 768 * 1024;
+
+/// Packs one tick's records into as few records arrays (JSON, ready to spool) as the limits
+/// allow: at most [`limits::RECORDS_PER_BATCH_MAX`](crate::model::limits) records,
+/// [`SAMPLES_PER_BATCH_MAX`](crate::model::limits) samples and `bytes_max` bytes each. A record
+/// larger than `bytes_max` on its own still goes, alone: sources bound their records' size.
+pub fn pack_records(records: &[crate::model::Record], bytes_max: usize) -> Vec<Vec<u8>> {
+    use crate::model::limits;
+    let mut batches = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let (mut count, mut samples) = (0usize, 0usize);
+    let mut one = Vec::new();
+    for record in records {
+        one.clear();
+        serde_json::to_writer(&mut one, record).expect("records serialise");
+        let full = count + 1 > limits::RECORDS_PER_BATCH_MAX
+            || samples + record.samples.len() > limits::SAMPLES_PER_BATCH_MAX
+            || current.len() + one.len() + 2 > bytes_max;
+        if count > 0 && full {
+            current.push(b']');
+            batches.push(std::mem::take(&mut current));
+            (count, samples) = (0, 0);
+        }
+        current.push(if count == 0 { b'[' } else { b',' });
+        current.extend_from_slice(&one);
+        count += 1;
+        samples += record.samples.len();
+    }
+    if count > 0 {
+        current.push(b']');
+        batches.push(current);
+    }
+    batches
+}
+
 /// The body for a spooled batch: the records, wrapped with what is known at send time.
 pub fn frame(interval_ms: u64, records_json: &[u8], dropped_batches: u64) -> Vec<u8> {
     let mut body = Vec::with_capacity(records_json.len() + 64);
@@ -237,6 +274,47 @@ pub fn valid_instance(instance: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tick_is_packed_into_batches_within_the_limits() {
+        use crate::model::{Record, Sample, limits};
+        let record = |n: usize, samples: usize| Record {
+            collector: "logs.app".into(),
+            ts: n as i64,
+            data: serde_json::json!({ "line": "x".repeat(100) }),
+            samples: (0..samples)
+                .map(|i| Sample::new(format!("m{i}"), 1.0))
+                .collect(),
+        };
+        let records: Vec<_> = (0..2_500).map(|n| record(n, 0)).collect();
+        let batches = pack_records(&records, usize::MAX);
+        let counts: Vec<usize> = batches
+            .iter()
+            .map(|b| serde_json::from_slice::<Vec<Record>>(b).unwrap().len())
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                limits::RECORDS_PER_BATCH_MAX,
+                limits::RECORDS_PER_BATCH_MAX,
+                500
+            ]
+        );
+        let batches = pack_records(&records[..100], 4_000);
+        assert!(batches.iter().all(|b| b.len() <= 4_000), "bytes bound kept");
+        let back: Vec<Record> = batches
+            .iter()
+            .flat_map(|b| serde_json::from_slice::<Vec<Record>>(b).unwrap())
+            .collect();
+        assert_eq!(back, records[..100], "nothing lost or reordered");
+        let heavy: Vec<_> = (0..3).map(|n| record(n, 15_000)).collect();
+        assert_eq!(
+            pack_records(&heavy, usize::MAX).len(),
+            3,
+            "samples bound kept"
+        );
+        assert!(pack_records(&[], 10).is_empty());
+    }
 
     fn headers() -> BatchHeaders {
         BatchHeaders {

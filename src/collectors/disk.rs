@@ -329,7 +329,7 @@ fn statfs(mount_point: &str) -> Option<FsStats> {
 }
 
 impl Collector for DiskCollector {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "disk"
     }
 
@@ -418,7 +418,11 @@ impl Collector for DiskCollector {
         self.devices.retain(|_, state| state.seen == run);
 
         let data = serde_json::json!({ "mounts": mounts, "devices": devices });
-        Ok(Collected { data, samples })
+        Ok(Collected {
+            data,
+            samples,
+            ..Default::default()
+        })
     }
 }
 

@@ -1,14 +1,27 @@
-//! What the agent measures: one file per collector, all behind [`Collector`].
+//! What the agent measures: one file per source.
 //!
-//! A collector turns the host's state into one [`Record`] per run: a JSON document (kept in the
-//! hot ring, shown live) and numeric [`Sample`]s (kept as history). Collectors only measure: they
-//! must never send, spool or sign anything (that is `bus/`), and never block for long (they read
-//! `/proc` and `statvfs`, nothing over the network).
+//! Three shapes of source, each ending in [`Record`]s (a JSON document kept in the hot ring and
+//! shown live, and numeric [`Sample`]s kept as history):
+//! - a [`Collector`] is polled on its interval in a blocking thread: the host's figures from
+//!   `/proc` and `statvfs` (`system`, `disk`, `network`, `processes`) and the log tail (`logs`),
+//!   which reads files;
+//! - a [`Probe`] is awaited on its interval: proof-of-life checks and nginx `stub_status`
+//!   (`checks`), Nagios-style plugins (`plugins`), which wait on sockets and processes;
+//! - the app socket (`app_socket`) takes what local apps write to it.
 //!
-//! Adding a collector touches its own file and one line in [`CollectorKind`].
+//! Probes and the app socket hand their records to the [`Inbox`]; the agent drains it into each
+//! tick's batches with the collectors' records. Sources only measure: they must never send,
+//! spool or sign anything (that is `bus/`), and every wait they do has a timeout.
+//!
+//! Adding a host collector touches its own file and one line in [`CollectorKind`].
 
+pub mod access_log;
+pub mod app_socket;
+pub mod checks;
 pub mod disk;
+pub mod logs;
 pub mod network;
+pub mod plugins;
 pub mod processes;
 pub mod system;
 
@@ -18,21 +31,152 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Record, Sample};
 
-/// What one run of a collector produced, before it is stamped with its collector name and time.
+/// What one run of a source produced, before it is stamped with its name and time.
 #[derive(Debug, Default)]
 pub struct Collected {
     pub data: serde_json::Value,
     pub samples: Vec<Sample>,
+    /// Further records, each with its own collector name and time (the log lines a tail read).
+    pub records: Vec<Record>,
 }
 
-/// A source of measurements on the local host.
+impl Collected {
+    /// The records of one run: the source's own (stamped `name`, `ts_ms`), then the further ones.
+    pub fn into_records(self, name: &str, ts_ms: i64) -> Vec<Record> {
+        let mut out = Vec::with_capacity(1 + self.records.len());
+        out.push(Record {
+            collector: name.to_owned(),
+            ts: ts_ms,
+            data: self.data,
+            samples: self.samples,
+        });
+        out.extend(self.records);
+        out
+    }
+}
+
+/// A source polled on the agent's tick, in a blocking thread: it may read files, never wait on
+/// the network.
 pub trait Collector: Send {
-    /// The name records carry (`system`, `disk`, …).
-    fn name(&self) -> &'static str;
+    /// The name its records carry (`system`, `disk`, `tail.nginx`, …).
+    fn name(&self) -> &str;
 
     /// Measures once. Rates (bytes/s, CPU %) are computed against the previous call, so the
     /// first call may report only totals; it must still succeed.
     fn collect(&mut self) -> anyhow::Result<Collected>;
+
+    /// Called once the records of the last run are durably spooled: a source that keeps a
+    /// position (the log tail's state file) saves it here, so a crash before the spool write
+    /// rereads rather than skips.
+    fn committed(&mut self) {}
+}
+
+/// A source that waits (on a socket, a process), awaited on its own interval.
+pub trait Probe: Send {
+    /// The name its records carry (`check`, `plugin`, `nginx`).
+    fn name(&self) -> &str;
+
+    /// Measures once; must end within its own timeout.
+    fn probe(&mut self) -> futures::future::BoxFuture<'_, anyhow::Result<Collected>>;
+}
+
+/// Runs `probe` every `interval` until `stop`, handing each result to `inbox`.
+pub async fn run_probe(
+    mut probe: Box<dyn Probe>,
+    interval: Duration,
+    inbox: std::sync::Arc<Inbox>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let ts = crate::timefmt::now_ms();
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = probe.probe() => result,
+        };
+        match result {
+            Ok(collected) => {
+                let records = collected.into_records(probe.name(), ts);
+                if let Err(full) = inbox.offer(records) {
+                    tracing::warn!(probe = probe.name(), cause = %full, "probe result not kept");
+                }
+            }
+            Err(err) => tracing::warn!(probe = probe.name(), cause = %err, "probe failed"),
+        }
+    }
+}
+
+/// Records from probes and the app socket waiting for the next tick's batches. Bounded in
+/// records and bytes: an offer that does not fit is refused whole, so its sender can say so
+/// (the app socket answers the client) instead of anything being dropped unseen.
+pub struct Inbox {
+    queue: std::sync::Mutex<(Vec<Record>, usize)>,
+    records_max: usize,
+    bytes_max: usize,
+}
+
+/// The inbox could not take an offer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the agent's inbox is full ({records} records, {bytes} bytes waiting for the next batch); retry in a few seconds"
+)]
+pub struct InboxFull {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl Inbox {
+    pub fn new(records_max: usize, bytes_max: usize) -> Self {
+        Self {
+            queue: std::sync::Mutex::new((Vec::new(), 0)),
+            records_max,
+            bytes_max,
+        }
+    }
+
+    /// Takes all of `records` or none. Their size is counted as their JSON.
+    pub fn offer(&self, records: Vec<Record>) -> Result<(), InboxFull> {
+        let bytes: usize = records.iter().map(record_size).sum();
+        let mut queue = self.queue.lock().expect("inbox lock poisoned");
+        if queue.0.len() + records.len() > self.records_max || queue.1 + bytes > self.bytes_max {
+            return Err(InboxFull {
+                records: queue.0.len(),
+                bytes: queue.1,
+            });
+        }
+        queue.0.extend(records);
+        queue.1 += bytes;
+        Ok(())
+    }
+
+    /// Everything waiting, oldest first.
+    pub fn drain(&self) -> Vec<Record> {
+        let mut queue = self.queue.lock().expect("inbox lock poisoned");
+        queue.1 = 0;
+        std::mem::take(&mut queue.0)
+    }
+}
+
+/// A record's size as JSON (what it costs in a batch).
+pub fn record_size(record: &Record) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, record).expect("records serialise");
+    counter.0
 }
 
 /// The built-in collectors. `autoload` ones run unless the config disables them.
@@ -68,6 +212,33 @@ impl CollectorKind {
     }
 }
 
+/// Every source `config` asks for: the polled collectors with their schedules, and the probes
+/// with their intervals. Errors name the section that is wrong.
+pub fn build(
+    config: &crate::config::AgentConfig,
+) -> anyhow::Result<(Vec<Scheduled>, Vec<(Box<dyn Probe>, Duration)>)> {
+    let mut collectors: Vec<Scheduled> = config
+        .enabled_collectors()
+        .into_iter()
+        .map(|(kind, interval)| Scheduled::new(kind.build(), interval))
+        .collect();
+    for log in &config.logs {
+        let interval = log.interval.unwrap_or(config.interval);
+        let tail = logs::LogTail::new(log, &config.data_dir, interval)?;
+        collectors.push(Scheduled::new(Box::new(tail), interval));
+    }
+    let mut probes: Vec<(Box<dyn Probe>, Duration)> = Vec::new();
+    for check in &config.checks {
+        let interval = check.interval.unwrap_or(config.interval);
+        probes.push((Box::new(checks::Check::new(check)?), interval));
+    }
+    for plugin in &config.plugins {
+        let interval = plugin.interval.unwrap_or(config.interval);
+        probes.push((Box::new(plugins::Plugin::new(plugin)), interval));
+    }
+    Ok((collectors, probes))
+}
+
 /// A collector with its schedule, as the agent runs it.
 pub struct Scheduled {
     pub collector: Box<dyn Collector>,
@@ -77,9 +248,17 @@ pub struct Scheduled {
 }
 
 impl Scheduled {
-    /// Runs the collector if its interval has passed, returning its record stamped with `ts_ms`.
+    pub fn new(collector: Box<dyn Collector>, interval: Duration) -> Self {
+        Self {
+            collector,
+            interval,
+            last_run: None,
+        }
+    }
+
+    /// Runs the collector if its interval has passed, returning its records stamped with `ts_ms`.
     /// A failing collector is logged and skipped: one broken source must not stop the others.
-    pub fn run_if_due(&mut self, now: std::time::Instant, ts_ms: i64) -> Option<Record> {
+    pub fn run_if_due(&mut self, now: std::time::Instant, ts_ms: i64) -> Option<Vec<Record>> {
         if let Some(last) = self.last_run {
             // Half a tick of slack so a collector whose interval equals the agent's tick is not
             // skipped because this tick fired a few microseconds early.
@@ -88,16 +267,10 @@ impl Scheduled {
             }
         }
         self.last_run = Some(now);
-        let name = self.collector.name();
         match self.collector.collect() {
-            Ok(collected) => Some(Record {
-                collector: name.to_owned(),
-                ts: ts_ms,
-                data: collected.data,
-                samples: collected.samples,
-            }),
+            Ok(collected) => Some(collected.into_records(self.collector.name(), ts_ms)),
             Err(err) => {
-                tracing::warn!(collector = name, cause = %err, "collector failed");
+                tracing::warn!(collector = self.collector.name(), cause = %err, "collector failed");
                 None
             }
         }

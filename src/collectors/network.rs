@@ -122,7 +122,7 @@ impl Default for NetworkCollector {
 }
 
 impl Collector for NetworkCollector {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "network"
     }
 
@@ -219,7 +219,11 @@ impl Collector for NetworkCollector {
         self.previous.retain(|_, prev| prev.seen == run);
 
         let data = serde_json::json!({ "interfaces": interfaces });
-        Ok(Collected { data, samples })
+        Ok(Collected {
+            data,
+            samples,
+            ..Default::default()
+        })
     }
 }
 

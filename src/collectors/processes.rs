@@ -171,7 +171,7 @@ fn pid_of(name: &[u8]) -> Option<u32> {
 }
 
 impl Collector for ProcessesCollector {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "processes"
     }
 
@@ -302,7 +302,11 @@ impl Collector for ProcessesCollector {
             "threads_total": threads,
             "top": top,
         });
-        Ok(Collected { data, samples })
+        Ok(Collected {
+            data,
+            samples,
+            ..Default::default()
+        })
     }
 }
 

@@ -229,7 +229,7 @@ impl Default for SystemCollector {
 }
 
 impl Collector for SystemCollector {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "system"
     }
 
@@ -300,7 +300,11 @@ impl Collector for SystemCollector {
             },
             "uptime_seconds": uptime,
         });
-        Ok(Collected { data, samples })
+        Ok(Collected {
+            data,
+            samples,
+            ..Default::default()
+        })
     }
 }
 

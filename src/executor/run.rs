@@ -103,7 +103,7 @@ fn append_event(path: &Path, level: &str, text: &str) -> std::io::Result<()> {
     file.write_all(line.as_bytes())
 }
 
-async fn run_argv(
+pub(crate) async fn run_argv(
     argv: &[String],
     timeout: Duration,
     max_output: usize,

@@ -14,7 +14,8 @@ use crate::bus::BatchSender;
 use crate::bus::http::{HttpSender, SendOutcome};
 use crate::bus::nats::{NatsBatchSender, NatsCommandSource};
 use crate::bus::spool::Spool;
-use crate::collectors::Scheduled;
+use crate::bus::wire::{BATCH_RECORDS_BYTES_MAX, pack_records};
+use crate::collectors::{Inbox, Scheduled};
 use crate::config::AgentConfig;
 
 /// How long a stopping agent keeps trying to deliver what is spooled.
@@ -96,6 +97,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     ));
 
     let result = collect_loop(&config, &spool, &wake, &shutdown).await;
+    if let Err(err) = &result {
+        // The collectors could not start (a log pattern, a socket in use): stop everything.
+        tracing::error!(cause = %err, "agent cannot collect");
+    }
 
     // Give the sender a moment to deliver what is spooled; whatever is left stays on disk and
     // goes out on the next start.
@@ -121,52 +126,116 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     result
 }
 
+/// Most records, and bytes of them, waiting in the inbox between two ticks.
+const INBOX_RECORDS_MAX: usize = 20_000;
+const INBOX_BYTES_MAX: usize = 32 * 1024 * 1024;
+
 async fn collect_loop(
     config: &AgentConfig,
-    spool: &Mutex<Spool>,
+    spool: &Arc<Mutex<Spool>>,
     wake: &Notify,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut collectors: Vec<Scheduled> = config
-        .enabled_collectors()
-        .into_iter()
-        .map(|(kind, interval)| Scheduled {
-            collector: kind.build(),
+    let (mut collectors, probes) = crate::collectors::build(config)?;
+    let inbox = Arc::new(Inbox::new(INBOX_RECORDS_MAX, INBOX_BYTES_MAX));
+    let sources_stop = shutdown.child_token();
+    let mut sources = Vec::new();
+    if config.app_socket.enabled {
+        sources.extend(crate::collectors::app_socket::start(
+            &config.app_socket,
+            inbox.clone(),
+            sources_stop.clone(),
+        )?);
+    }
+    for (probe, interval) in probes {
+        sources.push(tokio::spawn(crate::collectors::run_probe(
+            probe,
             interval,
-            last_run: None,
-        })
-        .collect();
+            inbox.clone(),
+            sources_stop.clone(),
+        )));
+    }
     let tick = collectors
         .iter()
         .map(|c| c.interval)
         .min()
-        .unwrap_or(config.interval);
+        .unwrap_or(config.interval)
+        .min(config.interval);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buffer = Vec::with_capacity(16 * 1024);
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = ticker.tick() => {}
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
+        if stopping {
+            // What apps and probes handed in since the last tick is spooled, not dropped.
+            sources_stop.cancel();
+            for source in sources.drain(..) {
+                let _ = source.await;
+            }
         }
-        let now = Instant::now();
-        let ts = crate::timefmt::now_ms();
-        let records: Vec<_> = collectors
-            .iter_mut()
-            .filter_map(|c| c.run_if_due(now, ts))
-            .collect();
-        if records.is_empty() {
-            continue;
+        let waiting = inbox.drain();
+        let spool = spool.clone();
+        let due = !stopping;
+        // Collectors read files and /proc, and spooling fsyncs: off the runtime's one thread,
+        // so commands and sending never wait behind a busy log.
+        let (back, spooled) = tokio::task::spawn_blocking(move || {
+            let spooled = tick_once(&mut collectors, waiting, &spool, due);
+            (collectors, spooled)
+        })
+        .await
+        .context("a collector panicked")?;
+        collectors = back;
+        if spooled {
+            wake.notify_one();
         }
-        buffer.clear();
-        serde_json::to_writer(&mut buffer, &records).expect("records serialise");
-        let appended = spool.lock().expect("spool lock poisoned").append(&buffer);
-        match appended {
-            Ok(_) => wake.notify_one(),
-            // A full or broken disk: the batch is lost, and that must be loud.
-            Err(err) => tracing::error!(cause = %err, "cannot spool a batch; it is lost"),
+        if stopping {
+            return Ok(());
         }
     }
+}
+
+/// One tick: runs the due collectors (none when `run_collectors` is false), packs their records
+/// and `waiting` into batches, spools them, and tells the collectors that ran that their
+/// records are durable. Returns whether anything was spooled.
+fn tick_once(
+    collectors: &mut [Scheduled],
+    waiting: Vec<crate::model::Record>,
+    spool: &Mutex<Spool>,
+    run_collectors: bool,
+) -> bool {
+    let now = Instant::now();
+    let ts = crate::timefmt::now_ms();
+    let mut ran = Vec::new();
+    let mut records = Vec::new();
+    if run_collectors {
+        for (i, collector) in collectors.iter_mut().enumerate() {
+            if let Some(produced) = collector.run_if_due(now, ts) {
+                records.extend(produced);
+                ran.push(i);
+            }
+        }
+    }
+    records.extend(waiting);
+    if records.is_empty() {
+        return false;
+    }
+    let mut all_spooled = true;
+    for batch in pack_records(&records, BATCH_RECORDS_BYTES_MAX) {
+        let appended = spool.lock().expect("spool lock poisoned").append(&batch);
+        if let Err(err) = appended {
+            // A full or broken disk: the batch is lost, and that must be loud.
+            tracing::error!(cause = %err, "cannot spool a batch; it is lost");
+            all_spooled = false;
+        }
+    }
+    if all_spooled {
+        for i in ran {
+            collectors[i].collector.committed();
+        }
+    }
+    true
 }
 
 async fn send_loop(

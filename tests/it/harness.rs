@@ -436,6 +436,8 @@ impl Process {
         let child = Command::new(FLEET)
             .args(args)
             .env("FLEET_LOG", "fleet=debug,warn")
+            // Agents in parallel tests must not share the abstract socket `@fleet`.
+            .env("FLEET_APP_SOCKET", unique("fleettest"))
             .env_remove("FLEET_CONFIG")
             .env_remove("FLEET_DATABASE_URL")
             .env_remove("FLEET_REDIS_URL")

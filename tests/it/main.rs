@@ -13,6 +13,7 @@ mod hot;
 mod ingest;
 mod nats;
 mod registry;
+mod sources;
 mod tls;
 mod ui;
 mod ui_pages;

@@ -1,0 +1,373 @@
+//! The app socket: local apps tell the agent things by connecting to a unix socket and writing
+//! JSON. The abstract socket `@fleet` by default (`@massaffect` is what MassAffect's apps
+//! expect), and optionally a filesystem socket whose permissions say who may write.
+//!
+//! A client writes one JSON object, an array of objects, or newline-delimited objects, and
+//! closes (or half-closes and reads the answer). Each item becomes a record through
+//! [`Record::from_item`] (the one rule for items); one JSON value is taken whole or not at all.
+//! The agent answers one line: `{"ok":true,"accepted":N}` at the end, or `{"error":"…",
+//! "accepted":N}` at the first bad value, and then closes, so a client never learns by silence.
+//!
+//! This module must never block the agent: every read waits at most [`IDLE_TIMEOUT`], every
+//! value and connection is bounded, and a full inbox is an answer, not a wait.
+//!
+//! An abstract socket has no file permissions: any process in the host's network namespace may
+//! write to it. Where that is too wide, set `path` (and `mode`) and `name = ""`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::Inbox;
+use crate::config::AppSocketConfig;
+use crate::model::{Record, limits};
+
+/// How long a connection may stay silent before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the answer line may take to write.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most distinct collector names apps may create on one agent: each is a ring in the hot store,
+/// and a client inventing a name per item must not grow that without end.
+pub const APP_COLLECTORS_MAX: usize = 64;
+
+/// Collector names apps may not take: the agent's own.
+pub const RESERVED: [&str; 8] = [
+    "system",
+    "disk",
+    "network",
+    "processes",
+    "check",
+    "plugin",
+    "nginx",
+    "agent",
+];
+
+/// What the listeners share.
+struct Shared {
+    inbox: Arc<Inbox>,
+    value_bytes_max: usize,
+    connections: Arc<tokio::sync::Semaphore>,
+    collectors: Mutex<HashSet<String>>,
+}
+
+/// Binds the configured sockets (an error here is the agent's to report: a name in use means
+/// another agent runs) and serves them until `stop`.
+pub fn start(
+    config: &AppSocketConfig,
+    inbox: Arc<Inbox>,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let shared = Arc::new(Shared {
+        inbox,
+        value_bytes_max: config.max_value_bytes,
+        connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+        collectors: Mutex::new(HashSet::new()),
+    });
+    let mut tasks = Vec::new();
+    if !config.name.is_empty() {
+        let listener = bind_abstract(&config.name)?;
+        tracing::info!(socket = %format!("@{}", config.name), "app socket listening");
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(path) = &config.path {
+        let listener = bind_path(path, config.mode)?;
+        tracing::info!(socket = %path.display(), "app socket listening");
+        tasks.push(tokio::spawn(accept_loop(listener, shared, stop)));
+    }
+    Ok(tasks)
+}
+
+fn bind_abstract(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .with_context(|| format!("@{name} is not a usable abstract socket name"))?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr).with_context(|| {
+        format!(
+            "cannot listen on the app socket @{name}: another agent may be running; set app_socket.name to another name"
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::UnixListener::from_std(listener)?)
+}
+
+fn bind_path(path: &std::path::Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "app_socket.path {} exists and is not a socket; choose another path",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "app_socket.path {} is in use by another process (another agent?)",
+                path.display()
+            );
+        }
+        // A socket nobody listens on is what a stopped agent leaves behind.
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the app socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::UnixListener::from_std(listener)?)
+}
+
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "app socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            let mut stream = stream;
+            tokio::spawn(async move {
+                answer(
+                    &mut stream,
+                    Err("too many app connections at once; retry shortly"),
+                    0,
+                )
+                .await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = serve_connection(stream, &shared) => {}
+            }
+        });
+    }
+}
+
+/// Reads values as they complete, takes each whole or refuses it, and answers once.
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Shared) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut accepted = 0usize;
+    loop {
+        let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let error = format!(
+                    "nothing came for {} s; write the JSON and close",
+                    IDLE_TIMEOUT.as_secs()
+                );
+                refuse(&mut stream, &error, accepted).await;
+                return;
+            }
+        };
+        let at_end = n == 0;
+        pending.extend_from_slice(&chunk[..n]);
+        let (values, malformed) = take_values(&mut pending, at_end, shared.value_bytes_max);
+        for value in values {
+            match shared.accept(value) {
+                Ok(count) => accepted += count,
+                Err(error) => {
+                    refuse(&mut stream, &error, accepted).await;
+                    return;
+                }
+            }
+        }
+        if let Err(error) = malformed {
+            refuse(&mut stream, &error, accepted).await;
+            return;
+        }
+        if at_end {
+            answer(&mut stream, Ok(()), accepted).await;
+            return;
+        }
+    }
+}
+
+impl Shared {
+    /// One JSON value (an item or an array of them) into the inbox, whole or not at all.
+    fn accept(&self, value: serde_json::Value) -> Result<usize, String> {
+        let items = match value {
+            serde_json::Value::Array(items) => {
+                if items.len() > limits::RECORDS_PER_BATCH_MAX {
+                    return Err(format!(
+                        "an array of {} items; at most {} are taken at once",
+                        items.len(),
+                        limits::RECORDS_PER_BATCH_MAX
+                    ));
+                }
+                items
+            }
+            item => vec![item],
+        };
+        let received = crate::timefmt::now_ms();
+        let mut records = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let record = Record::from_item(item, received, &RESERVED)
+                .map_err(|e| format!("item {i}: {e}"))?;
+            let size = super::record_size(&record);
+            if size > limits::ITEM_BYTES_MAX {
+                return Err(format!(
+                    "item {i} is {size} bytes as JSON; at most {} are taken",
+                    limits::ITEM_BYTES_MAX
+                ));
+            }
+            records.push(record);
+        }
+        {
+            let mut known = self.collectors.lock().expect("collectors lock poisoned");
+            let new: HashSet<&str> = records
+                .iter()
+                .map(|r| r.collector.as_str())
+                .filter(|c| !known.contains(*c))
+                .collect();
+            if known.len() + new.len() > APP_COLLECTORS_MAX {
+                return Err(format!(
+                    "apps on this node already use {} collector names, the most allowed; reuse one",
+                    known.len()
+                ));
+            }
+            known.extend(new.into_iter().map(str::to_owned));
+        }
+        let count = records.len();
+        self.inbox.offer(records).map_err(|e| e.to_string())?;
+        Ok(count)
+    }
+}
+
+/// Takes the complete JSON values at the front of `pending`, leaving an incomplete last one
+/// for more bytes (unless `at_end`). Whitespace (newlines) between values is allowed, so a JSON
+/// object, an array and NDJSON all read the same way. The values before a malformed one are
+/// returned with the error, so NDJSON lines before a bad line are kept.
+pub fn take_values(
+    pending: &mut Vec<u8>,
+    at_end: bool,
+    value_bytes_max: usize,
+) -> (Vec<serde_json::Value>, Result<(), String>) {
+    let mut values = Vec::new();
+    let mut stream = serde_json::Deserializer::from_slice(pending).into_iter::<serde_json::Value>();
+    let mut consumed = 0;
+    let mut outcome = Ok(());
+    loop {
+        match stream.next() {
+            Some(Ok(value)) => {
+                if stream.byte_offset() - consumed > value_bytes_max {
+                    outcome = Err(too_large(value_bytes_max));
+                    break;
+                }
+                consumed = stream.byte_offset();
+                values.push(value);
+            }
+            Some(Err(err)) if err.is_eof() && !at_end => break,
+            Some(Err(err)) => {
+                outcome = Err(format!("not JSON: {err}"));
+                break;
+            }
+            None => break,
+        }
+    }
+    pending.drain(..consumed);
+    if outcome.is_ok() && pending.len() > value_bytes_max {
+        outcome = Err(too_large(value_bytes_max));
+    }
+    (values, outcome)
+}
+
+fn too_large(max: usize) -> String {
+    format!("a JSON value is over {max} bytes; send smaller values (one item per line)")
+}
+
+async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, outcome: Result<(), &str>, accepted: usize) {
+    let line = match outcome {
+        Ok(()) => serde_json::json!({ "ok": true, "accepted": accepted }),
+        Err(error) => serde_json::json!({ "error": error, "accepted": accepted }),
+    };
+    let mut bytes = serde_json::to_vec(&line).expect("JSON serialises");
+    bytes.push(b'\n');
+    // A client that closed both ways cannot read it; that is its choice.
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Answers a refusal, then reads and discards what the client is still writing (for a moment,
+/// a bounded amount): closing on unread bytes resets the connection, and the client would
+/// never see why.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: &str, accepted: usize) {
+    answer(stream, Err(error), accepted).await;
+    let mut sink = [0u8; 16 * 1024];
+    let mut left: usize = 64 * 1024 * 1024;
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_arrays_and_ndjson_read_alike() {
+        let mut pending = br#"{"collector":"a"} [{"collector":"b"}]
+{"collector":"c"}
+{"collector":"d","#
+            .to_vec();
+        let (values, outcome) = take_values(&mut pending, false, 1024);
+        assert_eq!(values.len(), 3);
+        assert!(outcome.is_ok());
+        assert_eq!(
+            pending.trim_ascii_start(),
+            br#"{"collector":"d","#,
+            "the incomplete value waits"
+        );
+        let (values, outcome) = take_values(&mut pending, true, 1024);
+        assert!(
+            values.is_empty() && outcome.is_err(),
+            "and at the end it is an error"
+        );
+        let mut garbage = b"{\"collector\":\"ok\"}\n".to_vec();
+        garbage.extend([0xff, 0x00, 0x13, b'{']);
+        let (values, outcome) = take_values(&mut garbage, false, 1024);
+        assert_eq!(values.len(), 1, "what came before the garbage");
+        assert!(outcome.unwrap_err().starts_with("not JSON"));
+        let mut big = format!("[\"{}\"", "x".repeat(2000)).into_bytes();
+        assert!(
+            take_values(&mut big, false, 1024)
+                .1
+                .unwrap_err()
+                .contains("over 1024")
+        );
+    }
+}
