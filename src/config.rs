@@ -5,7 +5,7 @@
 //! This module never starts anything; `modes/` turns these structs into running tasks.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -132,6 +132,88 @@ impl ControllerConfig {
 pub struct CompatConfig {
     /// A second listener speaking watchTower's heartbeat protocol (`web::watchtower`).
     pub watchtower: Option<WatchtowerConfig>,
+    /// `POST /collect` on the API listener, for MassAffect agents (`web::massaffect`).
+    pub massaffect: Option<MassaffectConfig>,
+}
+
+/// The MassAffect route: the secret its agents sign with and the address each sends from. The
+/// map is their enrollment: an address not in it is refused, and what an address sends is
+/// stored under its node name.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MassaffectConfig {
+    /// The shared secret of MassAffect's `x-agent-signature` (HMAC-SHA256 of the body).
+    /// Required and not empty.
+    pub secret: String,
+    /// Source address → node name, e.g. `{ "10.0.0.5" = "web-1" }`.
+    #[serde(default, deserialize_with = "de_agents")]
+    pub agents: BTreeMap<IpAddr, crate::model::NodeName>,
+    /// Largest request body, as sent. Unset: `ingest.max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Largest body after decompression. Unset: `ingest.max_decompressed_bytes`.
+    #[serde(default)]
+    pub max_decompressed_bytes: Option<usize>,
+}
+
+/// Reads the agents map, naming the entry at fault. Keys are canonical (`::ffff:10.0.0.5` is
+/// `10.0.0.5`), as peer addresses are before they are looked up.
+fn de_agents<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<IpAddr, crate::model::NodeName>, D::Error> {
+    use serde::de::Error;
+    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    let mut agents = BTreeMap::new();
+    for (addr, name) in raw {
+        let ip: IpAddr = addr.trim().parse().map_err(|_| {
+            D::Error::custom(format!(
+                "agents: {addr:?} is not an IP address (write one address per agent, e.g. \"10.0.0.5\" = \"web-1\")"
+            ))
+        })?;
+        let node = crate::model::NodeName::parse(&name)
+            .map_err(|e| D::Error::custom(format!("agents.{addr:?}: {name:?}: {e}")))?;
+        if agents.insert(ip.to_canonical(), node).is_some() {
+            return Err(D::Error::custom(format!(
+                "agents: {addr:?} is listed twice (as {})",
+                ip.to_canonical()
+            )));
+        }
+    }
+    Ok(agents)
+}
+
+// By hand, so a logged config never shows the secret.
+impl std::fmt::Debug for MassaffectConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MassaffectConfig")
+            .field("secret", &"<redacted>")
+            .field("agents", &self.agents)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_decompressed_bytes", &self.max_decompressed_bytes)
+            .finish()
+    }
+}
+
+impl MassaffectConfig {
+    /// Checks what serde cannot: a usable secret, at least one agent, limits above zero.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.secret.trim().is_empty() {
+            anyhow::bail!(
+                "compat.massaffect.secret is empty; set it to the secret your MassAffect agents sign with"
+            );
+        }
+        if self.agents.is_empty() {
+            anyhow::bail!(
+                "compat.massaffect.agents is empty; map each agent's address to its node name, e.g. agents = {{ \"10.0.0.5\" = \"web-1\" }}"
+            );
+        }
+        if self.max_body_bytes == Some(0) || self.max_decompressed_bytes == Some(0) {
+            anyhow::bail!(
+                "compat.massaffect: max_body_bytes and max_decompressed_bytes must be above 0"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The watchTower listener: its own address, password and certificate, since its clients are
@@ -964,6 +1046,54 @@ mod tests {
             ..wt
         };
         assert!(half.validate().is_err());
+    }
+
+    #[test]
+    fn the_massaffect_route_is_off_unless_configured_and_then_complete() {
+        let conf: ControllerConfig = toml::from_str("").unwrap();
+        assert!(conf.compat.massaffect.is_none());
+        let conf: ControllerConfig = toml::from_str(
+            "[compat.massaffect]\nsecret = \"s3cret\"\nagents = { \"10.0.0.5\" = \"web-1\", \"::ffff:10.0.0.6\" = \"web-2\" }\n",
+        )
+        .unwrap();
+        let ma = conf.compat.massaffect.unwrap();
+        assert!(ma.validate().is_ok());
+        assert_eq!(
+            ma.agents[&"10.0.0.5".parse::<IpAddr>().unwrap()].as_str(),
+            "web-1"
+        );
+        // IPv4-mapped keys are canonical, like the peer addresses they are compared with.
+        assert_eq!(
+            ma.agents[&"10.0.0.6".parse::<IpAddr>().unwrap()].as_str(),
+            "web-2"
+        );
+        assert!(!format!("{ma:?}").contains("s3cret"));
+        let parse = |text: &str| {
+            toml::from_str::<ControllerConfig>(&format!("[compat.massaffect]\n{text}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = parse("secret = \"x\"\nagents = {}\nport = 3\n");
+        assert!(err.contains("port"), "{err}");
+        let err = parse("agents = { \"10.0.0.5\" = \"web-1\" }\n");
+        assert!(err.contains("secret"), "{err}");
+        let err = parse("secret = \"x\"\nagents = { \"10.0.0.300\" = \"web-1\" }\n");
+        assert!(
+            err.contains("10.0.0.300") && err.contains("not an IP address"),
+            "{err}"
+        );
+        let err = parse("secret = \"x\"\nagents = { \"10.0.0.5\" = \"web 1\" }\n");
+        assert!(err.contains("10.0.0.5") && err.contains("web 1"), "{err}");
+        let empty = MassaffectConfig {
+            secret: " ".into(),
+            ..ma.clone()
+        };
+        assert!(empty.validate().is_err());
+        let nobody = MassaffectConfig {
+            agents: BTreeMap::new(),
+            ..ma
+        };
+        assert!(nobody.validate().is_err());
     }
 
     #[test]

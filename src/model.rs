@@ -280,7 +280,7 @@ impl Record {
             None | Some(serde_json::Value::Null) => received_ms,
             Some(serde_json::Value::Number(n)) => {
                 let value = n.as_f64().unwrap_or(-1.0);
-                if !(value.is_finite() && value >= 0.0 && value < 1e15) {
+                if !(value.is_finite() && (0.0..1e15).contains(&value)) {
                     return Err(InvalidInput::new(
                         "ts",
                         "must be seconds (or milliseconds) since the Unix epoch",
@@ -418,6 +418,9 @@ pub enum NodeSource {
     Config,
     /// `fleet node add`, kept in the durable store.
     Enrolled,
+    /// `[compat.massaffect] agents` in the controller's config: listed and readable like any
+    /// node, but it cannot authenticate natively (no key, no commands).
+    Massaffect,
 }
 
 /// An enrolled node: who may send as this name, from where, and how it is labelled.

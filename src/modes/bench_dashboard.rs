@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ControllerConfig, StaticNode, parse_duration};
 use crate::model::{BatchBody, NodeName, Record, Sample};
-use crate::store::durable::{IngestBatch, SeriesCache};
+use crate::store::durable::{IngestBatch, LedgerKey, SeriesCache};
 
 /// Flags of `fleet bench dashboard`.
 #[derive(clap::Args, Debug, Clone)]
@@ -96,9 +96,11 @@ fn tick(ts: i64, i: u64) -> Vec<Record> {
 fn batch(node: &str, seq: u64, ts: i64, records: Vec<Record>, interval_ms: i64) -> IngestBatch {
     IngestBatch {
         node: NodeName::parse(node).expect("bench node names are valid"),
-        instance: "bench".into(),
-        seq,
-        sent_at_ms: ts,
+        ledger: Some(LedgerKey {
+            instance: "bench".into(),
+            seq,
+            sent_at_ms: ts,
+        }),
         received_at_ms: ts,
         body: BatchBody {
             interval_ms: interval_ms as u64,

@@ -52,6 +52,9 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     config.ui.validate()?;
+    if let Some(massaffect) = &config.compat.massaffect {
+        massaffect.validate()?;
+    }
     // Listeners first: a busy port or a bad certificate fails the start before anything is
     // opened, made or spawned.
     let listener = std::net::TcpListener::bind(config.listen)
@@ -88,7 +91,15 @@ pub async fn start(
         None => HotStore::memory(config.hot.ring_size),
     });
 
-    let registry = Arc::new(Registry::new(config.nodes.clone(), &config.api_tokens));
+    let compat_nodes = config
+        .compat
+        .massaffect
+        .as_ref()
+        .map(crate::pipeline::registry::massaffect_nodes)
+        .unwrap_or_default();
+    let registry = Arc::new(
+        Registry::new(config.nodes.clone(), &config.api_tokens).with_compat_nodes(compat_nodes),
+    );
     registry.refresh(&durable).await?;
     let (first_token, token_file) = if registry.snapshot().has_tokens() {
         (None, None)
@@ -150,6 +161,7 @@ pub async fn start(
         ui: config.ui.clone(),
         tls: tls.is_some(),
         dashboard_key,
+        massaffect: config.compat.massaffect.clone(),
     });
 
     // Tasks that feed the ingest pipeline: they must end before its writer can.

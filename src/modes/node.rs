@@ -74,12 +74,19 @@ pub async fn list(config: &ControllerConfig) -> anyhow::Result<String> {
             source: NodeSource::Config,
         });
     }
+    if let Some(massaffect) = &config.compat.massaffect {
+        for node in crate::pipeline::registry::massaffect_nodes(massaffect) {
+            if !nodes.iter().any(|n| n.name == node.name) {
+                nodes.push(node);
+            }
+        }
+    }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     if nodes.is_empty() {
         return Ok("no nodes enrolled yet: run `fleet node add NAME`\n".into());
     }
     let mut out = format!(
-        "{:<32} {:<9} {:<30} {}\n",
+        "{:<32} {:<10} {:<30} {}\n",
         "NAME", "SOURCE", "ALLOW", "LABELS"
     );
     for node in nodes {
@@ -101,9 +108,10 @@ pub async fn list(config: &ControllerConfig) -> anyhow::Result<String> {
         let source = match node.source {
             NodeSource::Config => "config",
             NodeSource::Enrolled => "enrolled",
+            NodeSource::Massaffect => "massaffect",
         };
         out.push_str(&format!(
-            "{:<32} {:<9} {:<30} {}\n",
+            "{:<32} {:<10} {:<30} {}\n",
             node.name, source, allow, labels
         ));
     }

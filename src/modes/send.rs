@@ -555,6 +555,8 @@ async fn targets(args: &SendArgs) -> anyhow::Result<Vec<String>> {
     let nodes = value["nodes"].as_array().cloned().unwrap_or_default();
     Ok(nodes
         .iter()
+        // MassAffect agents are listed but take no commands.
+        .filter(|n| n["source"] != "massaffect")
         .filter(|n| {
             args.label
                 .iter()

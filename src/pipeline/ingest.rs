@@ -1,8 +1,9 @@
 //! The ingest pipeline for signed batches: verify (node, source address, timestamp window,
 //! size, signature) → decode and validate → durable write (group commit) → hot ring.
 //!
-//! Every path a batch can come in by (HTTP today; NATS and compatibility routes later) calls
-//! [`Ingest::ingest`]; there is no second path. This module knows the wire format through
+//! Every path a batch can come in by (HTTP, NATS) calls [`Ingest::ingest`]; the MassAffect
+//! route, which verifies its own protocol, calls [`Ingest::ingest_verified`]. Both end in the
+//! same private `store` (writer, hot ring, node pulse): there is no second path. This module knows the wire format through
 //! `bus::wire` but nothing about HTTP: errors are typed and the web layer maps them to statuses.
 
 use std::net::IpAddr;
@@ -15,7 +16,7 @@ use crate::bus::wire::{self, BatchHeaders};
 use crate::config::{IngestConfig, RetentionConfig};
 use crate::model::{BatchBody, NodeName, Record};
 use crate::pipeline::registry::Registry;
-use crate::store::durable::SeriesCache;
+use crate::store::durable::{LedgerKey, SeriesCache};
 use crate::store::{Durable, HotStore, IngestBatch, IngestOutcome, StoreError};
 
 /// A batch as it arrived, before anything was checked.
@@ -140,18 +141,56 @@ impl Ingest {
         let received_at_ms = crate::timefmt::now_ms();
         let (headers, body) = self.verify(&raw, received_at_ms)?;
         let body = decode(&body)?;
+        let seq = headers.seq;
         let batch = IngestBatch {
             node: NodeName::parse(&headers.node)
                 .map_err(|e| IngestError::BadRequest(e.to_string()))?,
-            instance: headers.instance,
-            seq: headers.seq,
-            sent_at_ms: headers.timestamp_ms,
+            ledger: Some(LedgerKey {
+                instance: headers.instance,
+                seq,
+                sent_at_ms: headers.timestamp_ms,
+            }),
             received_at_ms,
             body,
         };
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let seq = batch.seq;
+        let outcome = self.store(batch).await?;
+        Ok(IngestReply {
+            seq,
+            status: match outcome {
+                IngestOutcome::Stored => "stored",
+                IngestOutcome::Duplicate => "duplicate",
+            },
+        })
+    }
+
+    /// Stores a body whose sender the caller has already verified by its own protocol (the
+    /// MassAffect route: a shared secret and an address map), for senders that number nothing:
+    /// no ledger row, no stream, never a duplicate. The body is validated like every other.
+    pub async fn ingest_verified(
+        &self,
+        node: NodeName,
+        body: BatchBody,
+        received_at_ms: i64,
+    ) -> Result<(), IngestError> {
+        body.validate()
+            .map_err(|e| IngestError::BadRequest(e.to_string()))?;
+        self.store(IngestBatch {
+            node,
+            ledger: None,
+            received_at_ms,
+            body,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The one path after verification: the group-commit writer, then the hot ring and the
+    /// node's automatic pulse.
+    async fn store(&self, batch: IngestBatch) -> Result<IngestOutcome, IngestError> {
+        let node = batch.node.clone();
         let interval_ms = batch.body.interval_ms as i64;
+        let received_at_ms = batch.received_at_ms;
+        let (reply_tx, reply_rx) = oneshot::channel();
         self.writer
             .send(Job {
                 batch,
@@ -169,18 +208,12 @@ impl Ingest {
             }
         };
         if outcome == IngestOutcome::Stored {
-            self.hot.push(&headers.node, &batch_records).await;
+            self.hot.push(node.as_str(), &batch_records).await;
         }
         // A duplicate is a resend, and a sign of life as good as any.
         self.heartbeats
-            .node_seen(&headers.node, interval_ms, received_at_ms);
-        Ok(IngestReply {
-            seq,
-            status: match outcome {
-                IngestOutcome::Stored => "stored",
-                IngestOutcome::Duplicate => "duplicate",
-            },
-        })
+            .node_seen(node.as_str(), interval_ms, received_at_ms);
+        Ok(outcome)
     }
 
     /// Checks everything that needs no parsing of the body, then the signature over the inflated

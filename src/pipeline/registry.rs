@@ -4,12 +4,12 @@
 //!
 //! Readers take a cheap snapshot (`Arc`); nothing here blocks ingest on the database.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::StaticNode;
+use crate::config::{MassaffectConfig, StaticNode};
 use crate::model::{Node, NodeSource};
 use crate::store::{Durable, StoreError};
 
@@ -28,17 +28,52 @@ pub fn new_node_key() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
+/// The nodes `[compat.massaffect] agents` names, one per name with all its addresses. They
+/// have no key: they are listed, never authenticated natively.
+pub fn massaffect_nodes(config: &MassaffectConfig) -> Vec<Node> {
+    let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
+    for (addr, name) in &config.agents {
+        nodes
+            .entry(name.as_str())
+            .or_insert_with(|| Node {
+                name: name.clone(),
+                key: String::new(),
+                allow: Vec::new(),
+                labels: BTreeMap::new(),
+                source: NodeSource::Massaffect,
+            })
+            .allow
+            .push(ipnet::IpNet::from(*addr));
+    }
+    nodes.into_values().collect()
+}
+
 /// One consistent view of nodes and tokens.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Nodes that authenticate natively (signed batches and requests, commands).
     pub nodes: HashMap<String, Node>,
+    /// Nodes that only compatibility routes feed (MassAffect agents) and are not also in
+    /// `nodes`: listed and readable, never authenticated by [`Snapshot::node`].
+    compat_nodes: HashMap<String, Node>,
     /// Token hash → the token's label (who it belongs to, for the audit log).
     token_hashes: HashMap<String, String>,
 }
 
 impl Snapshot {
+    /// A node that may authenticate natively.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name)
+    }
+
+    /// A node the read API and the dashboard show: enrolled, or fed by a compatibility route.
+    pub fn listed(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).or_else(|| self.compat_nodes.get(name))
+    }
+
+    /// Every node the read API and the dashboard show.
+    pub fn listed_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().chain(self.compat_nodes.values())
     }
 
     /// Whether `token` is a valid operator token.
@@ -61,6 +96,8 @@ impl Snapshot {
 /// The registry, shared by every request handler.
 pub struct Registry {
     static_nodes: Vec<StaticNode>,
+    /// Nodes fed by compatibility routes only (see [`massaffect_nodes`]).
+    compat_nodes: Vec<Node>,
     static_token_hashes: Vec<String>,
     current: RwLock<Arc<Snapshot>>,
 }
@@ -69,9 +106,16 @@ impl Registry {
     pub fn new(static_nodes: Vec<StaticNode>, static_tokens: &[String]) -> Self {
         Self {
             static_nodes,
+            compat_nodes: Vec::new(),
             static_token_hashes: static_tokens.iter().map(|t| token_hash(t)).collect(),
             current: RwLock::new(Arc::new(Snapshot::default())),
         }
+    }
+
+    /// Adds nodes that compatibility routes feed; a name also enrolled is shown as enrolled.
+    pub fn with_compat_nodes(mut self, nodes: Vec<Node>) -> Self {
+        self.compat_nodes = nodes;
+        self
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -106,8 +150,15 @@ impl Registry {
                 .iter()
                 .map(|h| (h.clone(), "config api_tokens".to_owned())),
         );
+        let compat_nodes = self
+            .compat_nodes
+            .iter()
+            .filter(|n| !nodes.contains_key(n.name.as_str()))
+            .map(|n| (n.name.as_str().to_owned(), n.clone()))
+            .collect();
         *self.current.write().expect("registry lock poisoned") = Arc::new(Snapshot {
             nodes,
+            compat_nodes,
             token_hashes,
         });
         Ok(())

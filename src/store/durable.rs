@@ -54,11 +54,21 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct IngestBatch {
     pub node: NodeName,
+    /// Where the batch sits in its agent's sequence. `None` for senders that number nothing
+    /// (the MassAffect route): such a batch has no ledger row and no stream, so it is never a
+    /// duplicate and never counts as (or fills) a gap.
+    pub ledger: Option<LedgerKey>,
+    pub received_at_ms: i64,
+    pub body: BatchBody,
+}
+
+/// A native batch's place in the ledger: the agent instance, its sequence number, when it was
+/// sent.
+#[derive(Debug, Clone)]
+pub struct LedgerKey {
     pub instance: String,
     pub seq: u64,
     pub sent_at_ms: i64,
-    pub received_at_ms: i64,
-    pub body: BatchBody,
 }
 
 /// What writing a batch did.
@@ -514,10 +524,14 @@ impl Durable {
         let mut tx = self.pool.begin().await?;
 
         // 1. The ledger: which batches are new. A key twice in one group is new only once.
+        // Batches without a key are always new.
         let mut first_in_group = std::collections::HashSet::new();
-        let candidates: Vec<&IngestBatch> = batches
+        let candidates: Vec<(&IngestBatch, &LedgerKey)> = batches
             .iter()
-            .filter(|b| first_in_group.insert((b.node.as_str(), b.instance.as_str(), b.seq)))
+            .filter_map(|b| b.ledger.as_ref().map(|key| (b, key)))
+            .filter(|(b, key)| {
+                first_in_group.insert((b.node.as_str(), key.instance.as_str(), key.seq))
+            })
             .collect();
         let inserted = self
             .insert_rows(
@@ -526,11 +540,11 @@ impl Durable {
                 7,
                 " ON CONFLICT DO NOTHING RETURNING node, instance, seq",
                 &candidates,
-                |q, b| {
+                |q, (b, key)| {
                     q.bind(b.node.as_str())
-                        .bind(b.instance.as_str())
-                        .bind(b.seq as i64)
-                        .bind(b.sent_at_ms)
+                        .bind(key.instance.as_str())
+                        .bind(key.seq as i64)
+                        .bind(key.sent_at_ms)
                         .bind(b.received_at_ms)
                         .bind(b.body.records.len() as i64)
                         .bind(b.body.sample_count() as i64)
@@ -547,13 +561,16 @@ impl Durable {
         let mut outcomes = Vec::with_capacity(batches.len());
         let mut stored: Vec<&IngestBatch> = Vec::with_capacity(batches.len());
         for batch in batches {
-            let key = (
-                batch.node.to_string(),
-                batch.instance.clone(),
-                batch.seq as i64,
-            );
             // `remove`: a second copy of the key in this group is a duplicate of the first.
-            if stored_keys.remove(&key) {
+            let new = match &batch.ledger {
+                None => true,
+                Some(key) => stored_keys.remove(&(
+                    batch.node.to_string(),
+                    key.instance.clone(),
+                    key.seq as i64,
+                )),
+            };
+            if new {
                 outcomes.push(IngestOutcome::Stored);
                 stored.push(batch);
             } else {
@@ -570,15 +587,17 @@ impl Durable {
         // 3. Node status: per node, the newest arrival and the newest vitals.
         let mut statuses: BTreeMap<&str, StatusDelta> = BTreeMap::new();
         for batch in &stored {
-            let stream = streams
-                .entry((batch.node.as_str(), batch.instance.as_str()))
-                .or_default();
-            stream.last_seq = stream.last_seq.max(batch.seq as i64);
-            stream.batches += 1;
-            stream.dropped = stream
-                .dropped
-                .max(batch.body.dropped_batches.min(i64::MAX as u64) as i64);
-            stream.seen = stream.seen.max(batch.received_at_ms);
+            if let Some(key) = &batch.ledger {
+                let stream = streams
+                    .entry((batch.node.as_str(), key.instance.as_str()))
+                    .or_default();
+                stream.last_seq = stream.last_seq.max(key.seq as i64);
+                stream.batches += 1;
+                stream.dropped = stream
+                    .dropped
+                    .max(batch.body.dropped_batches.min(i64::MAX as u64) as i64);
+                stream.seen = stream.seen.max(batch.received_at_ms);
+            }
 
             let status = statuses.entry(batch.node.as_str()).or_default();
             if batch.received_at_ms >= status.last_seen {

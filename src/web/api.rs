@@ -71,7 +71,7 @@ pub async fn list_nodes(State(state): State<Arc<AppState>>) -> Result<Json<Value
     Ok(Json(serde_json::json!({ "nodes": nodes })))
 }
 
-/// Every enrolled node with its status and vitals, by name: the API's list and the dashboard's
+/// Every enrolled node (and every node a compatibility route feeds) with its status and vitals, by name: the API's list and the dashboard's
 /// overview.
 pub async fn node_summaries(state: &AppState) -> Result<Vec<NodeSummary>, ApiError> {
     let snapshot = state.registry.snapshot();
@@ -84,8 +84,7 @@ pub async fn node_summaries(state: &AppState) -> Result<Vec<NodeSummary>, ApiErr
         .collect();
     let now = now_ms();
     let mut nodes: Vec<NodeSummary> = snapshot
-        .nodes
-        .values()
+        .listed_nodes()
         .map(|node| summary(state, node, statuses.get(node.name.as_str()), now))
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -104,7 +103,7 @@ fn enrolled(state: &AppState, name: &str) -> Result<crate::model::Node, ApiError
     state
         .registry
         .snapshot()
-        .node(name)
+        .listed(name)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no node named {name} is enrolled")))
 }

@@ -1,5 +1,6 @@
 //! `POST /api/v1/ingest`: adapts an HTTP request to the ingest pipeline. All checking happens in
-//! `pipeline::ingest`; this file only reads headers and a bounded body.
+//! `pipeline::ingest`; this file only reads headers and a bounded body (its body helpers serve
+//! the MassAffect route too).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,37 +30,9 @@ pub async fn ingest(
     body: Body,
 ) -> Result<Json<IngestReply>, ApiError> {
     let limit = state.ingest_limits.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    // Reads at most `limit` bytes, whatever Content-Length claimed.
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
-    // Content codings are case-insensitive (RFC 9110 §8.4.1).
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or_default().trim().to_ascii_lowercase());
-    let gzip = match encoding.as_deref() {
-        None | Some("identity") => false,
-        Some("gzip") => true,
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Encoding must be gzip or absent",
-            ));
-        }
-    };
+    refuse_declared_over(&headers, limit)?;
+    let body = read_bounded(body, limit).await?;
+    let gzip = is_gzip(&headers)?;
     let raw = RawBatch {
         node: header_text(&headers, wire::HEADER_NODE),
         instance: header_text(&headers, wire::HEADER_INSTANCE),
@@ -71,4 +44,47 @@ pub async fn ingest(
         source: Some(peer.ip()),
     };
     Ok(Json(state.ingest.ingest(raw).await?))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {limit} bytes"),
+    )
+}
+
+/// 413 when the request declares a body over `limit` (before anything is read).
+pub(super) fn refuse_declared_over(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    Ok(())
+}
+
+/// Reads at most `limit` bytes, whatever Content-Length claimed; 413 past it.
+pub(super) async fn read_bounded(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit))
+}
+
+/// Whether the body is gzip (`Content-Encoding: gzip`); absent or `identity`: plain; anything
+/// else: 415.
+pub(super) fn is_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
+    // Content codings are case-insensitive (RFC 9110 §8.4.1).
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or_default().trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(false),
+        Some("gzip") => Ok(true),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Encoding must be gzip or absent",
+        )),
+    }
 }

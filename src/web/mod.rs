@@ -1,7 +1,7 @@
 //! The HTTP face of the controller: the axum router, its shared state, and the handlers for
 //! ingest ([`ingest`]), the read API ([`api`]), commands ([`commands`]), heartbeats and events
 //! ([`heartbeats`]), the event stream ([`stream`]), the watchTower compatibility listener
-//! ([`watchtower`]), the dashboard ([`ui`]) and auth ([`auth`]).
+//! ([`watchtower`]), the MassAffect `/collect` route ([`massaffect`]), the dashboard ([`ui`]) and auth ([`auth`]).
 //!
 //! Handlers adapt HTTP to the pipeline and the stores; they hold no rules of their own. Nothing
 //! here opens sockets: `modes::controller` binds and serves the router.
@@ -12,6 +12,7 @@ pub mod commands;
 pub mod error;
 pub mod heartbeats;
 pub mod ingest;
+pub mod massaffect;
 pub mod stream;
 pub mod ui;
 pub mod watchtower;
@@ -54,6 +55,8 @@ pub struct AppState {
     /// Signs commands sent from the dashboard (`[ui] signing_key`); none: the form shows the
     /// `fleet send` command instead.
     pub dashboard_key: Option<Arc<crate::command::OperatorKey>>,
+    /// `[compat.massaffect]`: when set, the router serves MassAffect's `POST /collect`.
+    pub massaffect: Option<crate::config::MassaffectConfig>,
 }
 
 /// `Query<T>` whose rejection (an unknown parameter, a wrong type) is a JSON [`ApiError`] like
@@ -81,6 +84,14 @@ where
 /// Builds the router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
 /// ingest checks the peer address against the node's allowlist.
 pub fn router(state: Arc<AppState>) -> Router {
+    let app = native_router(state.clone());
+    match &state.massaffect {
+        Some(config) => app.merge(massaffect::router(state.clone(), config)),
+        None => app,
+    }
+}
+
+fn native_router(state: Arc<AppState>) -> Router {
     let operator = Router::new()
         .route("/api/v1/nodes", get(api::list_nodes))
         .route("/api/v1/nodes/{node}", get(api::get_node))

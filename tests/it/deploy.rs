@@ -13,7 +13,8 @@ fn deploy_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The file with every commented-out setting (`# key = value`, `# [[nodes]]`) turned back on.
+/// The file with every commented-out setting (`# key = value`, `# a.b = value`, `# [[nodes]]`)
+/// turned back on.
 fn uncommented(path: &Path) -> String {
     let text = std::fs::read_to_string(path).expect("the example config is readable");
     text.lines()
@@ -21,9 +22,10 @@ fn uncommented(path: &Path) -> String {
             let Some(rest) = line.strip_prefix("# ") else {
                 return line.to_owned();
             };
-            let setting = rest
-                .split_once(" = ")
-                .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            let setting = rest.split_once(" = ").is_some_and(|(key, _)| {
+                key.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+            });
             if setting || rest == "[[nodes]]" {
                 rest.to_owned()
             } else {
@@ -74,6 +76,7 @@ fn deploy_controller_toml_parses_and_states_the_defaults() {
     assert_eq!(config.status.stale_after, defaults.status.stale_after);
     assert_eq!(config.status.down_after, defaults.status.down_after);
     assert!(config.nodes.is_empty());
+    assert!(config.compat.watchtower.is_none() && config.compat.massaffect.is_none());
 }
 
 #[test]
@@ -93,6 +96,15 @@ fn deploy_controller_toml_examples_parse_when_uncommented() {
     assert_eq!(node.name.as_str(), "web1");
     assert_eq!(node.allow.len(), 2);
     assert_eq!(node.labels.get("role").map(String::as_str), Some("web"));
+    let watchtower = config.compat.watchtower.expect("the watchTower example");
+    watchtower
+        .validate()
+        .expect("the watchTower example validates");
+    let massaffect = config.compat.massaffect.expect("the MassAffect example");
+    massaffect
+        .validate()
+        .expect("the MassAffect example validates");
+    assert_eq!(massaffect.agents.len(), 2);
 }
 
 #[test]

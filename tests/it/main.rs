@@ -11,6 +11,7 @@ mod harness;
 mod heartbeats;
 mod hot;
 mod ingest;
+mod massaffect;
 mod nats;
 mod registry;
 mod sources;

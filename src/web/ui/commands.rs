@@ -244,9 +244,11 @@ fn check(draft: &CommandDraft) -> Result<Checked, String> {
 
 /// The enrolled nodes a draft reaches, by name.
 async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<String>, String> {
-    let nodes = crate::web::api::node_summaries(state)
+    let mut nodes = crate::web::api::node_summaries(state)
         .await
         .map_err(|e| format!("The node list cannot be read: {e:?}"))?;
+    // MassAffect agents are listed but take no commands.
+    nodes.retain(|n| n.source != crate::model::NodeSource::Massaffect);
     let names: Vec<String> = match targets {
         Targets::All => nodes.into_iter().map(|n| n.name).collect(),
         Targets::Label(k, v) => nodes

@@ -1,0 +1,237 @@
+//! `POST /collect`: MassAffect's agent protocol, unchanged, on the API listener, so MassAffect
+//! agents report to the controller without being touched. `docs/massaffect.md` is its prose
+//! twin.
+//!
+//! A request is checked in this order: the declared body size, the peer address (it must be a
+//! key of `[compat.massaffect] agents`, which names the node), the body read and inflated within
+//! the bounds, then `x-agent-signature` (HMAC-SHA256 of the uncompressed body under the shared
+//! secret, compared in constant time). Each item then becomes a [`Record`] by
+//! [`Record::from_item`] and the batch goes to [`crate::pipeline::Ingest::ingest_verified`]: the
+//! same writer, stores, hot ring and node pulse as native batches.
+//!
+//! An adapter only: it must never hold rules of its own about items, records or storage (those
+//! are `crate::model`'s and the pipeline's), never trust `X-Forwarded-For` or any other header
+//! for the sender, and never store anything from a request it refused. Its answers for 200, 401
+//! and 403 are MassAffect's, byte for byte, since agents may check them.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::AppState;
+use super::error::ApiError;
+use super::ingest::{is_gzip, read_bounded, refuse_declared_over};
+use crate::bus::wire;
+use crate::config::MassaffectConfig;
+use crate::model::{BatchBody, NodeName, Record, limits};
+
+/// The route's path, as MassAffect agents post to it.
+pub const PATH: &str = "/collect";
+/// The header that carries the signature.
+pub const HEADER_SIGNATURE: &str = "x-agent-signature";
+
+/// The route's shared state.
+struct Route {
+    /// The controller's state, shared with the main API (its ingest pipeline above all).
+    app: Arc<AppState>,
+    /// The HMAC key agents sign with.
+    secret: Vec<u8>,
+    /// Canonical source address → the node its data is stored under.
+    agents: BTreeMap<IpAddr, NodeName>,
+    /// Largest body read, as sent.
+    max_body_bytes: usize,
+    /// Largest body after inflation.
+    max_decompressed_bytes: usize,
+}
+
+/// Builds the `/collect` router over the controller's state; `web::router` merges it into the
+/// API when `[compat.massaffect]` is configured (otherwise the path does not exist: 404).
+pub fn router(app: Arc<AppState>, config: &MassaffectConfig) -> Router {
+    let route = Arc::new(Route {
+        max_body_bytes: config
+            .max_body_bytes
+            .unwrap_or(app.ingest_limits.max_body_bytes),
+        max_decompressed_bytes: config
+            .max_decompressed_bytes
+            .unwrap_or(app.ingest_limits.max_decompressed_bytes),
+        secret: config.secret.as_bytes().to_vec(),
+        agents: config.agents.clone(),
+        app,
+    });
+    Router::new()
+        .route(
+            PATH,
+            // Bodies are buffered and inflated before the signature can be checked: bound how
+            // many at once, like native ingest.
+            post(collect).layer(tower::limit::ConcurrencyLimitLayer::new(
+                super::INGEST_CONCURRENCY,
+            )),
+        )
+        .with_state(route)
+}
+
+async fn collect(
+    State(route): State<Arc<Route>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let received_at_ms = crate::timefmt::now_ms();
+    refuse_declared_over(&headers, route.max_body_bytes)?;
+    let source = peer.ip().to_canonical();
+    let Some(node) = route.agents.get(&source) else {
+        tracing::info!(%source, "MassAffect /collect from an address not in compat.massaffect.agents");
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden"));
+    };
+    let body = read_bounded(body, route.max_body_bytes).await?;
+    let body = if is_gzip(&headers)? {
+        wire::inflate_bounded(&body, route.max_decompressed_bytes).map_err(|e| match e {
+            wire::InflateError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            wire::InflateError::Corrupt(_) => ApiError::bad_request(e.to_string()),
+        })?
+    } else if body.len() > route.max_decompressed_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is larger than {} bytes",
+                route.max_decompressed_bytes
+            ),
+        ));
+    } else {
+        body.to_vec()
+    };
+    if !signed(&route.secret, &headers, &body) {
+        tracing::info!(%source, node = %node, "MassAffect /collect with a missing or bad signature");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid signature"));
+    }
+    let records = items(&body, received_at_ms)?;
+    let batch = BatchBody {
+        // MassAffect does not say how often it sends: the node's status uses the defaults.
+        interval_ms: 0,
+        dropped_batches: 0,
+        records,
+    };
+    route
+        .app
+        .ingest
+        .ingest_verified(node.clone(), batch, received_at_ms)
+        .await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+/// Whether `x-agent-signature` is the hex HMAC-SHA256 of `body` under `secret`.
+fn signed(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(given) = headers
+        .get(HEADER_SIGNATURE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| hex::decode(v.trim()).ok())
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// The body's items as records; the first refusal names the item (counted from 0).
+fn items(body: &[u8], received_at_ms: i64) -> Result<Vec<Record>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let Value::Array(items) = value else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON array of items ({\"collector\": …, \"ts\": …, \"metrics\": {…}})",
+        ));
+    };
+    if items.len() > limits::RECORDS_PER_BATCH_MAX {
+        return Err(ApiError::bad_request(format!(
+            "the body has {} items; at most {} are accepted in one request",
+            items.len(),
+            limits::RECORDS_PER_BATCH_MAX
+        )));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let size = serde_json::to_vec(&item)
+                .expect("a parsed JSON value serialises")
+                .len();
+            if size > limits::ITEM_BYTES_MAX {
+                return Err(ApiError::bad_request(format!(
+                    "item {i}: is {size} bytes as JSON; at most {} are accepted",
+                    limits::ITEM_BYTES_MAX
+                )));
+            }
+            // A MassAffect agent is the node's own agent: no collector name is reserved.
+            Record::from_item(item, received_at_ms, &[])
+                .map_err(|e| ApiError::bad_request(format!("item {i}: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_name_the_one_at_fault() {
+        let now = 1_700_000_000_000;
+        let records = items(
+            br#"[{"collector":"system","ts":1700000000,"metrics":{"cpu":{"used_percent":12.5}},"site":"a"}]"#,
+            now,
+        )
+        .unwrap();
+        assert_eq!(records[0].collector, "system");
+        assert_eq!(records[0].ts, 1_700_000_000_000);
+        assert_eq!(records[0].data["site"], "a");
+        assert_eq!(records[0].samples[0].name, "system.cpu.used_percent");
+        let err = items(
+            br#"[{"collector":"a"},{"collector":"a"},{"collector":"a"},{"ts":1}]"#,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            err.message.starts_with("item 3: collector:"),
+            "{}",
+            err.message
+        );
+        assert!(items(br#"{"collector":"a"}"#, now).is_err());
+        assert!(items(b"\x1f\x8b garbage", now).is_err());
+        let big = format!(
+            r#"[{{"collector":"a","pad":"{}"}}]"#,
+            "x".repeat(limits::ITEM_BYTES_MAX)
+        );
+        assert!(
+            items(big.as_bytes(), now)
+                .unwrap_err()
+                .message
+                .starts_with("item 0: is")
+        );
+    }
+
+    #[test]
+    fn the_signature_is_the_hmac_of_the_body() {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"k").unwrap();
+        mac.update(b"[]");
+        let good = hex::encode(mac.finalize().into_bytes());
+        let mut headers = HeaderMap::new();
+        assert!(!signed(b"k", &headers, b"[]"));
+        headers.insert(HEADER_SIGNATURE, good.parse().unwrap());
+        assert!(signed(b"k", &headers, b"[]"));
+        assert!(!signed(b"k", &headers, b"[ ]"));
+        assert!(!signed(b"other", &headers, b"[]"));
+        headers.insert(HEADER_SIGNATURE, "zz".parse().unwrap());
+        assert!(!signed(b"k", &headers, b"[]"));
+    }
+}
