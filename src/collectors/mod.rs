@@ -212,11 +212,14 @@ impl CollectorKind {
     }
 }
 
+/// A probe with its interval.
+pub type ScheduledProbe = (Box<dyn Probe>, Duration);
+
 /// Every source `config` asks for: the polled collectors with their schedules, and the probes
 /// with their intervals. Errors name the section that is wrong.
 pub fn build(
     config: &crate::config::AgentConfig,
-) -> anyhow::Result<(Vec<Scheduled>, Vec<(Box<dyn Probe>, Duration)>)> {
+) -> anyhow::Result<(Vec<Scheduled>, Vec<ScheduledProbe>)> {
     let mut collectors: Vec<Scheduled> = config
         .enabled_collectors()
         .into_iter()
@@ -227,7 +230,7 @@ pub fn build(
         let tail = logs::LogTail::new(log, &config.data_dir, interval)?;
         collectors.push(Scheduled::new(Box::new(tail), interval));
     }
-    let mut probes: Vec<(Box<dyn Probe>, Duration)> = Vec::new();
+    let mut probes: Vec<ScheduledProbe> = Vec::new();
     for check in &config.checks {
         let interval = check.interval.unwrap_or(config.interval);
         probes.push((Box::new(checks::Check::new(check)?), interval));

@@ -852,7 +852,6 @@ interval = "200ms"
         Duration::from_secs(20),
         "the first 300 lines are stored",
         || {
-            let stored_lines = stored_lines.clone();
             let sorted = sorted.clone();
             async move { (stored_lines().await == sorted).then_some(()) }
         },
@@ -932,12 +931,9 @@ interval = "200ms"
     expected.extend(while_down);
     expected.extend(after);
     expected.sort();
-    let got = eventually(Duration::from_secs(20), "all 550 lines", || {
-        let stored_lines = stored_lines.clone();
-        async move {
-            let got = stored_lines().await;
-            (got.len() >= 550).then_some(got)
-        }
+    let got = eventually(Duration::from_secs(20), "all 550 lines", || async move {
+        let got = stored_lines().await;
+        (got.len() >= 550).then_some(got)
     })
     .await;
     // A moment more: a repeat would come in the next ticks.
