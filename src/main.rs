@@ -255,6 +255,8 @@ enum BenchCommand {
     /// Render times of the dashboard's pages from a seeded store (the overview of many nodes,
     /// a node's charts over days of history) beside /healthz.
     Dashboard(fleet::modes::bench_dashboard::DashboardBenchArgs),
+    /// How fast the log tail parses an nginx access log, and what an agent following one costs.
+    Logs(fleet::modes::bench_logs::LogsBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -444,6 +446,9 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Bench {
             command: BenchCommand::Dashboard(args),
         } => fleet::modes::bench_dashboard::dashboard(args).await?,
+        Command::Bench {
+            command: BenchCommand::Logs(args),
+        } => fleet::modes::bench_logs::logs(args).await?,
     }
     Ok(0)
 }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_commands;
 pub mod bench_dashboard;
 pub mod bench_heartbeats;
+pub mod bench_logs;
 pub mod controller;
 pub mod node;
 pub mod pulse;

@@ -88,3 +88,41 @@ fn bench_heartbeats_runs_and_checks_every_missed_deadline() {
         "{line}"
     );
 }
+
+/// `fleet bench logs`: the in-process tail reads every generated line (it fails otherwise) and
+/// a real agent follows a fed log to its end; every figure is printed.
+#[test]
+fn bench_logs_runs_and_the_agent_catches_up() {
+    let args: Vec<String> = [
+        "bench",
+        "logs",
+        "--lines",
+        "20000",
+        "--rate",
+        "2000",
+        "--seconds",
+        "1",
+        "--ship",
+        "50",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, out, err) = run_fleet(&args);
+    assert!(ok, "{out}\n{err}");
+    for line in [
+        "baseline",
+        "tail      ",
+        "caught up",
+        "peak RSS",
+        "reached the store",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    let shipped: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("shipped"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `shipped` line in:\n{out}"));
+    assert!(shipped > 0, "some lines are shipped:\n{out}");
+}
