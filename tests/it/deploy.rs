@@ -26,7 +26,12 @@ fn uncommented(path: &Path) -> String {
                 key.chars()
                     .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
             });
-            if setting || rest == "[[nodes]]" {
+            if setting
+                || matches!(
+                    rest,
+                    "[[nodes]]" | "[[logs]]" | "[[checks]]" | "[[plugins]]"
+                )
+            {
                 rest.to_owned()
             } else {
                 line.to_owned()
@@ -148,4 +153,16 @@ fn deploy_agent_toml_examples_parse_when_uncommented() {
         config.collectors[&CollectorKind::System].interval,
         Some(Duration::from_secs(5))
     );
+    assert_eq!(config.logs.len(), 1);
+    assert_eq!(config.checks.len(), 4);
+    assert_eq!(config.plugins.len(), 1);
+    assert_eq!(config.app_socket.mode, 0o660);
+    // The sources' examples are complete: each check has its one target, names are unique.
+    let sources = AgentConfig {
+        ca_cert: None,
+        ..config
+    };
+    sources
+        .validate()
+        .expect("the uncommented examples validate");
 }

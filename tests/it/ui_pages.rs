@@ -1048,6 +1048,46 @@ async fn the_live_node_page_sends_new_records_vitals_and_events(backend: Backend
             .starts_with(&format!("tail\n<tr id=\"tail-network-{}\"", t3 - 2)),
         "{got:?}"
     );
+    // Records of one time over two batches (a log's lines of one second): each comes, once.
+    let t4 = now_ms();
+    let line = |n: u32| Record {
+        collector: "logs.app".into(),
+        ts: t4,
+        data: json!({ "line": format!("line number {n}") }),
+        samples: Vec::new(),
+    };
+    ui.ingest("web1", KEY1, 4, vec![line(0), line(1)]).await;
+    ui.ingest("web1", KEY1, 5, vec![line(2)]).await;
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        let e = sse
+            .next(LIVE_WAIT)
+            .await
+            .unwrap_or_else(|| panic!("three lines of one time; got {lines:#?}"));
+        if e.event == "prepend" && e.data.contains("logs.app") {
+            lines.push(e);
+        }
+    }
+    for (n, e) in lines.iter().enumerate() {
+        let id = match n {
+            0 => format!("tail-logs.app-{t4}"),
+            n => format!("tail-logs.app-{t4}-{n}"),
+        };
+        assert!(
+            e.data.starts_with(&format!("tail\n<tr id=\"{id}\"")),
+            "{e:?}"
+        );
+        assert!(e.data.contains(&format!("line number {n}")), "{e:?}");
+    }
+    assert!(
+        lines[2]
+            .id
+            .as_deref()
+            .unwrap()
+            .contains(&format!("logs.app:{t4}.2")),
+        "{:?}",
+        lines[2]
+    );
     drop(sse);
 
     for (path, last) in [

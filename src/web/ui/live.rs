@@ -424,17 +424,23 @@ pub struct NodeLiveQuery {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct NodeCursor {
     pub event: i64,
-    pub tail: BTreeMap<String, i64>,
+    /// Per collector, the newest record sent: its time and its ordinal among records of that
+    /// time (`TailEntry::seq`).
+    pub tail: BTreeMap<String, (i64, u32)>,
 }
 
 impl NodeCursor {
     pub fn encode(&self) -> String {
         let mut out = self.event.to_string();
-        for (collector, ts) in &self.tail {
+        for (collector, (ts, seq)) in &self.tail {
             out.push(' ');
             out.push_str(collector);
             out.push(':');
             out.push_str(&ts.to_string());
+            if *seq > 0 {
+                out.push('.');
+                out.push_str(&seq.to_string());
+            }
         }
         out
     }
@@ -444,9 +450,10 @@ impl NodeCursor {
         let event = parts.next()?.parse().ok().filter(|id: &i64| *id >= 0)?;
         let mut tail = BTreeMap::new();
         for part in parts {
-            let (collector, ts) = part.rsplit_once(':')?;
+            let (collector, at) = part.rsplit_once(':')?;
             crate::model::check_collector_name("collector", collector).ok()?;
-            tail.insert(collector.to_owned(), ts.parse().ok()?);
+            let (ts, seq) = at.split_once('.').unwrap_or((at, "0"));
+            tail.insert(collector.to_owned(), (ts.parse().ok()?, seq.parse().ok()?));
             if tail.len() > super::node::TAIL_COLLECTORS_MAX {
                 return None;
             }
@@ -572,12 +579,12 @@ impl LiveNode {
                     self.cursor
                         .tail
                         .get(&e.collector)
-                        .is_none_or(|seen| e.ts_ms > *seen)
+                        .is_none_or(|seen| e.position() > *seen)
                 })
                 .collect();
             for entry in fresh {
                 let newest = self.cursor.tail.entry(entry.collector.clone()).or_default();
-                *newest = (*newest).max(entry.ts_ms);
+                *newest = (*newest).max(entry.position());
                 self.pending.push_back(
                     prepend("tail", pages::tail_row(&entry, now).into_string())
                         .id(self.cursor.encode())
@@ -740,12 +747,13 @@ mod tests {
         let cursor = NodeCursor {
             event: 42,
             tail: [
-                ("system".to_owned(), 1_700_000_000_000),
-                ("app.web-1".to_owned(), 5),
+                ("system".to_owned(), (1_700_000_000_000, 0)),
+                ("app.web-1".to_owned(), (5, 3)),
             ]
             .into_iter()
             .collect(),
         };
+        assert_eq!(cursor.encode(), "42 app.web-1:5.3 system:1700000000000");
         assert_eq!(NodeCursor::decode(&cursor.encode()), Some(cursor));
         assert_eq!(
             NodeCursor::decode("7"),
@@ -762,6 +770,8 @@ mod tests {
             "3 sys tem:1",
             "3 <b>:1",
             "3 system:x",
+            "3 system:1.x",
+            "3 system:1.-1",
         ] {
             assert_eq!(NodeCursor::decode(bad), None, "{bad:?}");
         }

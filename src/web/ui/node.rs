@@ -341,7 +341,20 @@ pub async fn tail(
             .recent(node, &collector, TAIL_PER_COLLECTOR)
             .await
             .map_err(|e| e.to_string())?;
-        entries.extend(records.into_iter().map(|r| TailEntry::of(&collector, r)));
+        // Records of one tick (a log's lines, an app's items) share a time: each gets its
+        // ordinal among them, counted from the oldest, so the page and the live stream tell
+        // them apart.
+        let mut ordinals: Vec<TailEntry> = Vec::with_capacity(records.len());
+        for record in records.into_iter().rev() {
+            let mut entry = TailEntry::of(&collector, record);
+            if let Some(previous) = ordinals.last()
+                && previous.ts_ms == entry.ts_ms
+            {
+                entry.seq = previous.seq + 1;
+            }
+            ordinals.push(entry);
+        }
+        entries.extend(ordinals.into_iter().rev());
     }
     entries.sort_by_key(|e| std::cmp::Reverse(e.ts_ms));
     Ok(entries)
@@ -351,6 +364,8 @@ pub async fn tail(
 pub struct TailEntry {
     pub collector: String,
     pub ts_ms: i64,
+    /// Its place among the collector's records of the same `ts_ms`, oldest first.
+    pub seq: u32,
     /// The record's document (and samples), compact.
     pub data: serde_json::Value,
 }
@@ -370,13 +385,22 @@ impl TailEntry {
         Self {
             collector: collector.to_owned(),
             ts_ms,
+            seq: 0,
             data: record,
         }
     }
 
-    /// The element id of this entry on the page: unique per collector and tick.
+    /// The element id of this entry on the page: unique per collector, time and ordinal.
     pub fn element_id(&self) -> String {
-        format!("tail-{}-{}", self.collector, self.ts_ms)
+        match self.seq {
+            0 => format!("tail-{}-{}", self.collector, self.ts_ms),
+            n => format!("tail-{}-{}-{n}", self.collector, self.ts_ms),
+        }
+    }
+
+    /// Where the live tail resumes after this entry.
+    pub fn position(&self) -> (i64, u32) {
+        (self.ts_ms, self.seq)
     }
 }
 
