@@ -584,6 +584,9 @@ pub struct AgentConfig {
     pub plugins: Vec<PluginConfig>,
 }
 
+/// Longest name of a log, check or plugin: `tail.` + 59 is the longest collector name.
+pub const SOURCE_NAME_MAX: usize = crate::model::limits::NAME_MAX - 5;
+
 /// `[app_socket]`: where local apps write JSON items (`collectors::app_socket`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -862,8 +865,16 @@ impl AgentConfig {
     fn validate_sources(&self) -> anyhow::Result<()> {
         use crate::model::check_collector_name;
         let mut seen = std::collections::BTreeSet::new();
+        // Names become collector names `tail.NAME`, `logs.NAME`, `web.NAME`: at most 64 in all.
+        let source_name = |field: &str, name: &str| -> anyhow::Result<()> {
+            check_collector_name(field, name)?;
+            if name.len() > SOURCE_NAME_MAX {
+                anyhow::bail!("{field} {name:?} is longer than {SOURCE_NAME_MAX} characters");
+            }
+            Ok(())
+        };
         for log in &self.logs {
-            check_collector_name("logs.name", &log.name)?;
+            source_name("logs.name", &log.name)?;
             if !seen.insert(("logs", log.name.as_str())) {
                 anyhow::bail!(
                     "two [[logs]] are named {:?}; give each its own name",
@@ -898,15 +909,24 @@ impl AgentConfig {
                     log.name
                 );
             }
-            if !(256..=1024 * 1024).contains(&log.max_line_bytes) {
+            // 64 KiB: even a line of binary escaped as JSON (6 bytes a byte) fits one batch.
+            if !(256..=64 * 1024).contains(&log.max_line_bytes) {
                 anyhow::bail!(
-                    "logs {:?}: max_line_bytes must be between 256 and 1048576",
+                    "logs {:?}: max_line_bytes must be between 256 and 65536",
                     log.name
                 );
             }
+            let label_max = crate::model::limits::LABEL_VALUE_MAX;
+            if log
+                .vhost
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > label_max)
+            {
+                anyhow::bail!("logs {:?}: vhost must be 1 to {label_max} bytes", log.name);
+            }
         }
         for check in &self.checks {
-            check_collector_name("checks.name", &check.name)?;
+            source_name("checks.name", &check.name)?;
             if !seen.insert(("checks", check.name.as_str())) {
                 anyhow::bail!(
                     "two [[checks]] are named {:?}; give each its own name",
@@ -948,7 +968,7 @@ impl AgentConfig {
             }
         }
         for plugin in &self.plugins {
-            check_collector_name("plugins.name", &plugin.name)?;
+            source_name("plugins.name", &plugin.name)?;
             if !seen.insert(("plugins", plugin.name.as_str())) {
                 anyhow::bail!(
                     "two [[plugins]] are named {:?}; give each its own name",
@@ -973,6 +993,12 @@ impl AgentConfig {
                     plugin.name
                 );
             }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.app_socket.max_value_bytes) {
+            anyhow::bail!("app_socket.max_value_bytes must be between 1024 and 16777216");
+        }
+        if !(1..=1024).contains(&self.app_socket.max_connections) {
+            anyhow::bail!("app_socket.max_connections must be between 1 and 1024");
         }
         if self.app_socket.enabled
             && self.app_socket.name.is_empty()

@@ -236,6 +236,29 @@ pub struct Record {
 }
 
 impl Record {
+    /// Checks the collector name, the time and every sample against [`limits`]; `field` is the
+    /// record's path for the error (`records[3]`). The agent checks each record with this before
+    /// it spools it, so one bad record cannot make the controller refuse a whole batch.
+    pub fn validate(&self, field: &str) -> Result<(), InvalidInput> {
+        check_collector_name(&format!("{field}.collector"), &self.collector)?;
+        if self.ts < 0 {
+            return Err(InvalidInput::new(
+                format!("{field}.ts"),
+                "must be milliseconds since the Unix epoch",
+            ));
+        }
+        if self.samples.len() > limits::SAMPLES_PER_BATCH_MAX {
+            return Err(InvalidInput::new(
+                format!("{field}.samples"),
+                format!("has more than {} samples", limits::SAMPLES_PER_BATCH_MAX),
+            ));
+        }
+        for (j, sample) in self.samples.iter().enumerate() {
+            sample.validate(&format!("{field}.samples[{j}]"))?;
+        }
+        Ok(())
+    }
+
     /// A record from an item as apps (the agent's socket) and MassAffect agents send it: a JSON
     /// object with a `collector` name, an optional `ts` and any other keys.
     ///
@@ -380,14 +403,6 @@ impl BatchBody {
         }
         let mut total_samples = 0usize;
         for (i, record) in self.records.iter().enumerate() {
-            let field = format!("records[{i}]");
-            check_collector_name(&format!("{field}.collector"), &record.collector)?;
-            if record.ts < 0 {
-                return Err(InvalidInput::new(
-                    format!("{field}.ts"),
-                    "must be milliseconds since the Unix epoch",
-                ));
-            }
             total_samples += record.samples.len();
             if total_samples > limits::SAMPLES_PER_BATCH_MAX {
                 return Err(InvalidInput::new(
@@ -398,9 +413,7 @@ impl BatchBody {
                     ),
                 ));
             }
-            for (j, sample) in record.samples.iter().enumerate() {
-                sample.validate(&format!("{field}.samples[{j}]"))?;
-            }
+            record.validate(&format!("records[{i}]"))?;
         }
         Ok(())
     }

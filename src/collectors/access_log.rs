@@ -137,7 +137,7 @@ impl AccessLine<'_> {
     }
 }
 
-/// Most virtual hosts told apart in one log; the rest are added up under `other`.
+/// Most virtual hosts told apart in one log over its life; the rest are added up under `other`.
 pub const VHOSTS_MAX: usize = 256;
 
 /// One interval's traffic of one virtual host.
@@ -155,6 +155,8 @@ pub struct VhostTraffic {
 #[derive(Debug, Default)]
 pub struct Traffic {
     vhosts: HashMap<String, VhostTraffic>,
+    /// Every vhost told apart so far (at most [`VHOSTS_MAX`]).
+    known: std::collections::HashSet<String>,
 }
 
 impl Traffic {
@@ -163,7 +165,15 @@ impl Traffic {
         let entry = match self.vhosts.get_mut(vhost) {
             Some(entry) => entry,
             None => {
-                let key = if self.vhosts.len() < VHOSTS_MAX {
+                // A vhost is a label: clients choose the Host header, so both the number of
+                // vhosts (over the log's life, not per interval: each is a series) and the
+                // length of a name are bounded.
+                let key = if self.known.contains(vhost) {
+                    vhost
+                } else if self.known.len() < VHOSTS_MAX
+                    && vhost.len() <= crate::model::limits::LABEL_VALUE_MAX
+                {
+                    self.known.insert(vhost.to_owned());
                     vhost
                 } else {
                     "other"
@@ -307,5 +317,19 @@ mod tests {
         assert_eq!(find("b", "web.requests_per_second", None), Some(0.5));
         assert_eq!(doc["vhosts"]["a"]["by_class"]["5xx"], 1);
         assert!(traffic.is_empty(), "take starts a new interval");
+        // Vhosts are labels clients choose: a name too long for one, and more names than the
+        // bound over the log's life (not per interval), are added up as `other`.
+        traffic.add(&"h".repeat(300), &ok);
+        for interval in 0..3 {
+            for i in 0..VHOSTS_MAX {
+                traffic.add(&format!("v{interval}-{i}"), &ok);
+            }
+            traffic.take("nginx", 1.0);
+        }
+        traffic.add("v2-0", &ok);
+        traffic.add("a", &ok);
+        let (doc, _) = traffic.take("nginx", 1.0);
+        let names: Vec<&String> = doc["vhosts"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["a", "other"]);
     }
 }

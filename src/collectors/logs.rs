@@ -14,7 +14,7 @@
 //! Memory is bounded whatever the files hold: one read buffer, and a partial line of at most
 //! `max_line_bytes` per file (a longer line is cut and the rest skipped to its newline).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -59,6 +59,8 @@ struct Followed {
     /// The file's first bytes (up to [`HEAD_BYTES`]): a file cut and written again past the old
     /// position (copytruncate while busy) is told by its start having changed.
     head: Vec<u8>,
+    /// Where it was opened, to go back to if the run that read it could not be spooled.
+    opened_at: (u64, bool),
 }
 
 /// How much of a file's start is kept to recognise it.
@@ -106,9 +108,33 @@ impl Followed {
     fn resume_at(&self) -> u64 {
         self.read - self.partial.len() as u64
     }
+
+    fn inode(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    fn file_state(&self, path: &Path) -> FileState {
+        FileState {
+            path: path.to_owned(),
+            dev: self.dev,
+            ino: self.ino,
+            offset: self.resume_at(),
+            skipping: self.skipping,
+        }
+    }
+
+    /// Goes back to `offset`, forgetting what was read past it.
+    fn rewind(&mut self, (offset, skipping): (u64, bool)) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.read = offset;
+        self.partial.clear();
+        self.skipping = skipping;
+        Ok(())
+    }
 }
 
-/// The state file: where each file was left.
+/// The state file: where each file was left, by inode (the path is where it was last seen: a
+/// file rotated while the agent was down is looked for beside it).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     files: Vec<FileState>,
@@ -154,8 +180,12 @@ pub struct LogTail {
     files: BTreeMap<PathBuf, Followed>,
     /// Files their path no longer names (rotated), read until they stay quiet.
     retired: Vec<(PathBuf, Followed)>,
-    /// Saved positions not yet matched to an open file (first run only).
-    saved: Option<BTreeMap<PathBuf, FileState>>,
+    /// Saved positions not yet matched to an open file, by inode (first run only).
+    saved: Option<HashMap<(u64, u64), FileState>>,
+    /// Whether a state file was found: then a file not in it is new since the last run.
+    had_state: bool,
+    /// The positions of the last spooled run, by inode.
+    committed: HashMap<(u64, u64), (u64, bool)>,
     first_run: bool,
     last_run: Option<Instant>,
     interval_secs: f64,
@@ -194,8 +224,8 @@ impl LogTail {
                     state
                         .files
                         .into_iter()
-                        .map(|f| (f.path.clone(), f))
-                        .collect(),
+                        .map(|f| ((f.dev, f.ino), f))
+                        .collect::<HashMap<_, _>>(),
                 ),
                 Err(err) => {
                     tracing::warn!(log = %config.name, state = %state_path.display(), cause = %err,
@@ -222,6 +252,12 @@ impl LogTail {
             state_path,
             files: BTreeMap::new(),
             retired: Vec::new(),
+            had_state: saved.is_some(),
+            committed: saved
+                .iter()
+                .flatten()
+                .map(|(inode, f)| (*inode, (f.offset, f.skipping)))
+                .collect(),
             saved: Some(saved.unwrap_or_default()),
             first_run: true,
             last_run: None,
@@ -266,43 +302,81 @@ impl LogTail {
         }
     }
 
-    /// Opens `path` at the position it should be read from.
+    /// Opens `path` at the position it should be read from: where the state file left that
+    /// inode; its start if it is new since the last run; its end at the very first start
+    /// (unless `from_beginning`).
     fn open(&mut self, path: &Path) -> std::io::Result<Followed> {
-        let mut file = File::open(path)?;
+        let file = File::open(path)?;
         let meta = file.metadata()?;
-        let saved = self.saved.as_mut().and_then(|s| s.remove(path));
-        let (offset, skipping) = match saved {
-            Some(s) if s.dev == meta.dev() && s.ino == meta.ino() && s.offset <= meta.len() => {
-                (s.offset, s.skipping)
-            }
-            // Rotated or truncated while the agent was down: the file there now is new to us.
+        let saved = self
+            .saved
+            .as_mut()
+            .and_then(|s| s.remove(&(meta.dev(), meta.ino())));
+        let start = match saved {
+            Some(s) if s.offset <= meta.len() => (s.offset, s.skipping),
+            // Shorter than where it was left: truncated while the agent was down.
             Some(_) => (0, false),
-            None if self.first_run && !self.from_beginning => (meta.len(), false),
+            None if self.first_run && !self.had_state && !self.from_beginning => {
+                (meta.len(), false)
+            }
             None => (0, false),
         };
-        file.seek(SeekFrom::Start(offset))?;
-        let head = read_head(&file)?;
+        self.follow(path, file, start)
+    }
+
+    fn follow(&self, path: &Path, mut file: File, start: (u64, bool)) -> std::io::Result<Followed> {
+        let meta = file.metadata()?;
+        file.seek(SeekFrom::Start(start.0))?;
         Ok(Followed {
-            head,
+            head: read_head(&file)?,
             file,
             dev: meta.dev(),
             ino: meta.ino(),
-            read: offset,
+            read: start.0,
             partial: Vec::new(),
-            skipping,
+            skipping: start.1,
             vhost: self.vhost_of(path),
+            opened_at: start,
         })
     }
 
+    /// At the first start: files the state file knows but no pattern matches any more were
+    /// rotated while the agent was down; the rest of each is read from beside its old path.
+    fn find_rotated_while_down(&mut self) {
+        let Some(saved) = self.saved.take() else {
+            return;
+        };
+        for (inode, state) in saved {
+            let Some(dir) = state.path.parent() else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let found = entries.flatten().find(|e| {
+                e.metadata().is_ok_and(|m| {
+                    m.is_file() && (m.dev(), m.ino()) == inode && m.len() > state.offset
+                })
+            });
+            if let Some(entry) = found
+                && let Ok(file) = File::open(entry.path())
+                && let Ok(followed) =
+                    self.follow(&entry.path(), file, (state.offset, state.skipping))
+            {
+                self.retired.push((entry.path(), followed));
+            }
+        }
+    }
+
     /// Reads `followed` to its end (or the run's budget), handling each whole line. Returns
-    /// the bytes read.
+    /// the bytes read and whether the end was reached.
     fn drain(
         &mut self,
         path: &Path,
         followed: &mut Followed,
         counts: &mut Counts,
         budget: &mut u64,
-    ) -> std::io::Result<u64> {
+    ) -> std::io::Result<(u64, bool)> {
         let mut chunk = std::mem::take(&mut self.buf);
         let result = self.drain_with(&mut chunk, path, followed, counts, budget);
         self.buf = chunk;
@@ -316,13 +390,13 @@ impl LogTail {
         followed: &mut Followed,
         counts: &mut Counts,
         budget: &mut u64,
-    ) -> std::io::Result<u64> {
+    ) -> std::io::Result<(u64, bool)> {
         let mut total = 0;
         while *budget > 0 {
             let want = (chunk.len() as u64).min(*budget) as usize;
             let n = followed.file.read(&mut chunk[..want])?;
             if n == 0 {
-                break;
+                return Ok((total, true));
             }
             *budget -= n as u64;
             total += n as u64;
@@ -362,7 +436,7 @@ impl LogTail {
                 }
             }
         }
-        Ok(total)
+        Ok((total, false))
     }
 
     /// A file that gets no more lines: its unended last one is a line.
@@ -421,6 +495,7 @@ impl LogTail {
         let ts = parsed
             .as_ref()
             .and_then(|l| l.time_ms())
+            .filter(|t| *t >= 0)
             .unwrap_or_else(crate::timefmt::now_ms);
         self.reservoir.put(
             slot,
@@ -438,13 +513,8 @@ impl LogTail {
             files: self
                 .files
                 .iter()
-                .map(|(path, f)| FileState {
-                    path: path.clone(),
-                    dev: f.dev,
-                    ino: f.ino,
-                    offset: f.resume_at(),
-                    skipping: f.skipping,
-                })
+                .chain(self.retired.iter().map(|(p, f)| (p, f)))
+                .map(|(path, f)| f.file_state(path))
                 .collect(),
         }
     }
@@ -471,7 +541,7 @@ impl Collector for LogTail {
         // is read until a run finds nothing new, then let go.
         for (path, mut f) in std::mem::take(&mut self.retired) {
             match self.drain(&path, &mut f, &mut counts, &mut budget) {
-                Ok(0) => self.finish(&path, f, &mut counts),
+                Ok((0, true)) => self.finish(&path, f, &mut counts),
                 Ok(_) => self.retired.push((path, f)),
                 Err(err) => {
                     tracing::warn!(file = %path.display(), cause = %err, "cannot read a rotated log file");
@@ -487,10 +557,9 @@ impl Collector for LogTail {
             if f.was_truncated() {
                 // Cut under us (copytruncate): everything there now is new.
                 counts.truncations += 1;
-                f.file.seek(SeekFrom::Start(0))?;
-                f.read = 0;
-                f.partial.clear();
-                f.skipping = false;
+                if let Err(err) = f.rewind((0, false)) {
+                    tracing::warn!(file = %path.display(), cause = %err, "cannot read a truncated log file again");
+                }
                 f.head.clear();
             }
             if let Err(err) = self.drain(&path, &mut f, &mut counts, &mut budget) {
@@ -499,7 +568,7 @@ impl Collector for LogTail {
             f.refresh_head();
             let rotated = std::fs::metadata(&path)
                 .ok()
-                .is_none_or(|m| m.dev() != f.dev || m.ino() != f.ino);
+                .is_none_or(|m| (m.dev(), m.ino()) != f.inode());
             if rotated {
                 counts.rotations += 1;
                 self.retired.push((path, f));
@@ -509,6 +578,20 @@ impl Collector for LogTail {
         }
         for path in paths {
             if self.files.contains_key(&path) {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let inode = (meta.dev(), meta.ino());
+            // Another name of a file followed already (a link, or one rotated to a name the
+            // patterns also match): the same file, followed once, from where it is.
+            if self.files.values().any(|f| f.inode() == inode) {
+                continue;
+            }
+            if let Some(at) = self.retired.iter().position(|(_, f)| f.inode() == inode) {
+                let (_, f) = self.retired.remove(at);
+                self.files.insert(path, f);
                 continue;
             }
             match self.open(&path) {
@@ -522,6 +605,15 @@ impl Collector for LogTail {
                 Err(err) => {
                     tracing::debug!(file = %path.display(), cause = %err, "cannot open a log file")
                 }
+            }
+        }
+        if self.first_run {
+            self.find_rotated_while_down();
+            for (path, mut f) in std::mem::take(&mut self.retired) {
+                if let Err(err) = self.drain(&path, &mut f, &mut counts, &mut budget) {
+                    tracing::warn!(file = %path.display(), cause = %err, "cannot read a rotated log file");
+                }
+                self.retired.push((path, f));
             }
         }
         self.first_run = false;
@@ -572,9 +664,37 @@ impl Collector for LogTail {
     }
 
     fn committed(&mut self) {
-        if let Err(err) = write_atomically(&self.state_path, &self.state()) {
+        let state = self.state();
+        if let Err(err) = write_atomically(&self.state_path, &state) {
             tracing::error!(state = %self.state_path.display(), cause = %err,
                 "cannot save the log tail's positions; a restart may read lines again");
+        }
+        self.committed = state
+            .files
+            .iter()
+            .map(|f| ((f.dev, f.ino), (f.offset, f.skipping)))
+            .collect();
+        for f in self
+            .files
+            .values_mut()
+            .chain(self.retired.iter_mut().map(|(_, f)| f))
+        {
+            f.opened_at = (f.resume_at(), f.skipping);
+        }
+    }
+
+    fn rolled_back(&mut self) {
+        // Back to the last spooled positions: the next run reads those lines again.
+        let committed = &self.committed;
+        for (path, f) in self
+            .files
+            .iter_mut()
+            .chain(self.retired.iter_mut().map(|(p, f)| (&*p, f)))
+        {
+            let back = committed.get(&f.inode()).copied().unwrap_or(f.opened_at);
+            if let Err(err) = f.rewind(back) {
+                tracing::warn!(file = %path.display(), cause = %err, "cannot go back in a log file");
+            }
         }
     }
 }

@@ -69,6 +69,10 @@ pub trait Collector: Send {
     /// position (the log tail's state file) saves it here, so a crash before the spool write
     /// rereads rather than skips.
     fn committed(&mut self) {}
+
+    /// Called instead when the last run's records could not be spooled: a source that keeps a
+    /// position goes back to the last committed one, so the records are made again.
+    fn rolled_back(&mut self) {}
 }
 
 /// A source that waits (on a socket, a process), awaited on its own interval.
@@ -270,10 +274,21 @@ impl Scheduled {
             }
         }
         self.last_run = Some(now);
-        match self.collector.collect() {
-            Ok(collected) => Some(collected.into_records(self.collector.name(), ts_ms)),
-            Err(err) => {
+        // A bug one odd input brings out must not take the agent (and every other source)
+        // down with it: a panic is a failed run like any other.
+        let run =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.collector.collect()));
+        match run {
+            Ok(Ok(collected)) => Some(collected.into_records(self.collector.name(), ts_ms)),
+            Ok(Err(err)) => {
                 tracing::warn!(collector = self.collector.name(), cause = %err, "collector failed");
+                None
+            }
+            Err(_) => {
+                tracing::error!(
+                    collector = self.collector.name(),
+                    "collector panicked; skipped this run"
+                );
                 None
             }
         }

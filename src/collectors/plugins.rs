@@ -222,7 +222,9 @@ impl Plugin {
             let mut sample =
                 label(Sample::new("plugin.perf", perf.value)).with_label("label", text);
             if !perf.uom.is_empty() {
-                sample = sample.with_label("uom", perf.uom.as_str());
+                let mut uom = perf.uom.clone();
+                crate::command::cut(&mut uom, limits::LABEL_VALUE_MAX);
+                sample = sample.with_label("uom", uom);
             }
             samples.push(sample);
         }

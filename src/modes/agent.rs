@@ -218,6 +218,22 @@ fn tick_once(
         }
     }
     records.extend(waiting);
+    // The controller refuses a batch with one bad record whole, and a refused batch is gone:
+    // a record the sources should not have made is dropped here, alone, and loudly.
+    let before = records.len();
+    records.retain(|record| match record.validate("record") {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(collector = %record.collector, cause = %err, "a source made a record the controller would refuse; it is dropped");
+            false
+        }
+    });
+    if records.len() < before {
+        tracing::error!(
+            dropped = before - records.len(),
+            "records dropped this tick"
+        );
+    }
     if records.is_empty() {
         return false;
     }
@@ -230,9 +246,11 @@ fn tick_once(
             all_spooled = false;
         }
     }
-    if all_spooled {
-        for i in ran {
+    for i in ran {
+        if all_spooled {
             collectors[i].collector.committed();
+        } else {
+            collectors[i].collector.rolled_back();
         }
     }
     true

@@ -98,7 +98,8 @@ fn the_tail_follows_appends_rotation_and_truncation() {
     );
     assert!(run(&mut tail).0.is_empty());
 
-    // copytruncate: the file is copied away and cut to nothing in place.
+    // copytruncate: the file is copied away and cut to nothing in place, and written again past
+    // the old position before the tail looks (only its changed start tells).
     std::fs::copy(&log, dir.path().join("app.log.2")).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
@@ -113,6 +114,63 @@ fn the_tail_follows_appends_rotation_and_truncation() {
     // A file that appears later is read whole.
     append(&dir.path().join("other.log"), "other 1\n");
     assert_eq!(run(&mut tail).0, ["other 1"]);
+}
+
+#[test]
+fn a_pattern_that_matches_rotated_names_reads_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    // `access.log*` matches the rotated `access.log.1` as well.
+    let pattern = dir.path().join("access.log*");
+    let mut tail = tail(&log_config("app", &[&pattern]), dir.path());
+    append(&log, "one\ntwo\n");
+    assert_eq!(run(&mut tail).0, ["one", "two"]);
+    std::fs::rename(&log, dir.path().join("access.log.1")).unwrap();
+    append(&dir.path().join("access.log.1"), "three\n");
+    append(&log, "four\n");
+    let (shipped, _) = run(&mut tail);
+    assert_eq!(
+        shipped,
+        ["three", "four"],
+        "the renamed file is the same file, not a new one"
+    );
+    append(&dir.path().join("access.log.1"), "five\n");
+    assert_eq!(run(&mut tail).0, ["five"]);
+    assert!(run(&mut tail).0.is_empty());
+}
+
+#[test]
+fn lines_rotated_away_while_the_agent_was_down_are_read_and_a_failed_spool_reads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let config = log_config("app", &[&log]);
+    append(&log, "a\nb\n");
+    let mut before = tail(&config, dir.path());
+    assert_eq!(run(&mut before).0, ["a", "b"]);
+    before.committed();
+    // The spool could not take the next run: its lines come again.
+    append(&log, "c\n");
+    assert_eq!(run(&mut before).0, ["c"]);
+    before.rolled_back();
+    assert_eq!(run(&mut before).0, ["c"]);
+    before.committed();
+    drop(before);
+    // While the agent is down: more lines, then logrotate renames the file (to a name the
+    // pattern does not match) and a new one starts.
+    append(&log, "d\ne\n");
+    std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+    append(&log, "f\n");
+    let mut after = tail(&config, dir.path());
+    let (mut shipped, _) = run(&mut after);
+    shipped.sort();
+    assert_eq!(shipped, ["d", "e", "f"]);
+    after.committed();
+    append(&dir.path().join("app.log.1"), "g\n");
+    assert_eq!(
+        run(&mut after).0,
+        ["g"],
+        "the rotated file is followed until quiet"
+    );
 }
 
 #[test]
