@@ -259,6 +259,49 @@ impl Record {
         Ok(())
     }
 
+    /// Records from a list of items (an array an app or a MassAffect agent sent), all or none:
+    /// at most [`limits::RECORDS_PER_BATCH_MAX`] items, each at most
+    /// [`limits::ITEM_BYTES_MAX`] as JSON, each through [`Record::from_item`]. The error names
+    /// the item (counted from 0).
+    pub fn from_items(
+        items: Vec<serde_json::Value>,
+        received_ms: i64,
+        reserved: &[&str],
+    ) -> Result<Vec<Record>, InvalidInput> {
+        if items.len() > limits::RECORDS_PER_BATCH_MAX {
+            return Err(InvalidInput::new(
+                "items",
+                format!(
+                    "there are {}; at most {} are taken at once",
+                    items.len(),
+                    limits::RECORDS_PER_BATCH_MAX
+                ),
+            ));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let size = serde_json::to_vec(&item)
+                    .expect("a parsed JSON value serialises")
+                    .len();
+                if size > limits::ITEM_BYTES_MAX {
+                    return Err(InvalidInput::new(
+                        format!("item {i}"),
+                        format!(
+                            "is {size} bytes as JSON; at most {} are taken",
+                            limits::ITEM_BYTES_MAX
+                        ),
+                    ));
+                }
+                Record::from_item(item, received_ms, reserved).map_err(|e| InvalidInput {
+                    field: format!("item {i}: {}", e.field),
+                    problem: e.problem,
+                })
+            })
+            .collect()
+    }
+
     /// A record from an item as apps (the agent's socket) and MassAffect agents send it: a JSON
     /// object with a `collector` name, an optional `ts` and any other keys.
     ///
@@ -270,7 +313,8 @@ impl Record {
     ///   `<collector>.<path>`, up to [`limits::ITEM_SAMPLES_MAX`]; keys that make no valid metric
     ///   name stay in the document only.
     ///
-    /// `reserved` lists collector names the caller refuses (the app socket: the agent's own).
+    /// `reserved` lists collector names the caller refuses (the app socket: the agent's own); an
+    /// entry ending in `.` refuses every name it begins (`logs.`).
     pub fn from_item(
         item: serde_json::Value,
         received_ms: i64,
@@ -293,7 +337,14 @@ impl Record {
             }
         };
         check_collector_name("collector", &collector)?;
-        if reserved.contains(&collector.as_str()) {
+        let taken = |r: &&str| {
+            if r.ends_with('.') {
+                collector.starts_with(*r)
+            } else {
+                collector == *r
+            }
+        };
+        if reserved.iter().any(taken) {
             return Err(InvalidInput::new(
                 "collector",
                 format!("{collector:?} is the agent's own; name yours differently"),

@@ -4,9 +4,11 @@
 //!
 //! A client writes one JSON object, an array of objects, or newline-delimited objects, and
 //! closes (or half-closes and reads the answer). Each item becomes a record through
-//! [`Record::from_item`] (the one rule for items); one JSON value is taken whole or not at all.
-//! The agent answers one line: `{"ok":true,"accepted":N}` at the end, or `{"error":"…",
-//! "accepted":N}` at the first bad value, and then closes, so a client never learns by silence.
+//! [`Record::from_items`] (the one rule for items); one JSON value is taken whole or not at all.
+//! The agent answers one line once the items are spooled (fsynced, as every batch):
+//! `{"ok":true,"accepted":N}` at the end, or `{"error":"…","accepted":N}` at the first bad
+//! value, and then closes, so a client never learns by silence and `accepted` counts only what
+//! is on disk.
 //!
 //! This module must never block the agent: every read waits at most [`IDLE_TIMEOUT`], every
 //! value and connection is bounded, and a full inbox is an answer, not a wait.
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inbox;
 use crate::config::AppSocketConfig;
-use crate::model::{Record, limits};
+use crate::model::Record;
 
 /// How long a connection may stay silent before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,8 +36,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// and a client inventing a name per item must not grow that without end.
 pub const APP_COLLECTORS_MAX: usize = 64;
 
-/// Collector names apps may not take: the agent's own.
-pub const RESERVED: [&str; 8] = [
+/// Collector names apps may not take: the agent's own (a trailing `.` takes every name it
+/// begins: the log tail's `logs.NAME`, `tail.NAME`, `web.NAME`).
+pub const RESERVED: [&str; 11] = [
     "system",
     "disk",
     "network",
@@ -44,7 +47,41 @@ pub const RESERVED: [&str; 8] = [
     "plugin",
     "nginx",
     "agent",
+    "logs.",
+    "tail.",
+    "web.",
 ];
+
+/// Items handed to the inbox, waiting to hear that they were spooled.
+type Waiting = (usize, tokio::sync::oneshot::Receiver<bool>);
+
+/// How long a client's items may take to reach the spool before it is told they did not.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Values of one connection waiting for the spool at once; past it, the reading waits.
+const WAITING_MAX: usize = 64;
+
+/// Waits until every value in `waiting` is spooled, counting their items into `accepted`: an
+/// app is told "accepted" only for what is on disk.
+async fn confirm(waiting: &mut Vec<Waiting>, accepted: &mut usize) -> Result<(), String> {
+    for (count, receipt) in waiting.drain(..) {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, receipt).await {
+            Ok(Ok(true)) => *accepted += count,
+            Ok(_) => {
+                return Err(
+                    "the agent could not store the items (its log says why); send them again"
+                        .into(),
+                );
+            }
+            Err(_) => {
+                return Err(format!(
+                    "the agent did not store the items within {} s; send them again",
+                    CONFIRM_TIMEOUT.as_secs()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What the listeners share.
 struct Shared {
@@ -171,6 +208,10 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut accepted = 0usize;
+    let mut waiting: Vec<Waiting> = Vec::new();
+    // Parsing restarts at the value's start each time: it is tried when a line ends, at the
+    // end, or once the bytes waiting have doubled, so a large value costs linear time.
+    let mut tried_at = 0usize;
     loop {
         let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await;
         let n = match read {
@@ -187,17 +228,30 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
         };
         let at_end = n == 0;
         pending.extend_from_slice(&chunk[..n]);
+        let line_ended = memchr::memchr(b'\n', &chunk[..n]).is_some();
+        if !(at_end || line_ended || pending.len() >= 2 * tried_at) {
+            continue;
+        }
         let (values, malformed) = take_values(&mut pending, at_end, shared.value_bytes_max);
+        tried_at = pending.len();
+        let mut refusal = None;
         for value in values {
             match shared.accept(value) {
-                Ok(count) => accepted += count,
+                Ok(offered) => waiting.push(offered),
                 Err(error) => {
-                    refuse(&mut stream, &error, accepted).await;
-                    return;
+                    refusal = Some(error);
+                    break;
                 }
             }
         }
-        if let Err(error) = malformed {
+        let refusal = refusal.or(malformed.err());
+        if refusal.is_some() || at_end || waiting.len() >= WAITING_MAX {
+            if let Err(error) = confirm(&mut waiting, &mut accepted).await {
+                refuse(&mut stream, &error, accepted).await;
+                return;
+            }
+        }
+        if let Some(error) = refusal {
             refuse(&mut stream, &error, accepted).await;
             return;
         }
@@ -210,34 +264,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
 
 impl Shared {
     /// One JSON value (an item or an array of them) into the inbox, whole or not at all.
-    fn accept(&self, value: serde_json::Value) -> Result<usize, String> {
+    fn accept(&self, value: serde_json::Value) -> Result<Waiting, String> {
         let items = match value {
-            serde_json::Value::Array(items) => {
-                if items.len() > limits::RECORDS_PER_BATCH_MAX {
-                    return Err(format!(
-                        "an array of {} items; at most {} are taken at once",
-                        items.len(),
-                        limits::RECORDS_PER_BATCH_MAX
-                    ));
-                }
-                items
-            }
+            serde_json::Value::Array(items) => items,
             item => vec![item],
         };
-        let received = crate::timefmt::now_ms();
-        let mut records = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let record = Record::from_item(item, received, &RESERVED)
-                .map_err(|e| format!("item {i}: {e}"))?;
-            let size = super::record_size(&record);
-            if size > limits::ITEM_BYTES_MAX {
-                return Err(format!(
-                    "item {i} is {size} bytes as JSON; at most {} are taken",
-                    limits::ITEM_BYTES_MAX
-                ));
-            }
-            records.push(record);
-        }
+        let records = Record::from_items(items, crate::timefmt::now_ms(), &RESERVED)
+            .map_err(|e| e.to_string())?;
         {
             let mut known = self.collectors.lock().expect("collectors lock poisoned");
             let new: HashSet<&str> = records
@@ -254,8 +287,11 @@ impl Shared {
             known.extend(new.into_iter().map(str::to_owned));
         }
         let count = records.len();
-        self.inbox.offer(records).map_err(|e| e.to_string())?;
-        Ok(count)
+        let receipt = self
+            .inbox
+            .offer_confirmed(records)
+            .map_err(|e| e.to_string())?;
+        Ok((count, receipt))
     }
 }
 

@@ -115,7 +115,26 @@ impl Check {
             Target::File { path, max_age } => {
                 doc["kind"] = "file".into();
                 doc["target"] = path.to_string_lossy().into();
-                match std::fs::metadata(path).and_then(|m| m.modified()) {
+                // A stuck mount must not stall the agent's one runtime thread.
+                let stat = {
+                    let path = path.clone();
+                    tokio::time::timeout(
+                        self.timeout,
+                        tokio::task::spawn_blocking(move || {
+                            std::fs::metadata(path).and_then(|m| m.modified())
+                        }),
+                    )
+                    .await
+                };
+                let stat = match stat {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(std::io::Error::other("the check panicked")),
+                    Err(_) => Err(std::io::Error::other(format!(
+                        "no answer within {:?}",
+                        self.timeout
+                    ))),
+                };
+                match stat {
                     Ok(modified) => {
                         let age = SystemTime::now()
                             .duration_since(modified)
@@ -269,9 +288,13 @@ async fn connect_unix(path: &std::path::Path) -> std::io::Result<()> {
     if let Some(name) = text.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        // Connecting to a unix socket does not block on the network: it succeeds or is refused.
-        std::os::unix::net::UnixStream::connect_addr(&addr)?;
-        return Ok(());
+        // std connects blocking (a full backlog waits): in a blocking thread, so the caller's
+        // timeout holds.
+        return tokio::task::spawn_blocking(move || {
+            std::os::unix::net::UnixStream::connect_addr(&addr).map(drop)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
     }
     tokio::net::UnixStream::connect(path).await.map(drop)
 }

@@ -117,11 +117,21 @@ pub async fn run_probe(
 
 /// Records from probes and the app socket waiting for the next tick's batches. Bounded in
 /// records and bytes: an offer that does not fit is refused whole, so its sender can say so
-/// (the app socket answers the client) instead of anything being dropped unseen.
+/// (the app socket answers the client) instead of anything being dropped unseen. An offer made
+/// with [`Inbox::offer_confirmed`] learns whether its records reached the spool, and asks for
+/// them to be spooled soon rather than at the next tick.
 pub struct Inbox {
-    queue: std::sync::Mutex<(Vec<Record>, usize)>,
+    queue: std::sync::Mutex<Queue>,
     records_max: usize,
     bytes_max: usize,
+    wanted: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    records: Vec<Record>,
+    bytes: usize,
+    receipts: Vec<tokio::sync::oneshot::Sender<bool>>,
 }
 
 /// The inbox could not take an offer.
@@ -134,35 +144,75 @@ pub struct InboxFull {
     pub bytes: usize,
 }
 
+/// The senders of drained records waiting to hear whether they were spooled. Dropped without
+/// [`Receipts::settle`], they hear "not stored".
+pub struct Receipts(Vec<tokio::sync::oneshot::Sender<bool>>);
+
+impl Receipts {
+    pub fn settle(self, stored: bool) {
+        for receipt in self.0 {
+            let _ = receipt.send(stored);
+        }
+    }
+}
+
 impl Inbox {
     pub fn new(records_max: usize, bytes_max: usize) -> Self {
         Self {
-            queue: std::sync::Mutex::new((Vec::new(), 0)),
+            queue: std::sync::Mutex::new(Queue::default()),
             records_max,
             bytes_max,
+            wanted: tokio::sync::Notify::new(),
         }
     }
 
     /// Takes all of `records` or none. Their size is counted as their JSON.
     pub fn offer(&self, records: Vec<Record>) -> Result<(), InboxFull> {
+        self.put(records, None)
+    }
+
+    /// [`Inbox::offer`], and the answer to whether the records were spooled.
+    pub fn offer_confirmed(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, InboxFull> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.put(records, Some(tx))?;
+        self.wanted.notify_one();
+        Ok(rx)
+    }
+
+    fn put(
+        &self,
+        records: Vec<Record>,
+        receipt: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> Result<(), InboxFull> {
         let bytes: usize = records.iter().map(record_size).sum();
         let mut queue = self.queue.lock().expect("inbox lock poisoned");
-        if queue.0.len() + records.len() > self.records_max || queue.1 + bytes > self.bytes_max {
+        if queue.records.len() + records.len() > self.records_max
+            || queue.bytes + bytes > self.bytes_max
+        {
             return Err(InboxFull {
-                records: queue.0.len(),
-                bytes: queue.1,
+                records: queue.records.len(),
+                bytes: queue.bytes,
             });
         }
-        queue.0.extend(records);
-        queue.1 += bytes;
+        queue.records.extend(records);
+        queue.bytes += bytes;
+        queue.receipts.extend(receipt);
         Ok(())
     }
 
-    /// Everything waiting, oldest first.
-    pub fn drain(&self) -> Vec<Record> {
+    /// Everything waiting, oldest first, with the receipts to settle once it is spooled.
+    pub fn drain(&self) -> (Vec<Record>, Receipts) {
         let mut queue = self.queue.lock().expect("inbox lock poisoned");
-        queue.1 = 0;
-        std::mem::take(&mut queue.0)
+        let taken = std::mem::take(&mut *queue);
+        (taken.records, Receipts(taken.receipts))
+    }
+
+    /// Returns once a confirmed offer is waiting.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await
     }
 }
 

@@ -126,6 +126,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     result
 }
 
+/// How long items an app waits on are held for others to join their batch.
+const APP_BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// What a tick spooled.
+struct TickOutcome {
+    any_spooled: bool,
+    /// Every batch of the tick is on disk (false when one failed).
+    all_spooled: bool,
+}
+
 /// Most records, and bytes of them, waiting in the inbox between two ticks.
 const INBOX_RECORDS_MAX: usize = 20_000;
 const INBOX_BYTES_MAX: usize = 32 * 1024 * 1024;
@@ -164,9 +174,15 @@ async fn collect_loop(
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let stopping = tokio::select! {
-            _ = shutdown.cancelled() => true,
-            _ = ticker.tick() => false,
+        // A tick runs the due collectors; an app waiting for its answer gets its items spooled
+        // within a moment (what else comes in that moment goes in the same batch).
+        let (stopping, due) = tokio::select! {
+            _ = shutdown.cancelled() => (true, false),
+            _ = ticker.tick() => (false, true),
+            _ = inbox.wanted() => {
+                tokio::time::sleep(APP_BATCH_WINDOW).await;
+                (false, false)
+            }
         };
         if stopping {
             // What apps and probes handed in since the last tick is spooled, not dropped.
@@ -175,19 +191,19 @@ async fn collect_loop(
                 let _ = source.await;
             }
         }
-        let waiting = inbox.drain();
+        let (waiting, receipts) = inbox.drain();
         let spool = spool.clone();
-        let due = !stopping;
         // Collectors read files and /proc, and spooling fsyncs: off the runtime's one thread,
         // so commands and sending never wait behind a busy log.
-        let (back, spooled) = tokio::task::spawn_blocking(move || {
-            let spooled = tick_once(&mut collectors, waiting, &spool, due);
-            (collectors, spooled)
+        let (back, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = tick_once(&mut collectors, waiting, &spool, due);
+            (collectors, outcome)
         })
         .await
         .context("a collector panicked")?;
         collectors = back;
-        if spooled {
+        receipts.settle(outcome.all_spooled);
+        if outcome.any_spooled {
             wake.notify_one();
         }
         if stopping {
@@ -197,14 +213,14 @@ async fn collect_loop(
 }
 
 /// One tick: runs the due collectors (none when `run_collectors` is false), packs their records
-/// and `waiting` into batches, spools them, and tells the collectors that ran that their
-/// records are durable. Returns whether anything was spooled.
+/// and `waiting` into batches, spools them, and tells the collectors that ran whether their
+/// records are durable.
 fn tick_once(
     collectors: &mut [Scheduled],
     waiting: Vec<crate::model::Record>,
     spool: &Mutex<Spool>,
     run_collectors: bool,
-) -> bool {
+) -> TickOutcome {
     let now = Instant::now();
     let ts = crate::timefmt::now_ms();
     let mut ran = Vec::new();
@@ -235,7 +251,13 @@ fn tick_once(
         );
     }
     if records.is_empty() {
-        return false;
+        for i in ran {
+            collectors[i].collector.committed();
+        }
+        return TickOutcome {
+            any_spooled: false,
+            all_spooled: true,
+        };
     }
     let mut all_spooled = true;
     for batch in pack_records(&records, BATCH_RECORDS_BYTES_MAX) {
@@ -253,7 +275,10 @@ fn tick_once(
             collectors[i].collector.rolled_back();
         }
     }
-    true
+    TickOutcome {
+        any_spooled: true,
+        all_spooled,
+    }
 }
 
 async fn send_loop(

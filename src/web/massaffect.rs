@@ -32,7 +32,7 @@ use super::error::ApiError;
 use super::ingest::{is_gzip, read_bounded, refuse_declared_over};
 use crate::bus::wire;
 use crate::config::MassaffectConfig;
-use crate::model::{BatchBody, NodeName, Record, limits};
+use crate::model::{BatchBody, NodeName, Record};
 
 /// The route's path, as MassAffect agents post to it.
 pub const PATH: &str = "/collect";
@@ -153,31 +153,8 @@ fn items(body: &[u8], received_at_ms: i64) -> Result<Vec<Record>, ApiError> {
             "the body must be a JSON array of items ({\"collector\": …, \"ts\": …, \"metrics\": {…}})",
         ));
     };
-    if items.len() > limits::RECORDS_PER_BATCH_MAX {
-        return Err(ApiError::bad_request(format!(
-            "the body has {} items; at most {} are accepted in one request",
-            items.len(),
-            limits::RECORDS_PER_BATCH_MAX
-        )));
-    }
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let size = serde_json::to_vec(&item)
-                .expect("a parsed JSON value serialises")
-                .len();
-            if size > limits::ITEM_BYTES_MAX {
-                return Err(ApiError::bad_request(format!(
-                    "item {i}: is {size} bytes as JSON; at most {} are accepted",
-                    limits::ITEM_BYTES_MAX
-                )));
-            }
-            // A MassAffect agent is the node's own agent: no collector name is reserved.
-            Record::from_item(item, received_at_ms, &[])
-                .map_err(|e| ApiError::bad_request(format!("item {i}: {e}")))
-        })
-        .collect()
+    // A MassAffect agent is the node's own agent: no collector name is reserved.
+    Record::from_items(items, received_at_ms, &[]).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 #[cfg(test)]
@@ -210,7 +187,7 @@ mod tests {
         assert!(items(b"\x1f\x8b garbage", now).is_err());
         let big = format!(
             r#"[{{"collector":"a","pad":"{}"}}]"#,
-            "x".repeat(limits::ITEM_BYTES_MAX)
+            "x".repeat(crate::model::limits::ITEM_BYTES_MAX)
         );
         assert!(
             items(big.as_bytes(), now)

@@ -366,6 +366,49 @@ sys.stdout.write(answer.decode())
     serde_json::from_str(&text).unwrap()
 }
 
+/// What the agent's collect loop does with the inbox, for a socket served alone: takes what
+/// waits and settles it as spooled (or, with `store` false, as not), keeping what it took.
+struct Spooler {
+    taken: Arc<std::sync::Mutex<Vec<Record>>>,
+    store: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Spooler {
+    fn start(inbox: Arc<Inbox>) -> Self {
+        let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let task = tokio::spawn({
+            let (taken, store) = (taken.clone(), store.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = inbox.wanted() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                    let (records, receipts) = inbox.drain();
+                    let stored = store.load(std::sync::atomic::Ordering::SeqCst);
+                    if stored {
+                        taken.lock().unwrap().extend(records);
+                    }
+                    receipts.settle(stored);
+                }
+            }
+        });
+        Self { taken, store, task }
+    }
+
+    fn take(&self) -> Vec<Record> {
+        std::mem::take(&mut *self.taken.lock().unwrap())
+    }
+}
+
+impl Drop for Spooler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn unique_name(what: &str) -> String {
     format!("fleettest-{what}-{}", ulid::Ulid::new())
 }
@@ -378,6 +421,7 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
         ..AppSocketConfig::default()
     };
     let inbox = Arc::new(Inbox::new(10_000, 8 << 20));
+    let spooler = Spooler::start(inbox.clone());
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
     // A second agent on the same name is told so.
@@ -405,7 +449,7 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
             .await
             .unwrap();
     assert_eq!(answer["accepted"], 2);
-    let got = inbox.drain();
+    let got = spooler.take();
     assert_eq!(got.len(), 5);
     assert_eq!(got[0].collector, "deploy");
     assert_eq!(got[0].ts, 1_764_580_000_000);
@@ -422,6 +466,10 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
         (vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0x01], "not JSON"),
         (
             br#"{"collector":"system","cpu":99}"#.to_vec(),
+            "the agent's own",
+        ),
+        (
+            br#"{"collector":"logs.nginx","line":"forged"}"#.to_vec(),
             "the agent's own",
         ),
         (
@@ -443,7 +491,7 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
             .unwrap_or_else(|| panic!("{answer}"));
         assert!(error.contains(says), "{error} should say {says}");
     }
-    let got = inbox.drain();
+    let got = spooler.take();
     assert_eq!(
         got.len(),
         1,
@@ -455,6 +503,21 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
         .await
         .unwrap();
     assert_eq!(answer["accepted"], 1);
+    // "accepted" means spooled: when the spool cannot take them, the app is told.
+    spooler
+        .store
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let answer = client(br#"{"collector":"deploy","version":"1.4.4"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(answer["accepted"], 0, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not store"),
+        "{answer}"
+    );
 
     stop.cancel();
     for task in tasks {
@@ -476,6 +539,7 @@ async fn a_filesystem_socket_gets_its_mode_and_replaces_a_stale_one() {
         ..AppSocketConfig::default()
     };
     let inbox = Arc::new(Inbox::new(100, 1 << 20));
+    let spooler = Spooler::start(inbox.clone());
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -494,7 +558,7 @@ async fn a_filesystem_socket_gets_its_mode_and_replaces_a_stale_one() {
     .await
     .unwrap();
     assert_eq!(answer, "{\"accepted\":1,\"ok\":true}\n");
-    assert_eq!(inbox.drain()[0].data["job"], "backup");
+    assert_eq!(spooler.take()[0].data["job"], "backup");
     // A regular file in the way is not removed.
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "keep me").unwrap();
