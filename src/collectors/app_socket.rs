@@ -245,11 +245,11 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
             }
         }
         let refusal = refusal.or(malformed.err());
-        if refusal.is_some() || at_end || waiting.len() >= WAITING_MAX {
-            if let Err(error) = confirm(&mut waiting, &mut accepted).await {
-                refuse(&mut stream, &error, accepted).await;
-                return;
-            }
+        if (refusal.is_some() || at_end || waiting.len() >= WAITING_MAX)
+            && let Err(error) = confirm(&mut waiting, &mut accepted).await
+        {
+            refuse(&mut stream, &error, accepted).await;
+            return;
         }
         if let Some(error) = refusal {
             refuse(&mut stream, &error, accepted).await;
