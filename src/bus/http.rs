@@ -40,14 +40,24 @@ pub fn agent_client(ca_cert: Option<&Path>, timeout: Duration) -> anyhow::Result
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_max_idle_per_host(2)
         .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_cert {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-        builder = builder.tls_certs_only(certs);
-    }
+    builder = trusting(builder, ca_cert)?;
     builder.build().context("cannot build the HTTP client")
+}
+
+/// `builder` verifying servers against the PEM CA at `ca_cert` instead of the system roots,
+/// when one is given (the agent's controller, a checked site).
+pub fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_cert: Option<&Path>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let Some(path) = ca_cert else {
+        return Ok(builder);
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+    Ok(builder.tls_certs_only(certs))
 }
 
 impl HttpSender {

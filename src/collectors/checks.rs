@@ -49,21 +49,16 @@ pub struct Check {
 impl Check {
     pub fn new(config: &CheckConfig) -> anyhow::Result<Self> {
         let client = || -> anyhow::Result<reqwest::Client> {
-            let mut builder = reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 .timeout(config.timeout)
                 .connect_timeout(config.timeout)
                 // The status of this URL, not of where it leads.
                 .redirect(reqwest::redirect::Policy::none())
                 .tls_info(true)
                 .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
-            if let Some(path) = &config.ca_cert {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-                builder = builder.tls_certs_only(certs);
-            }
-            builder.build().context("cannot build the HTTP client")
+            crate::bus::http::trusting(builder, config.ca_cert.as_deref())?
+                .build()
+                .context("cannot build the HTTP client")
         };
         let target = if let (Some(path), Some(max_age)) = (&config.file, config.max_age) {
             Target::File {
