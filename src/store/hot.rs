@@ -2,6 +2,12 @@
 //! memory (embedded default) or in Redis (`LPUSH` + `LTRIM` under
 //! `<prefix>node:<node>:<collector>:events`).
 //!
+//! Each entry pushed gets the ring's next sequence number (`seq`), so a reader that remembers
+//! the newest `seq` it saw can ask for exactly what came after it, whatever times the records
+//! carry (records of one tick share a time; an app may send a time far in the future). A
+//! sequence number is never below the push's wall-clock time in microseconds, so it keeps
+//! rising across a restart that forgot the counter (memory, or a Redis that keeps nothing).
+//!
 //! The hot store is a cache of what the durable store already holds: losing it loses nothing.
 //! So a Redis outage must never fail or stall ingest: every Redis call has a short timeout, and
 //! after a failure Redis is skipped for a back-off period while the connection manager
@@ -31,13 +37,54 @@ pub enum HotError {
     Redis(String),
 }
 
-/// The entry kept in the ring: a record with its node, serialised once.
+/// The entry kept in the ring: a record with its node, serialised once. Its `seq` is put in
+/// front when it is pushed ([`with_seq`]), by Rust in memory and by the script in Redis.
 #[derive(serde::Serialize)]
 struct HotEntry<'a> {
     node: &'a str,
     #[serde(flatten)]
     record: &'a Record,
 }
+
+/// The entry's JSON object with `"seq":N` as its first member. The serialised entry is always
+/// an object (`{"node":…`), so this is a splice, not a re-parse.
+fn with_seq(entry: &str, seq: u64) -> String {
+    debug_assert!(entry.starts_with('{'));
+    format!("{{\"seq\":{seq},{}", &entry[1..])
+}
+
+/// The sequence number after `last`: one more, but never below the clock.
+fn next_seq(last: u64, now_us: u64) -> u64 {
+    (last + 1).max(now_us)
+}
+
+/// Pushes one batch's entries onto their Redis rings with their sequence numbers, in one atomic
+/// step: KEYS are the node's collector set, then per collector its ring and its counter;
+/// ARGV the ring size, the number of collectors, their names, then (collector index, entry)
+/// pairs. Lua numbers are doubles, exact to 2^53: microseconds since 1970 are near 2^51.
+const PUSH_SCRIPT: &str = r#"
+local capacity = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = {}
+for i = 1, n do
+  last[i] = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
+end
+for j = 3 + n, #ARGV, 2 do
+  local i = tonumber(ARGV[j])
+  local seq = math.max(last[i] + 1, now_us)
+  last[i] = seq
+  redis.call('LPUSH', KEYS[2 * i],
+    '{"seq":' .. string.format('%.0f', seq) .. ',' .. string.sub(ARGV[j + 1], 2))
+end
+for i = 1, n do
+  redis.call('SET', KEYS[2 * i + 1], string.format('%.0f', last[i]))
+  redis.call('LTRIM', KEYS[2 * i], 0, capacity - 1)
+  redis.call('SADD', KEYS[1], ARGV[2 + i])
+end
+return 0
+"#;
 
 /// The hot ring, in memory or in Redis.
 pub enum HotStore {
@@ -70,6 +117,7 @@ impl HotStore {
             manager,
             prefix: prefix.to_owned(),
             capacity,
+            push_script: redis::Script::new(PUSH_SCRIPT),
             skip_until_ms: AtomicI64::new(0),
             failures: AtomicU64::new(0),
         }))
@@ -97,7 +145,8 @@ impl HotStore {
         }
     }
 
-    /// The newest `limit` entries of one ring, newest first.
+    /// The newest `limit` entries of one ring, newest first; each has the record's fields, its
+    /// `node` and its ring `seq`.
     pub async fn recent(
         &self,
         node: &str,
@@ -145,12 +194,20 @@ impl HotStore {
 /// Rings in process memory.
 pub struct MemoryRing {
     capacity: usize,
-    /// Keyed by (node, collector); each ring is newest first.
-    rings: Mutex<HashMap<(String, String), VecDeque<String>>>,
+    /// Keyed by (node, collector).
+    rings: Mutex<HashMap<(String, String), Ring>>,
+}
+
+/// One ring in memory: newest first, and the `seq` of its newest entry.
+#[derive(Default)]
+struct Ring {
+    entries: VecDeque<String>,
+    last_seq: u64,
 }
 
 impl MemoryRing {
     fn push(&self, node: &str, entries: Vec<(&str, String)>) {
+        let now_us = crate::timefmt::now_ms().max(0) as u64 * 1000;
         let mut rings = self.rings.lock().expect("hot ring lock poisoned");
         for (collector, entry) in entries {
             let key = (node.to_owned(), collector.to_owned());
@@ -166,8 +223,9 @@ impl MemoryRing {
                 continue;
             }
             let ring = rings.entry(key).or_default();
-            ring.push_front(entry);
-            ring.truncate(self.capacity);
+            ring.last_seq = next_seq(ring.last_seq, now_us);
+            ring.entries.push_front(with_seq(&entry, ring.last_seq));
+            ring.entries.truncate(self.capacity);
         }
     }
 
@@ -184,7 +242,7 @@ impl MemoryRing {
         let rings = self.rings.lock().expect("hot ring lock poisoned");
         rings
             .get(&(node.to_owned(), collector.to_owned()))
-            .map(|ring| ring.iter().take(limit).cloned().collect())
+            .map(|ring| ring.entries.iter().take(limit).cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -194,6 +252,7 @@ pub struct RedisRing {
     manager: ConnectionManager,
     prefix: String,
     capacity: usize,
+    push_script: redis::Script,
     /// After a failure, writes are skipped until this time (ms since epoch).
     skip_until_ms: AtomicI64,
     failures: AtomicU64,
@@ -203,6 +262,11 @@ impl RedisRing {
     /// The Redis key of one ring.
     pub fn key(prefix: &str, node: &str, collector: &str) -> String {
         format!("{prefix}node:{node}:{collector}:events")
+    }
+
+    /// The Redis key of one ring's newest sequence number.
+    pub fn seq_key(prefix: &str, node: &str, collector: &str) -> String {
+        format!("{prefix}node:{node}:{collector}:seq")
     }
 
     /// The Redis set of the collectors that have a ring for one node.
@@ -229,31 +293,38 @@ impl RedisRing {
             self.failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut pipe = redis::pipe();
-        let mut trimmed: Vec<&str> = Vec::new();
+        let mut collectors: Vec<&str> = Vec::new();
+        let mut pairs: Vec<(usize, &str)> = Vec::with_capacity(entries.len());
         for (collector, entry) in &entries {
-            pipe.lpush(Self::key(&self.prefix, node, collector), entry)
-                .ignore();
-            if !trimmed.contains(collector) {
-                trimmed.push(collector);
-            }
+            let index = match collectors.iter().position(|c| c == collector) {
+                Some(i) => i,
+                None => {
+                    collectors.push(collector);
+                    collectors.len() - 1
+                }
+            };
+            pairs.push((index + 1, entry));
         }
-        if !trimmed.is_empty() {
-            pipe.sadd(Self::collectors_key(&self.prefix, node), &trimmed)
-                .ignore();
+        let mut invocation = self
+            .push_script
+            .key(Self::collectors_key(&self.prefix, node));
+        for collector in &collectors {
+            invocation
+                .key(Self::key(&self.prefix, node, collector))
+                .key(Self::seq_key(&self.prefix, node, collector));
         }
-        for collector in trimmed {
-            pipe.ltrim(
-                Self::key(&self.prefix, node, collector),
-                0,
-                self.capacity as isize - 1,
-            )
-            .ignore();
+        invocation.arg(self.capacity).arg(collectors.len());
+        for collector in &collectors {
+            invocation.arg(*collector);
+        }
+        for (index, entry) in pairs {
+            invocation.arg(index).arg(entry);
         }
         let mut conn = self.manager.clone();
-        let result = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+        let result =
+            tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
         let failure = match result {
-            Ok(Ok(())) => return,
+            Ok(Ok(_)) => return,
             Ok(Err(err)) => err.to_string(),
             Err(_) => "timed out".to_owned(),
         };
@@ -334,6 +405,16 @@ mod tests {
         assert_eq!(hot.recent("web1", "c0", 5).await.unwrap().len(), 2);
     }
 
+    #[test]
+    fn sequence_numbers_rise_past_a_forgotten_counter() {
+        assert_eq!(next_seq(0, 1_000), 1_000, "a new ring starts at the clock");
+        assert_eq!(next_seq(5_000, 1_000), 5_001, "then counts up past it");
+        assert_eq!(
+            with_seq(r#"{"node":"web1","ts":1}"#, 7),
+            r#"{"seq":7,"node":"web1","ts":1}"#
+        );
+    }
+
     #[tokio::test]
     async fn memory_ring_is_newest_first_and_capped() {
         let hot = HotStore::memory(3);
@@ -345,6 +426,11 @@ mod tests {
         let ts: Vec<i64> = recent.iter().map(|v| v["ts"].as_i64().unwrap()).collect();
         assert_eq!(ts, vec![5, 4, 3]);
         assert_eq!(recent[0]["node"], "web1");
+        let seqs: Vec<u64> = recent.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] > w[1]),
+            "rising sequence numbers, newest first: {seqs:?}"
+        );
         assert_eq!(hot.recent("web1", "system", 1).await.unwrap().len(), 1);
         assert!(hot.recent("web2", "system", 10).await.unwrap().is_empty());
     }

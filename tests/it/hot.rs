@@ -88,6 +88,23 @@ async fn redis_ring_uses_the_documented_keys_newest_first_and_capped() {
         })
         .collect();
     assert_eq!(seqs, vec![5, 4, 3]);
+    // Each entry carries the ring's sequence number, rising, and the counter is kept.
+    let ring_seqs: Vec<u64> = entries
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(e).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(ring_seqs.windows(2).all(|w| w[0] > w[1]), "{ring_seqs:?}");
+    let counter: u64 = redis::cmd("GET")
+        .arg(format!("{}node:web1:test:seq", env.redis_prefix))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(counter, ring_seqs[0]);
+    let floor = fleet::timefmt::now_ms() as u64 * 1000 - 60_000_000;
+    assert!(ring_seqs[2] > floor, "never below the clock: {ring_seqs:?}");
     ctl.stop().await;
 }
 
@@ -103,6 +120,7 @@ async fn a_redis_outage_does_not_stop_ingest() {
     assert_eq!(client.send(&Batch::new("web1", KEY, 1)).await.0, 200);
     let (_, recent) = client.get("/api/v1/nodes/web1/recent/test").await;
     assert_eq!(recent["records"][0]["data"]["seq"], 1);
+    let ring_seq_before = recent["records"][0]["seq"].as_u64().unwrap();
 
     redis.stop();
     for seq in 2..=6 {
@@ -135,16 +153,22 @@ async fn a_redis_outage_does_not_stop_ingest() {
     // Redis comes back on the same port: the controller reconnects by itself.
     let _redis = PrivateRedis::start(redis.port);
     let mut seq = 6;
-    eventually(Duration::from_secs(15), "hot writes to resume", || {
+    let recent = eventually(Duration::from_secs(15), "hot writes to resume", || {
         seq += 1;
         let batch = Batch::new("web1", KEY, seq);
         let client = &client;
         async move {
             assert_eq!(client.send(&batch).await.0, 200);
             let (status, recent) = client.get("/api/v1/nodes/web1/recent/test").await;
-            (status == 200 && recent["records"][0]["data"]["seq"] == batch.seq).then_some(())
+            (status == 200 && recent["records"][0]["data"]["seq"] == batch.seq).then_some(recent)
         }
     })
     .await;
+    // The new Redis knew no counter; the sequence still rises past what readers saw.
+    let ring_seq_after = recent["records"][0]["seq"].as_u64().unwrap();
+    assert!(
+        ring_seq_after > ring_seq_before,
+        "{ring_seq_after} after {ring_seq_before}"
+    );
     ctl.stop().await;
 }

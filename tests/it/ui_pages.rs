@@ -152,6 +152,27 @@ impl Ui {
         assert_eq!(status, 200, "ingest: {v}");
     }
 
+    /// The ring sequence number of the newest record of `collector` on `node` that `pick`
+    /// chooses (the tail's row ids and the live cursor are made of them).
+    async fn seq(&self, node: &str, collector: &str, pick: impl Fn(&Value) -> bool) -> u64 {
+        let path = format!("/api/v1/nodes/{node}/recent/{collector}?limit=100");
+        let (status, v) = self.api().get(&path).await;
+        assert_eq!(status, 200, "{path}: {v}");
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| pick(r))
+            .and_then(|r| r["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no such record of {collector} in the ring: {v}"))
+    }
+
+    /// The tail row id of `node`'s record of `collector` at `ts`.
+    async fn tail_id(&self, node: &str, collector: &str, ts: i64) -> String {
+        let seq = self.seq(node, collector, |r| r["ts"] == ts).await;
+        format!("tail-{collector}-{seq}")
+    }
+
     /// Opens a live stream with this session (optionally resuming after `last_event_id`).
     async fn sse(&self, path: &str, last_event_id: Option<&str>) -> Sse {
         let response = self.sse_response(path, last_event_id).await;
@@ -443,11 +464,11 @@ async fn the_node_page_draws_charts_and_tails_the_hot_ring(backend: Backend) {
         tail.find(&format!("<tr id=\"{id}\""))
             .unwrap_or_else(|| panic!("{id} in the tail: {tail}"))
     };
-    let newest = position(format!("tail-system-{}", ticks[2]));
-    let disk_row = position(format!("tail-disk-{}", ticks[2] - 1));
-    let network_row = position(format!("tail-network-{}", ticks[2] - 2));
-    let older = position(format!("tail-system-{}", ticks[1]));
-    let oldest = position(format!("tail-system-{}", ticks[0]));
+    let newest = position(ui.tail_id("web1", "system", ticks[2]).await);
+    let disk_row = position(ui.tail_id("web1", "disk", ticks[2] - 1).await);
+    let network_row = position(ui.tail_id("web1", "network", ticks[2] - 2).await);
+    let older = position(ui.tail_id("web1", "system", ticks[1]).await);
+    let oldest = position(ui.tail_id("web1", "system", ticks[0]).await);
     assert!(
         newest < disk_row && disk_row < network_row && network_row < older && older < oldest,
         "newest first: {tail}"
@@ -944,11 +965,17 @@ async fn the_live_node_page_sends_new_records_vitals_and_events(backend: Backend
         .await;
     let page = ui.ok("/nodes/web1").await;
     // The page's stream starts after what it shows: its newest event and newest records.
-    let live = format!(
-        "/live/nodes/web1?after={other}&tail=disk%3A{}+network%3A{}+system%3A{t1}",
-        t1 - 1,
-        t1 - 2
+    let seq = |collector: &'static str, ts: i64| {
+        let ui = &ui;
+        async move { ui.seq("web1", collector, |r| r["ts"] == ts).await }
+    };
+    let (d1, n1, s1) = (
+        seq("disk", t1 - 1).await,
+        seq("network", t1 - 2).await,
+        seq("system", t1).await,
     );
+    let live =
+        format!("/live/nodes/web1?after={other}&tail=disk%3A{d1}+network%3A{n1}+system%3A{s1}");
     assert!(
         page.contains(&format!("data-live=\"{}\"", live.replace('&', "&amp;"))),
         "{page}"
@@ -976,12 +1003,12 @@ async fn the_live_node_page_sends_new_records_vitals_and_events(backend: Backend
             .starts_with(&format!("events\n<tr id=\"event-{e1}\"")),
         "{got:?}"
     );
-    let cursor = |event: i64, disk: i64, network: i64, system: i64| {
+    let cursor = |event: i64, disk: u64, network: u64, system: u64| {
         format!("{event} disk:{disk} network:{network} system:{system}")
     };
     assert_eq!(
         got.id.as_deref(),
-        Some(cursor(e1, t1 - 1, t1 - 2, t1).as_str()),
+        Some(cursor(e1, d1, n1, s1).as_str()),
         "{got:?}"
     );
 
@@ -1009,15 +1036,21 @@ async fn the_live_node_page_sends_new_records_vitals_and_events(backend: Backend
         "{seen:#?}"
     );
     // Oldest first, so the newest ends up on top; each id says where the stream is.
+    let (d2, n2, s2) = (
+        seq("disk", t2 - 1).await,
+        seq("network", t2 - 2).await,
+        seq("system", t2).await,
+    );
+    assert!(d2 > d1 && n2 > n1 && s2 > s1, "sequence numbers rise");
     let expected = [
-        ("network", t2 - 2, cursor(e1, t1 - 1, t2 - 2, t1)),
-        ("disk", t2 - 1, cursor(e1, t2 - 1, t2 - 2, t1)),
-        ("system", t2, cursor(e1, t2 - 1, t2 - 2, t2)),
+        ("network", n2, cursor(e1, d1, n2, s1)),
+        ("disk", d2, cursor(e1, d2, n2, s1)),
+        ("system", s2, cursor(e1, d2, n2, s2)),
     ];
-    for (e, (collector, ts, id)) in seen.iter().zip(&expected) {
+    for (e, (collector, seq, id)) in seen.iter().zip(&expected) {
         assert!(
             e.data
-                .starts_with(&format!("tail\n<tr id=\"tail-{collector}-{ts}\"")),
+                .starts_with(&format!("tail\n<tr id=\"tail-{collector}-{seq}\"")),
             "{e:?}"
         );
         // The event part is where the stream is in the whole log: past the other node's
@@ -1043,50 +1076,69 @@ async fn the_live_node_page_sends_new_records_vitals_and_events(backend: Backend
     ui.ingest("web1", KEY1, 3, system_records(t3, 50.0)).await;
     let (got, before) = sse.until("the third batch", |e| e.event == "prepend").await;
     assert!(before.iter().all(|e| e.event == "replace"), "{before:#?}");
+    let network3 = ui.tail_id("web1", "network", t3 - 2).await;
     assert!(
         got.data
-            .starts_with(&format!("tail\n<tr id=\"tail-network-{}\"", t3 - 2)),
+            .starts_with(&format!("tail\n<tr id=\"{network3}\"")),
         "{got:?}"
     );
-    // Records of one time over two batches (a log's lines of one second): each comes, once.
+    // Records of one time over several batches (a log's lines of one second), and one from
+    // an app whose clock is a year ahead: each comes, once, and the far-future time holds
+    // nothing back.
     let t4 = now_ms();
-    let line = |n: u32| Record {
+    let line = |n: u32, ts: i64| Record {
         collector: "logs.app".into(),
-        ts: t4,
+        ts,
         data: json!({ "line": format!("line number {n}") }),
         samples: Vec::new(),
     };
-    ui.ingest("web1", KEY1, 4, vec![line(0), line(1)]).await;
-    ui.ingest("web1", KEY1, 5, vec![line(2)]).await;
+    let year_ahead = t4 + 365 * 86_400_000;
+    ui.ingest("web1", KEY1, 4, vec![line(0, t4), line(1, t4)])
+        .await;
+    ui.ingest("web1", KEY1, 5, vec![line(2, t4)]).await;
+    ui.ingest("web1", KEY1, 6, vec![line(3, year_ahead)]).await;
+    ui.ingest("web1", KEY1, 7, vec![line(4, t4), line(5, t4)])
+        .await;
     let mut lines = Vec::new();
-    while lines.len() < 3 {
+    while lines.len() < 6 {
         let e = sse
             .next(LIVE_WAIT)
             .await
-            .unwrap_or_else(|| panic!("three lines of one time; got {lines:#?}"));
+            .unwrap_or_else(|| panic!("six lines; got {lines:#?}"));
         if e.event == "prepend" && e.data.contains("logs.app") {
             lines.push(e);
         }
     }
-    for (n, e) in lines.iter().enumerate() {
-        let id = match n {
-            0 => format!("tail-logs.app-{t4}"),
-            n => format!("tail-logs.app-{t4}-{n}"),
-        };
+    // They come oldest first by time, so the year-ahead line may come last; the cursor stays
+    // at the newest sequence number sent.
+    let mut newest = 0;
+    for n in 0..6 {
+        let text = format!("line number {n}");
+        let seq = ui
+            .seq("web1", "logs.app", |r| r["data"]["line"] == text.as_str())
+            .await;
+        newest = newest.max(seq);
+        let sent: Vec<_> = lines.iter().filter(|e| e.data.contains(&text)).collect();
+        assert_eq!(sent.len(), 1, "{text} once: {lines:#?}");
         assert!(
-            e.data.starts_with(&format!("tail\n<tr id=\"{id}\"")),
-            "{e:?}"
+            sent[0]
+                .data
+                .starts_with(&format!("tail\n<tr id=\"tail-logs.app-{seq}\"")),
+            "{:?}",
+            sent[0]
         );
-        assert!(e.data.contains(&format!("line number {n}")), "{e:?}");
     }
+    let last_id = lines[5].id.as_deref().unwrap();
     assert!(
-        lines[2]
-            .id
-            .as_deref()
-            .unwrap()
-            .contains(&format!("logs.app:{t4}.2")),
-        "{:?}",
-        lines[2]
+        last_id.contains(&format!("logs.app:{newest} "))
+            || last_id.ends_with(&format!("logs.app:{newest}")),
+        "{last_id}"
+    );
+    assert!(
+        sse.next(Duration::from_millis(1_500))
+            .await
+            .is_none_or(|e| !e.data.contains("logs.app")),
+        "each line comes once"
     );
     drop(sse);
 
@@ -1145,10 +1197,10 @@ async fn records_stored_between_the_node_page_and_its_stream_reach_the_page() {
     let t2 = now_ms();
     ui.ingest("web1", KEY1, 2, system_records(t2, 90.0)).await;
     let mut sse = ui.sse(&live, None).await;
+    let id = ui.tail_id("web1", "system", t2).await;
     let (got, _) = sse
         .until("the record the page did not show", |e| {
-            e.data
-                .starts_with(&format!("tail\n<tr id=\"tail-system-{t2}\""))
+            e.data.starts_with(&format!("tail\n<tr id=\"{id}\""))
         })
         .await;
     assert!(got.data.contains("90.0"), "{got:?}");

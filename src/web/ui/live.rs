@@ -419,28 +419,22 @@ pub struct NodeLiveQuery {
     collector: Option<String>,
 }
 
-/// Where a node's stream is: the event cursor and, per collector, the newest record sent. As
-/// the SSE id: `<event id> <collector>:<ts> …`.
+/// Where a node's stream is: the event cursor and, per collector, the ring sequence number of
+/// the newest record sent (`TailEntry::seq`). As the SSE id: `<event id> <collector>:<seq> …`.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct NodeCursor {
     pub event: i64,
-    /// Per collector, the newest record sent: its time and its ordinal among records of that
-    /// time (`TailEntry::seq`).
-    pub tail: BTreeMap<String, (i64, u32)>,
+    pub tail: BTreeMap<String, u64>,
 }
 
 impl NodeCursor {
     pub fn encode(&self) -> String {
         let mut out = self.event.to_string();
-        for (collector, (ts, seq)) in &self.tail {
+        for (collector, seq) in &self.tail {
             out.push(' ');
             out.push_str(collector);
             out.push(':');
-            out.push_str(&ts.to_string());
-            if *seq > 0 {
-                out.push('.');
-                out.push_str(&seq.to_string());
-            }
+            out.push_str(&seq.to_string());
         }
         out
     }
@@ -450,10 +444,9 @@ impl NodeCursor {
         let event = parts.next()?.parse().ok().filter(|id: &i64| *id >= 0)?;
         let mut tail = BTreeMap::new();
         for part in parts {
-            let (collector, at) = part.rsplit_once(':')?;
+            let (collector, seq) = part.rsplit_once(':')?;
             crate::model::check_collector_name("collector", collector).ok()?;
-            let (ts, seq) = at.split_once('.').unwrap_or((at, "0"));
-            tail.insert(collector.to_owned(), (ts.parse().ok()?, seq.parse().ok()?));
+            tail.insert(collector.to_owned(), seq.parse().ok()?);
             if tail.len() > super::node::TAIL_COLLECTORS_MAX {
                 return None;
             }
@@ -504,7 +497,7 @@ pub async fn node(
                     Some(c) => c.tail,
                     None => {
                         return ApiError::bad_request(
-                            "tail: collector:ts pairs, as the page gives",
+                            "tail: collector:seq pairs, as the page gives",
                         )
                         .into_response();
                     }
@@ -579,12 +572,12 @@ impl LiveNode {
                     self.cursor
                         .tail
                         .get(&e.collector)
-                        .is_none_or(|seen| e.position() > *seen)
+                        .is_none_or(|seen| e.seq > *seen)
                 })
                 .collect();
             for entry in fresh {
                 let newest = self.cursor.tail.entry(entry.collector.clone()).or_default();
-                *newest = (*newest).max(entry.position());
+                *newest = (*newest).max(entry.seq);
                 self.pending.push_back(
                     prepend("tail", pages::tail_row(&entry, now).into_string())
                         .id(self.cursor.encode())
@@ -747,13 +740,13 @@ mod tests {
         let cursor = NodeCursor {
             event: 42,
             tail: [
-                ("system".to_owned(), (1_700_000_000_000, 0)),
-                ("app.web-1".to_owned(), (5, 3)),
+                ("system".to_owned(), 1_700_000_000_000_000),
+                ("app.web-1".to_owned(), 5),
             ]
             .into_iter()
             .collect(),
         };
-        assert_eq!(cursor.encode(), "42 app.web-1:5.3 system:1700000000000");
+        assert_eq!(cursor.encode(), "42 app.web-1:5 system:1700000000000000");
         assert_eq!(NodeCursor::decode(&cursor.encode()), Some(cursor));
         assert_eq!(
             NodeCursor::decode("7"),
@@ -770,8 +763,8 @@ mod tests {
             "3 sys tem:1",
             "3 <b>:1",
             "3 system:x",
-            "3 system:1.x",
-            "3 system:1.-1",
+            "3 system:1.2",
+            "3 system:-1",
         ] {
             assert_eq!(NodeCursor::decode(bad), None, "{bad:?}");
         }

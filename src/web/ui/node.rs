@@ -341,22 +341,13 @@ pub async fn tail(
             .recent(node, &collector, TAIL_PER_COLLECTOR)
             .await
             .map_err(|e| e.to_string())?;
-        // Records of one tick (a log's lines, an app's items) share a time: each gets its
-        // ordinal among them, counted from the oldest, so the page and the live stream tell
-        // them apart.
-        let mut ordinals: Vec<TailEntry> = Vec::with_capacity(records.len());
-        for record in records.into_iter().rev() {
-            let mut entry = TailEntry::of(&collector, record);
-            if let Some(previous) = ordinals.last()
-                && previous.ts_ms == entry.ts_ms
-            {
-                entry.seq = previous.seq + 1;
-            }
-            ordinals.push(entry);
-        }
-        entries.extend(ordinals.into_iter().rev());
+        entries.extend(
+            records
+                .into_iter()
+                .map(|record| TailEntry::of(&collector, record)),
+        );
     }
-    entries.sort_by_key(|e| std::cmp::Reverse(e.ts_ms));
+    entries.sort_by_key(|e| std::cmp::Reverse((e.ts_ms, e.seq)));
     Ok(entries)
 }
 
@@ -364,8 +355,8 @@ pub async fn tail(
 pub struct TailEntry {
     pub collector: String,
     pub ts_ms: i64,
-    /// Its place among the collector's records of the same `ts_ms`, oldest first.
-    pub seq: u32,
+    /// Its sequence number in the collector's ring: what the live tail resumes after.
+    pub seq: u64,
     /// The record's document (and samples), compact.
     pub data: serde_json::Value,
 }
@@ -376,31 +367,28 @@ impl TailEntry {
             .get("ts")
             .and_then(|t| t.as_i64())
             .unwrap_or_default();
+        let seq = record
+            .get("seq")
+            .and_then(|s| s.as_u64())
+            .unwrap_or_default();
         if let Some(object) = record.as_object_mut() {
             // Said by the row already.
             object.remove("node");
             object.remove("collector");
             object.remove("ts");
+            object.remove("seq");
         }
         Self {
             collector: collector.to_owned(),
             ts_ms,
-            seq: 0,
+            seq,
             data: record,
         }
     }
 
-    /// The element id of this entry on the page: unique per collector, time and ordinal.
+    /// The element id of this entry on the page: unique per collector and sequence number.
     pub fn element_id(&self) -> String {
-        match self.seq {
-            0 => format!("tail-{}-{}", self.collector, self.ts_ms),
-            n => format!("tail-{}-{}-{n}", self.collector, self.ts_ms),
-        }
-    }
-
-    /// Where the live tail resumes after this entry.
-    pub fn position(&self) -> (i64, u32) {
-        (self.ts_ms, self.seq)
+        format!("tail-{}-{}", self.collector, self.seq)
     }
 }
 

@@ -655,18 +655,12 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
     // The stream starts after what this page shows: its newest event and, per collector, its
     // newest record.
     let live = {
-        let mut newest: std::collections::BTreeMap<&str, (i64, u32)> = Default::default();
+        let mut newest: std::collections::BTreeMap<&str, u64> = Default::default();
         for e in p.tail.as_ref().map(Vec::as_slice).unwrap_or_default() {
-            let at = newest.entry(&e.collector).or_insert(e.position());
-            *at = (*at).max(e.position());
+            let at = newest.entry(&e.collector).or_insert(e.seq);
+            *at = (*at).max(e.seq);
         }
-        let tail: Vec<String> = newest
-            .iter()
-            .map(|(c, (ts, seq))| match seq {
-                0 => format!("{c}:{ts}"),
-                n => format!("{c}:{ts}.{n}"),
-            })
-            .collect();
+        let tail: Vec<String> = newest.iter().map(|(c, seq)| format!("{c}:{seq}")).collect();
         let mut url = reqwest::Url::parse("http://live.invalid/").expect("a literal URL");
         {
             let mut q = url.query_pairs_mut();
