@@ -10,8 +10,10 @@
 //! value, and then closes, so a client never learns by silence and `accepted` counts only what
 //! is on disk.
 //!
-//! This module must never block the agent: every read waits at most [`IDLE_TIMEOUT`], every
-//! value and connection is bounded, and a full inbox is an answer, not a wait.
+//! This module must never block the agent: every read waits at most [`IDLE_TIMEOUT`], a
+//! connection lasts at most [`CONNECTION_DEADLINE`], every value and connection is bounded,
+//! and a full inbox is an answer, not a wait. When the agent stops, a connection stops reading,
+//! hears whether what it handed in was spooled (the agent's last drain), and is answered.
 //!
 //! An abstract socket has no file permissions: any process in the host's network namespace may
 //! write to it. Where that is too wide, set `path` (and `mode`) and `name = ""`.
@@ -23,6 +25,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::Inbox;
 use crate::config::AppSocketConfig;
@@ -30,6 +33,11 @@ use crate::model::Record;
 
 /// How long a connection may stay silent before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may last in all, however it trickles: a client writing a byte now and
+/// then must not hold one of the few connections for ever.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a stopping agent waits for its connections to hear their answers.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 /// How long the answer line may take to write.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most distinct collector names apps may create on one agent: each is a ring in the hot store,
@@ -89,6 +97,42 @@ struct Shared {
     value_bytes_max: usize,
     connections: Arc<tokio::sync::Semaphore>,
     collectors: Mutex<HashSet<String>>,
+    /// The connections being served, so a stopping agent can let them hear their answers.
+    serving: TaskTracker,
+    stop: CancellationToken,
+    /// [`CONNECTION_DEADLINE`], shorter in tests.
+    deadline: Duration,
+}
+
+/// The running app sockets.
+#[derive(Debug)]
+pub struct AppSockets {
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    serving: TaskTracker,
+}
+
+impl AppSockets {
+    /// Waits for the listeners to stop accepting (after `stop`).
+    pub async fn stopped_accepting(&mut self) {
+        for listener in self.listeners.drain(..) {
+            let _ = listener.await;
+        }
+    }
+
+    /// Waits (briefly) for the connections to be answered: call it after the inbox's last
+    /// drain is settled, which is what they wait for.
+    pub async fn answered(self) {
+        self.serving.close();
+        if tokio::time::timeout(STOP_WAIT, self.serving.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.serving.len(),
+                "app connections still open at stop; closed unanswered"
+            );
+        }
+    }
 }
 
 /// Binds the configured sockets (an error here is the agent's to report: a name in use means
@@ -97,12 +141,16 @@ pub fn start(
     config: &AppSocketConfig,
     inbox: Arc<Inbox>,
     stop: CancellationToken,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<AppSockets> {
+    let serving = TaskTracker::new();
     let shared = Arc::new(Shared {
         inbox,
         value_bytes_max: config.max_value_bytes,
         connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         collectors: Mutex::new(HashSet::new()),
+        serving: serving.clone(),
+        stop: stop.clone(),
+        deadline: CONNECTION_DEADLINE,
     });
     let mut tasks = Vec::new();
     if !config.name.is_empty() {
@@ -119,7 +167,10 @@ pub fn start(
         tracing::info!(socket = %path.display(), "app socket listening");
         tasks.push(tokio::spawn(accept_loop(listener, shared, stop)));
     }
-    Ok(tasks)
+    Ok(AppSockets {
+        listeners: tasks,
+        serving,
+    })
 }
 
 fn bind_abstract(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
@@ -181,7 +232,7 @@ async fn accept_loop(
         };
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             let mut stream = stream;
-            tokio::spawn(async move {
+            shared.serving.spawn(async move {
                 answer(
                     &mut stream,
                     Err("too many app connections at once; retry shortly"),
@@ -191,14 +242,10 @@ async fn accept_loop(
             });
             continue;
         };
-        let shared = shared.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
+        let served = shared.clone();
+        shared.serving.spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = serve_connection(stream, &shared) => {}
-            }
+            serve_connection(stream, &served).await;
         });
     }
 }
@@ -212,16 +259,41 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     // Parsing restarts at the value's start each time: it is tried when a line ends, at the
     // end, or once the bytes waiting have doubled, so a large value costs linear time.
     let mut tried_at = 0usize;
+    let deadline = tokio::time::Instant::now() + shared.deadline;
     loop {
-        let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await;
+        let idle_until = (tokio::time::Instant::now() + IDLE_TIMEOUT).min(deadline);
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(idle_until, stream.read(&mut chunk)) => read,
+            _ = shared.stop.cancelled() => {
+                // What was handed in hears from the agent's last drain; the rest is not read.
+                let error = match confirm(&mut waiting, &mut accepted).await {
+                    Ok(()) => "the agent is stopping; send the items after those accepted again once it is back".to_owned(),
+                    Err(error) => error,
+                };
+                refuse(&mut stream, &error, accepted).await;
+                return;
+            }
+        };
         let n = match read {
             Ok(Ok(n)) => n,
             Ok(Err(_)) => return,
             Err(_) => {
-                let error = format!(
-                    "nothing came for {} s; write the JSON and close",
-                    IDLE_TIMEOUT.as_secs()
-                );
+                let error = if idle_until == deadline {
+                    format!(
+                        "the connection lasted {} s, the most allowed; write the JSON and close",
+                        shared.deadline.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "nothing came for {} s; write the JSON and close",
+                        IDLE_TIMEOUT.as_secs()
+                    )
+                };
+                // Values already handed in are settled first, so `accepted` is the truth.
+                let error = confirm(&mut waiting, &mut accepted)
+                    .await
+                    .err()
+                    .unwrap_or(error);
                 refuse(&mut stream, &error, accepted).await;
                 return;
             }
@@ -373,6 +445,70 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: &str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that keeps a connection by writing a byte now and then is cut off at the
+    /// deadline, told why, and what it had completed is still counted.
+    #[tokio::test]
+    async fn a_trickling_client_is_cut_off_at_the_deadline() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let inbox = Arc::new(Inbox::new(100, 1 << 20));
+        let shared = Shared {
+            inbox: inbox.clone(),
+            value_bytes_max: 64 * 1024,
+            connections: Arc::new(tokio::sync::Semaphore::new(1)),
+            collectors: Mutex::new(HashSet::new()),
+            serving: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            deadline: Duration::from_millis(800),
+        };
+        // The spool's part: every waiting item is stored.
+        let spooling = tokio::spawn({
+            let inbox = inbox.clone();
+            async move {
+                loop {
+                    inbox.wanted().await;
+                    inbox.drain().1.settle(true);
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let serving = tokio::spawn(async move { serve_connection(server, &shared).await });
+        client
+            .write_all(b"{\"collector\":\"slow\"}\n{\"collector\":")
+            .await
+            .unwrap();
+        let (mut reading, mut writing) = tokio::io::split(client);
+        let trickle = tokio::spawn(async move {
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if writing.write_all(b" ").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), reading.read_to_string(&mut answer))
+            .await
+            .expect("answered within the deadline")
+            .unwrap();
+        let elapsed = started.elapsed();
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("the most allowed"),
+            "{answer}"
+        );
+        assert_eq!(answer["accepted"], 1, "{answer}");
+        assert!(
+            elapsed >= Duration::from_millis(800) && elapsed < Duration::from_secs(3),
+            "{elapsed:?}"
+        );
+        serving.await.unwrap();
+        trickle.abort();
+        spooling.abort();
+    }
 
     #[test]
     fn objects_arrays_and_ndjson_read_alike() {

@@ -132,16 +132,19 @@ struct Queue {
     records: Vec<Record>,
     bytes: usize,
     receipts: Vec<tokio::sync::oneshot::Sender<bool>>,
+    /// The agent is stopping and has spooled what was waiting: later offers would be lost.
+    closed: bool,
 }
 
-/// The inbox could not take an offer.
+/// Why the inbox did not take an offer.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the agent's inbox is full ({records} records, {bytes} bytes waiting for the next batch); retry in a few seconds"
-)]
-pub struct InboxFull {
-    pub records: usize,
-    pub bytes: usize,
+pub enum InboxRefused {
+    #[error(
+        "the agent's inbox is full ({records} records, {bytes} bytes waiting for the next batch); retry in a few seconds"
+    )]
+    Full { records: usize, bytes: usize },
+    #[error("the agent is stopping; send these again once it is back")]
+    Closed,
 }
 
 /// The senders of drained records waiting to hear whether they were spooled. Dropped without
@@ -167,7 +170,7 @@ impl Inbox {
     }
 
     /// Takes all of `records` or none. Their size is counted as their JSON.
-    pub fn offer(&self, records: Vec<Record>) -> Result<(), InboxFull> {
+    pub fn offer(&self, records: Vec<Record>) -> Result<(), InboxRefused> {
         self.put(records, None)
     }
 
@@ -175,7 +178,7 @@ impl Inbox {
     pub fn offer_confirmed(
         &self,
         records: Vec<Record>,
-    ) -> Result<tokio::sync::oneshot::Receiver<bool>, InboxFull> {
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, InboxRefused> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.put(records, Some(tx))?;
         self.wanted.notify_one();
@@ -186,13 +189,16 @@ impl Inbox {
         &self,
         records: Vec<Record>,
         receipt: Option<tokio::sync::oneshot::Sender<bool>>,
-    ) -> Result<(), InboxFull> {
+    ) -> Result<(), InboxRefused> {
         let bytes: usize = records.iter().map(record_size).sum();
         let mut queue = self.queue.lock().expect("inbox lock poisoned");
+        if queue.closed {
+            return Err(InboxRefused::Closed);
+        }
         if queue.records.len() + records.len() > self.records_max
             || queue.bytes + bytes > self.bytes_max
         {
-            return Err(InboxFull {
+            return Err(InboxRefused::Full {
                 records: queue.records.len(),
                 bytes: queue.bytes,
             });
@@ -207,6 +213,15 @@ impl Inbox {
     pub fn drain(&self) -> (Vec<Record>, Receipts) {
         let mut queue = self.queue.lock().expect("inbox lock poisoned");
         let taken = std::mem::take(&mut *queue);
+        (taken.records, Receipts(taken.receipts))
+    }
+
+    /// The last drain: everything waiting, and every later offer refused, so nothing is taken
+    /// that no tick will spool.
+    pub fn close(&self) -> (Vec<Record>, Receipts) {
+        let mut queue = self.queue.lock().expect("inbox lock poisoned");
+        let taken = std::mem::take(&mut *queue);
+        queue.closed = true;
         (taken.records, Receipts(taken.receipts))
     }
 
@@ -269,34 +284,86 @@ impl CollectorKind {
 /// A probe with its interval.
 pub type ScheduledProbe = (Box<dyn Probe>, Duration);
 
-/// Every source `config` asks for: the polled collectors with their schedules, and the probes
-/// with their intervals. Errors name the section that is wrong.
-pub fn build(
-    config: &crate::config::AgentConfig,
-) -> anyhow::Result<(Vec<Scheduled>, Vec<ScheduledProbe>)> {
-    let mut collectors: Vec<Scheduled> = config
-        .enabled_collectors()
-        .into_iter()
-        .map(|(kind, interval)| Scheduled::new(kind.build(), interval))
-        .collect();
+/// Every source `config` asks for: the polled collectors with their schedules, the probes
+/// with their intervals, and the sources that could not start.
+pub struct Sources {
+    pub collectors: Vec<Scheduled>,
+    pub probes: Vec<ScheduledProbe>,
+    /// `(source, why)` for each that could not start (a state file or CA file that cannot be
+    /// read): logged, reported to the controller, and left out, so the others still run.
+    pub broken: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// What the agent reports about its sources at start: a record of the `agent` collector
+    /// with the broken ones (none, normally), so a source that never started is seen from the
+    /// controller and not only in the node's own log.
+    pub fn report(&self, ts_ms: i64) -> Record {
+        let broken: Vec<_> = self
+            .broken
+            .iter()
+            .map(|(source, error)| serde_json::json!({ "source": source, "error": error }))
+            .collect();
+        Record {
+            collector: "agent".into(),
+            ts: ts_ms,
+            data: serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "sources": self.collectors.len() + self.probes.len(),
+                "broken_sources": broken,
+            }),
+            samples: vec![Sample::new(
+                "agent.sources_broken",
+                self.broken.len() as f64,
+            )],
+        }
+    }
+}
+
+pub fn build(config: &crate::config::AgentConfig) -> Sources {
+    let mut sources = Sources {
+        collectors: config
+            .enabled_collectors()
+            .into_iter()
+            .map(|(kind, interval)| Scheduled::new(kind.build(), interval))
+            .collect(),
+        probes: Vec::new(),
+        broken: Vec::new(),
+    };
     for log in &config.logs {
         let interval = log.interval.unwrap_or(config.interval);
-        let tail = logs::LogTail::new(log, &config.data_dir, interval)?;
-        collectors.push(Scheduled::new(Box::new(tail), interval));
+        match logs::LogTail::new(log, &config.data_dir, interval) {
+            Ok(tail) => sources
+                .collectors
+                .push(Scheduled::new(Box::new(tail), interval)),
+            Err(err) => sources.broken(format!("logs.{}", log.name), err),
+        }
     }
-    let mut probes: Vec<ScheduledProbe> = Vec::new();
     for check in &config.checks {
         let interval = check.interval.unwrap_or(config.interval);
-        probes.push((Box::new(checks::Check::new(check)?), interval));
+        match checks::Check::new(check) {
+            Ok(probe) => sources.probes.push((Box::new(probe), interval)),
+            Err(err) => sources.broken(format!("check {}", check.name), err),
+        }
     }
     for plugin in &config.plugins {
         let interval = plugin.interval.unwrap_or(config.interval);
-        probes.push((Box::new(plugins::Plugin::new(plugin)), interval));
+        sources
+            .probes
+            .push((Box::new(plugins::Plugin::new(plugin)), interval));
     }
-    Ok((collectors, probes))
+    sources
 }
 
-/// A collector with its schedule, as the agent runs it.
+impl Sources {
+    fn broken(&mut self, source: String, err: anyhow::Error) {
+        let error = format!("{err:#}");
+        tracing::error!(%source, cause = %error, "source cannot start; the others run without it (fix it and restart the agent)");
+        self.broken.push((source, error));
+    }
+}
+
+/// A collector with its schedule, as the agent runs it./// A collector with its schedule, as the agent runs it.
 pub struct Scheduled {
     pub collector: Box<dyn Collector>,
     pub interval: Duration,

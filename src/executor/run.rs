@@ -129,7 +129,11 @@ pub(crate) async fn run_argv(
             );
         }
     };
-    let pid = child.id();
+    let mut group = GroupKill(
+        child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32)),
+    );
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let work = async {
@@ -146,9 +150,7 @@ pub(crate) async fn run_argv(
     };
     let Some(((stdout, out_cut), (stderr, err_cut), status)) = ended else {
         // The whole group: a shell's children must not outlive the command.
-        if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
+        group.kill();
         let _ = child.kill().await;
         return if stop.is_cancelled() {
             (
@@ -171,6 +173,8 @@ pub(crate) async fn run_argv(
             )
         };
     };
+    // Ran to its end (every pipe closed, the child reaped): nothing left to kill.
+    group.disarm();
     let status = match status {
         Ok(status) => status,
         Err(err) => {
@@ -202,6 +206,29 @@ pub(crate) async fn run_argv(
             ..Default::default()
         },
     )
+}
+
+/// Kills a child's whole process group unless disarmed, also when dropped: a run dropped midway
+/// (an agent stopping while a plugin runs) must not leave the group's processes behind, and
+/// `kill_on_drop` reaches only the child itself.
+struct GroupKill(Option<rustix::process::Pid>);
+
+impl GroupKill {
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Reads a stream to its end, keeping the first `max` bytes: the child must never block on a

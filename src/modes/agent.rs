@@ -146,17 +146,27 @@ async fn collect_loop(
     wake: &Notify,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let (mut collectors, probes) = crate::collectors::build(config)?;
+    let built = crate::collectors::build(config);
     let inbox = Arc::new(Inbox::new(INBOX_RECORDS_MAX, INBOX_BYTES_MAX));
+    inbox
+        .offer(vec![built.report(crate::timefmt::now_ms())])
+        .expect("an empty inbox takes one record");
+    let crate::collectors::Sources {
+        mut collectors,
+        probes,
+        ..
+    } = built;
     let sources_stop = shutdown.child_token();
     let mut sources = Vec::new();
-    if config.app_socket.enabled {
-        sources.extend(crate::collectors::app_socket::start(
+    let mut app_sockets = if config.app_socket.enabled {
+        Some(crate::collectors::app_socket::start(
             &config.app_socket,
             inbox.clone(),
             sources_stop.clone(),
-        )?);
-    }
+        )?)
+    } else {
+        None
+    };
     for (probe, interval) in probes {
         sources.push(tokio::spawn(crate::collectors::run_probe(
             probe,
@@ -185,13 +195,21 @@ async fn collect_loop(
             }
         };
         if stopping {
-            // What apps and probes handed in since the last tick is spooled, not dropped.
+            // What apps and probes handed in since the last tick is spooled, not dropped; what
+            // they offer after this last drain is refused, and they say so.
             sources_stop.cancel();
             for source in sources.drain(..) {
                 let _ = source.await;
             }
+            if let Some(app_sockets) = app_sockets.as_mut() {
+                app_sockets.stopped_accepting().await;
+            }
         }
-        let (waiting, receipts) = inbox.drain();
+        let (waiting, receipts) = if stopping {
+            inbox.close()
+        } else {
+            inbox.drain()
+        };
         let spool = spool.clone();
         // Collectors read files and /proc, and spooling fsyncs: off the runtime's one thread,
         // so commands and sending never wait behind a busy log.
@@ -207,6 +225,9 @@ async fn collect_loop(
             wake.notify_one();
         }
         if stopping {
+            if let Some(app_sockets) = app_sockets {
+                app_sockets.answered().await;
+            }
             return Ok(());
         }
     }

@@ -9,6 +9,10 @@
 //! [`Record::from_item`] and the batch goes to [`crate::pipeline::Ingest::ingest_verified`]: the
 //! same writer, stores, hot ring and node pulse as native batches.
 //!
+//! MassAffect's `system` collector names CPU and load its own way (`cpu_idle`, `load1`);
+//! [`with_native_names`] adds the native samples beside them, so the overview's vitals and the
+//! node page's charts read MassAffect nodes too. That translation is this adapter's only rule.
+//!
 //! An adapter only: it must never hold rules of its own about items, records or storage (those
 //! are `crate::model`'s and the pipeline's), never trust `X-Forwarded-For` or any other header
 //! for the sender, and never store anything from a request it refused. Its answers for 200, 401
@@ -32,7 +36,7 @@ use super::error::ApiError;
 use super::ingest::{is_gzip, read_bounded, refuse_declared_over};
 use crate::bus::wire;
 use crate::config::MassaffectConfig;
-use crate::model::{BatchBody, NodeName, Record};
+use crate::model::{BatchBody, NodeName, Record, Sample, limits, metric};
 
 /// The route's path, as MassAffect agents post to it.
 pub const PATH: &str = "/collect";
@@ -154,12 +158,80 @@ fn items(body: &[u8], received_at_ms: i64) -> Result<Vec<Record>, ApiError> {
         ));
     };
     // A MassAffect agent is the node's own agent: no collector name is reserved.
-    Record::from_items(items, received_at_ms, &[]).map_err(|e| ApiError::bad_request(e.to_string()))
+    let mut records = Record::from_items(items, received_at_ms, &[])
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    records.iter_mut().for_each(with_native_names);
+    Ok(records)
+}
+
+/// MassAffect's `system` item (`metrics`: `load1`, `load5`, `load15`, and from its second run
+/// `cpu_user`, `cpu_system`, `cpu_idle`, `cpu_iowait` in percent of the interval) gets the
+/// native samples beside its own: `load.1`…, `cpu.*_percent`, and `cpu.used_percent` as the
+/// native collector has it (100 − idle − iowait). MassAffect measures no memory or disk.
+fn with_native_names(record: &mut Record) {
+    if record.collector != "system" {
+        return;
+    }
+    let theirs = |name: &str| {
+        record
+            .samples
+            .iter()
+            .find(|s| s.name == name && s.labels.is_empty())
+            .map(|s| s.value)
+    };
+    let mut native: Vec<Sample> = [
+        ("system.load1", metric::LOAD1),
+        ("system.load5", "load.5"),
+        ("system.load15", "load.15"),
+        ("system.cpu_user", "cpu.user_percent"),
+        ("system.cpu_system", "cpu.system_percent"),
+        ("system.cpu_idle", "cpu.idle_percent"),
+        ("system.cpu_iowait", "cpu.iowait_percent"),
+    ]
+    .into_iter()
+    .filter_map(|(their_name, our_name)| theirs(their_name).map(|v| Sample::new(our_name, v)))
+    .collect();
+    if let (Some(idle), Some(iowait)) = (theirs("system.cpu_idle"), theirs("system.cpu_iowait")) {
+        native.push(Sample::new(
+            metric::CPU_USED_PERCENT,
+            (100.0 - idle - iowait).clamp(0.0, 100.0),
+        ));
+    }
+    // Within the item's bound: an item already at it keeps its own samples only.
+    if record.samples.len() + native.len() <= limits::ITEM_SAMPLES_MAX {
+        record.samples.extend(native);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn massaffect_system_items_get_the_native_vitals() {
+        let body = br#"[{"collector":"system","ts":1795000000,"metrics":{"load1":0.5,"load5":0.25,"load15":0.125,"cpu_user":20.0,"cpu_system":5.0,"cpu_idle":70.0,"cpu_iowait":5.0}},
+            {"collector":"system","ts":1795000010,"metrics":{"load1":0.75,"load5":0.5,"load15":0.25}},
+            {"collector":"app","metrics":{"load1":9}}]"#;
+        let records = items(body, 0).unwrap();
+        let vitals = crate::model::Vitals::from_records(&records[..1]).unwrap();
+        assert_eq!(vitals.cpu_percent, Some(25.0));
+        assert_eq!(vitals.load1, Some(0.5));
+        assert_eq!(vitals.memory_percent, None, "MassAffect measures no memory");
+        let value =
+            |r: &Record, name: &str| r.samples.iter().find(|s| s.name == name).map(|s| s.value);
+        assert_eq!(value(&records[0], "cpu.iowait_percent"), Some(5.0));
+        assert_eq!(value(&records[0], "load.15"), Some(0.125));
+        assert_eq!(
+            value(&records[0], "system.cpu_idle"),
+            Some(70.0),
+            "its own names stay"
+        );
+        // The first run after a MassAffect agent starts has no CPU figures: load only.
+        assert_eq!(value(&records[1], metric::CPU_USED_PERCENT), None);
+        assert_eq!(value(&records[1], metric::LOAD1), Some(0.75));
+        // Only MassAffect's `system` collector means this.
+        assert_eq!(value(&records[2], metric::LOAD1), None);
+    }
 
     #[test]
     fn items_name_the_one_at_fault() {

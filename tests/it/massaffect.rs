@@ -146,9 +146,12 @@ async fn signed_items_are_stored_and_readable(backend: Backend) {
         (200, r#"{"ok":true}"#.to_owned())
     );
     // Plain, and an item without metrics (kept as a durable record).
+    // And MassAffect's own `system` item, as its collector sends it.
     let plain = json!([
         {"collector": "app", "ts": ts - 1.0, "site": "eu-1", "metrics": {"requests": 11}},
         {"collector": "deploy", "ts": ts, "version": "1.2.3"},
+        {"collector": "system", "ts": ts, "metrics": {"load1": 0.5, "load5": 0.4, "load15": 0.3,
+         "cpu_user": 20.0, "cpu_system": 5.0, "cpu_idle": 70.0, "cpu_iowait": 5.0}},
     ]);
     assert_eq!(
         send(&setup, &plain, false).await,
@@ -166,6 +169,9 @@ async fn signed_items_are_stored_and_readable(backend: Backend) {
         .unwrap_or_else(|| panic!("{NODE} is listed: {nodes}"));
     assert_eq!(listed["source"], "massaffect");
     assert_eq!(listed["status"], "up", "{listed}");
+    // Its vitals, from MassAffect's names: CPU used is 100 − idle − iowait, as natively.
+    assert_eq!(listed["vitals"]["cpu_percent"], 25.0, "{listed}");
+    assert_eq!(listed["vitals"]["load1"], 0.5, "{listed}");
 
     // The hot ring, newest first, with the extra key kept.
     let (status, recent) = api.get(&format!("/api/v1/nodes/{NODE}/recent/app")).await;

@@ -423,7 +423,8 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
     let inbox = Arc::new(Inbox::new(10_000, 8 << 20));
     let spooler = Spooler::start(inbox.clone());
     let stop = tokio_util::sync::CancellationToken::new();
-    let tasks = fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
+    let sockets =
+        fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
     // A second agent on the same name is told so.
     let err =
         fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap_err();
@@ -520,9 +521,9 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
     );
 
     stop.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let mut sockets = sockets;
+    sockets.stopped_accepting().await;
+    sockets.answered().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,7 +542,8 @@ async fn a_filesystem_socket_gets_its_mode_and_replaces_a_stale_one() {
     let inbox = Arc::new(Inbox::new(100, 1 << 20));
     let spooler = Spooler::start(inbox.clone());
     let stop = tokio_util::sync::CancellationToken::new();
-    let tasks = fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
+    let sockets =
+        fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let answer = tokio::task::spawn_blocking(move || {
@@ -574,9 +576,9 @@ async fn a_filesystem_socket_gets_its_mode_and_replaces_a_stale_one() {
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "keep me");
     stop.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let mut sockets = sockets;
+    sockets.stopped_accepting().await;
+    sockets.answered().await;
 }
 
 // ---- proof of life ----------------------------------------------------------------------
@@ -888,6 +890,74 @@ async fn plugins_report_each_exit_code_and_their_perfdata() {
     );
 }
 
+/// A plugin stopped midway (the agent is stopping) takes its whole process group with it: a
+/// shell's children do not outlive the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_running_at_stop_is_killed_with_its_children() {
+    use fleet::collectors::plugins::Plugin;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    let plugin = script(
+        dir.path(),
+        "check_hangs",
+        &format!("sleep 300 &\necho $! > {}\nwait", pid_file.display()),
+    );
+    let inbox = Arc::new(Inbox::new(100, 1 << 20));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let probe = Box::new(Plugin::new(&PluginConfig {
+        timeout: Duration::from_secs(600),
+        ..plugin_config("hangs", &plugin)
+    }));
+    let running = tokio::spawn(fleet::collectors::run_probe(
+        probe,
+        Duration::from_secs(3600),
+        inbox.clone(),
+        stop.clone(),
+    ));
+    let started = std::time::Instant::now();
+    let child: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the plugin starts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let alive = |pid: i32| {
+        // Gone, or a zombie waiting for whoever adopted it: not running either way.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                let state = stat.rsplit_once(") ").map(|(_, rest)| rest.as_bytes()[0]);
+                state != Some(b'Z')
+            })
+            .unwrap_or(false)
+    };
+    assert!(alive(child), "the plugin's child runs");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the probe stops at once")
+        .unwrap();
+    let started = std::time::Instant::now();
+    while alive(child) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the plugin's child {child} outlived the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (records, _) = inbox.drain();
+    assert!(
+        records.is_empty(),
+        "a stopped run reports nothing: {records:?}"
+    );
+}
+
 // ---- all of it in a real agent ----------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -928,12 +998,25 @@ interval = "200ms"
 name = "queue"
 command = ["{plugin}"]
 interval = "200ms"
+
+# Two sources that cannot start: the others run without them, and the agent says so.
+[[logs]]
+name = "broken"
+paths = ["{log}"]
+
+[[checks]]
+name = "tls"
+http = "https://127.0.0.1:{port}/"
+ca_cert = "{missing_ca}"
 "#,
             log = log.display(),
-            plugin = plugin.display()
+            plugin = plugin.display(),
+            missing_ca = dir.join("no-such-ca.pem").display(),
         ),
     )
     .unwrap();
+    // The broken log's state file cannot be read (a directory where the file should be).
+    std::fs::create_dir_all(dir.join("agent").join("tail-broken.json")).unwrap();
     let socket = unique_name("agent");
     let args: Vec<String> = [
         "agent",
@@ -1001,6 +1084,23 @@ interval = "200ms"
     .await;
     // The check and the plugin land in the hot ring (and their samples in history).
     let client = ctl.client();
+    let (status, body) = client.get("/api/v1/nodes/watch1/recent/agent").await;
+    assert_eq!(status, 200, "{body}");
+    let report = &body["records"][0]["data"];
+    let broken: Vec<&str> = report["broken_sources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the agent reports its sources: {body}"))
+        .iter()
+        .map(|b| b["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(broken, ["logs.broken", "check tls"], "{report}");
+    assert!(
+        report["broken_sources"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-ca.pem"),
+        "{report}"
+    );
     let recent = |collector: &'static str| {
         let client = &client;
         async move {
@@ -1036,6 +1136,36 @@ interval = "200ms"
     )
     .await;
 
+    // An app is midway through writing when the agent stops: what it handed in is stored
+    // and it hears so, with the reason it was cut off.
+    let mut app = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(socket.as_bytes()).unwrap();
+        let app = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+        app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        app
+    };
+    std::io::Write::write_all(
+        &mut app,
+        b"{\"collector\":\"deploy\",\"version\":\"2.0.2\"}\n",
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the half-sent item is stored",
+        || {
+            let store = store.clone();
+            async move {
+                let records = store.records("watch1", "deploy", 10).await.unwrap();
+                records
+                    .iter()
+                    .any(|(_, d)| d["version"] == "2.0.2")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
     // Restart in the middle of the file: lines written while it was down come once.
     let (text, more) = lines("request", 300..400);
     append(&log, &text);
@@ -1043,6 +1173,14 @@ interval = "200ms"
         agent.terminate(),
         "the agent stops cleanly:\n{}",
         agent.log_text()
+    );
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut app, &mut answer).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("stopping"),
+        "{answer}"
     );
     let (text, while_down) = lines("request", 400..500);
     append(&log, &text);

@@ -1739,7 +1739,8 @@ async fn the_tail_follows_one_collector_when_asked() {
     let t1 = now_ms() - 1000;
     ui.ingest("web1", KEY1, 1, system_records(t1, 10.0)).await;
     let page = ui.ok("/nodes/web1?range=6h&collector=system").await;
-    assert!(page.contains(&format!("id=\"tail-system-{t1}\"")), "{page}");
+    let row = ui.tail_id("web1", "system", t1).await;
+    assert!(page.contains(&format!("id=\"{row}\"")), "{page}");
     assert!(
         !page.contains("id=\"tail-disk-") && !page.contains("id=\"tail-network-"),
         "only the system collector's records: {page}"
@@ -1763,9 +1764,9 @@ async fn the_tail_follows_one_collector_when_asked() {
     let (got, before) = sse
         .until("the system record", |e| e.event == "prepend")
         .await;
+    let row = ui.tail_id("web1", "system", t2).await;
     assert!(
-        got.data
-            .starts_with(&format!("tail\n<tr id=\"tail-system-{t2}\"")),
+        got.data.starts_with(&format!("tail\n<tr id=\"{row}\"")),
         "{got:?} after {before:?}"
     );
     // Nothing of the other collectors follows it.
