@@ -11,7 +11,7 @@
 //! is on disk.
 //!
 //! This module must never block the agent: every read waits at most [`IDLE_TIMEOUT`], a
-//! connection lasts at most [`CONNECTION_DEADLINE`], every value and connection is bounded,
+//! connection is read for at most [`CONNECTION_DEADLINE`], every value and connection is bounded,
 //! and a full inbox is an answer, not a wait. When the agent stops, a connection stops reading,
 //! hears whether what it handed in was spooled (the agent's last drain), and is answered.
 //!
@@ -33,8 +33,9 @@ use crate::model::Record;
 
 /// How long a connection may stay silent before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a connection may last in all, however it trickles: a client writing a byte now and
-/// then must not hold one of the few connections for ever.
+/// How long a connection may be read in all, however it trickles: a client writing a byte now
+/// and then must not hold one of the few connections for ever. (Its answer may then wait up to
+/// the confirmation timeout for the spool.)
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a stopping agent waits for its connections to hear their answers.
 const STOP_WAIT: Duration = Duration::from_secs(3);
@@ -263,7 +264,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     loop {
         let idle_until = (tokio::time::Instant::now() + IDLE_TIMEOUT).min(deadline);
         let read = tokio::select! {
-            read = tokio::time::timeout_at(idle_until, stream.read(&mut chunk)) => read,
+            // Stopping wins over more input: nothing more is taken once the agent stops.
+            biased;
             _ = shared.stop.cancelled() => {
                 // What was handed in hears from the agent's last drain; the rest is not read.
                 let error = match confirm(&mut waiting, &mut accepted).await {
@@ -273,6 +275,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
                 refuse(&mut stream, &error, accepted).await;
                 return;
             }
+            read = tokio::time::timeout_at(idle_until, stream.read(&mut chunk)) => read,
         };
         let n = match read {
             Ok(Ok(n)) => n,

@@ -318,8 +318,16 @@ impl Sources {
             )],
         }
     }
+
+    fn broken(&mut self, source: String, err: anyhow::Error) {
+        let error = format!("{err:#}");
+        tracing::error!(%source, cause = %error, "source cannot start; the others run without it (fix it and restart the agent)");
+        self.broken.push((source, error));
+    }
 }
 
+/// Makes every source `config` asks for. Never fails: a source that cannot start is in
+/// [`Sources::broken`], not an error, so one bad log or check does not stop the rest.
 pub fn build(config: &crate::config::AgentConfig) -> Sources {
     let mut sources = Sources {
         collectors: config
@@ -355,15 +363,7 @@ pub fn build(config: &crate::config::AgentConfig) -> Sources {
     sources
 }
 
-impl Sources {
-    fn broken(&mut self, source: String, err: anyhow::Error) {
-        let error = format!("{err:#}");
-        tracing::error!(%source, cause = %error, "source cannot start; the others run without it (fix it and restart the agent)");
-        self.broken.push((source, error));
-    }
-}
-
-/// A collector with its schedule, as the agent runs it./// A collector with its schedule, as the agent runs it.
+/// A collector with its schedule, as the agent runs it.
 pub struct Scheduled {
     pub collector: Box<dyn Collector>,
     pub interval: Duration,

@@ -173,7 +173,9 @@ pub(crate) async fn run_argv(
             )
         };
     };
-    // Ran to its end (every pipe closed, the child reaped): nothing left to kill.
+    // Ran to its end (every pipe closed, the child reaped). A background process that let go
+    // of the pipes is the plugin's or command's business and keeps running; after the reap the
+    // group's id may be reused, so it is not signalled any more.
     group.disarm();
     let status = match status {
         Ok(status) => status,

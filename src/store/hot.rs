@@ -63,6 +63,8 @@ fn next_seq(last: u64, now_us: u64) -> u64 {
 /// ARGV the ring size, the number of collectors, their names, then (collector index, entry)
 /// pairs. Lua numbers are doubles, exact to 2^53: microseconds since 1970 are near 2^51.
 const PUSH_SCRIPT: &str = r#"
+-- Before Redis 5 a script that reads TIME may write only in effects replication.
+if redis.replicate_commands then pcall(redis.replicate_commands) end
 local capacity = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -71,15 +73,22 @@ local last = {}
 for i = 1, n do
   last[i] = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
 end
+-- The numbers first, and the counters saved before any entry: a push that fails midway
+-- leaves a gap, never a number used twice.
+local entries = {}
 for j = 3 + n, #ARGV, 2 do
   local i = tonumber(ARGV[j])
   local seq = math.max(last[i] + 1, now_us)
   last[i] = seq
-  redis.call('LPUSH', KEYS[2 * i],
-    '{"seq":' .. string.format('%.0f', seq) .. ',' .. string.sub(ARGV[j + 1], 2))
+  entries[#entries + 1] = {i, '{"seq":' .. string.format('%.0f', seq) .. ',' .. string.sub(ARGV[j + 1], 2)}
 end
 for i = 1, n do
   redis.call('SET', KEYS[2 * i + 1], string.format('%.0f', last[i]))
+end
+for _, entry in ipairs(entries) do
+  redis.call('LPUSH', KEYS[2 * entry[1]], entry[2])
+end
+for i = 1, n do
   redis.call('LTRIM', KEYS[2 * i], 0, capacity - 1)
   redis.call('SADD', KEYS[1], ARGV[2 + i])
 end

@@ -119,7 +119,10 @@ async fn collect(
         tracing::info!(%source, node = %node, "MassAffect /collect with a missing or bad signature");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid signature"));
     }
-    let records = items(&body, received_at_ms)?;
+    // A name a native agent reports under too has its native series from that agent: they
+    // must not mix with MassAffect's figures.
+    let native_names = route.app.registry.snapshot().node(node.as_str()).is_none();
+    let records = items(&body, received_at_ms, native_names)?;
     let batch = BatchBody {
         // MassAffect does not say how often it sends: the node's status uses the defaults.
         interval_ms: 0,
@@ -149,7 +152,7 @@ fn signed(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
 }
 
 /// The body's items as records; the first refusal names the item (counted from 0).
-fn items(body: &[u8], received_at_ms: i64) -> Result<Vec<Record>, ApiError> {
+fn items(body: &[u8], received_at_ms: i64, native_names: bool) -> Result<Vec<Record>, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
     let Value::Array(items) = value else {
@@ -160,7 +163,9 @@ fn items(body: &[u8], received_at_ms: i64) -> Result<Vec<Record>, ApiError> {
     // A MassAffect agent is the node's own agent: no collector name is reserved.
     let mut records = Record::from_items(items, received_at_ms, &[])
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    records.iter_mut().for_each(with_native_names);
+    if native_names {
+        records.iter_mut().for_each(with_native_names);
+    }
     Ok(records)
 }
 
@@ -212,7 +217,7 @@ mod tests {
         let body = br#"[{"collector":"system","ts":1795000000,"metrics":{"load1":0.5,"load5":0.25,"load15":0.125,"cpu_user":20.0,"cpu_system":5.0,"cpu_idle":70.0,"cpu_iowait":5.0}},
             {"collector":"system","ts":1795000010,"metrics":{"load1":0.75,"load5":0.5,"load15":0.25}},
             {"collector":"app","metrics":{"load1":9}}]"#;
-        let records = items(body, 0).unwrap();
+        let records = items(body, 0, true).unwrap();
         let vitals = crate::model::Vitals::from_records(&records[..1]).unwrap();
         assert_eq!(vitals.cpu_percent, Some(25.0));
         assert_eq!(vitals.load1, Some(0.5));
@@ -231,6 +236,10 @@ mod tests {
         assert_eq!(value(&records[1], metric::LOAD1), Some(0.75));
         // Only MassAffect's `system` collector means this.
         assert_eq!(value(&records[2], metric::LOAD1), None);
+        // On a name a native agent reports under too, its own names only.
+        let records = items(body, 0, false).unwrap();
+        assert_eq!(value(&records[0], metric::CPU_USED_PERCENT), None);
+        assert_eq!(value(&records[0], "system.cpu_idle"), Some(70.0));
     }
 
     #[test]
@@ -239,6 +248,7 @@ mod tests {
         let records = items(
             br#"[{"collector":"system","ts":1700000000,"metrics":{"cpu":{"used_percent":12.5}},"site":"a"}]"#,
             now,
+            true,
         )
         .unwrap();
         assert_eq!(records[0].collector, "system");
@@ -248,6 +258,7 @@ mod tests {
         let err = items(
             br#"[{"collector":"a"},{"collector":"a"},{"collector":"a"},{"ts":1}]"#,
             now,
+            true,
         )
         .unwrap_err();
         assert!(
@@ -255,14 +266,14 @@ mod tests {
             "{}",
             err.message
         );
-        assert!(items(br#"{"collector":"a"}"#, now).is_err());
-        assert!(items(b"\x1f\x8b garbage", now).is_err());
+        assert!(items(br#"{"collector":"a"}"#, now, true).is_err());
+        assert!(items(b"\x1f\x8b garbage", now, true).is_err());
         let big = format!(
             r#"[{{"collector":"a","pad":"{}"}}]"#,
             "x".repeat(crate::model::limits::ITEM_BYTES_MAX)
         );
         assert!(
-            items(big.as_bytes(), now)
+            items(big.as_bytes(), now, true)
                 .unwrap_err()
                 .message
                 .starts_with("item 0: is")

@@ -413,7 +413,7 @@ impl Live for LiveLog {
 pub struct NodeLiveQuery {
     /// The newest event id the page showed.
     after: Option<i64>,
-    /// The newest record of each collector the page showed (`<collector>:<ts> …`).
+    /// The newest record of each collector the page showed (`<collector>:<seq> …`).
     tail: Option<String>,
     /// Only this collector's records (the page's collector filter).
     collector: Option<String>,
@@ -453,6 +453,32 @@ impl NodeCursor {
         }
         Some(Self { event, tail })
     }
+}
+
+/// The order new tail records are sent in: by time across collectors (a tick's records read
+/// oldest first), but each collector's in ring order, because a reconnect resumes a collector
+/// after the highest `seq` sent: a record sent after one with a higher `seq` (a time ahead of
+/// the others') would be skipped by it.
+fn in_sending_order(entries: Vec<super::node::TailEntry>) -> Vec<super::node::TailEntry> {
+    let mut per_collector: BTreeMap<String, VecDeque<super::node::TailEntry>> = BTreeMap::new();
+    for entry in entries {
+        per_collector
+            .entry(entry.collector.clone())
+            .or_default()
+            .push_back(entry);
+    }
+    for queue in per_collector.values_mut() {
+        queue.make_contiguous().sort_by_key(|e| e.seq);
+    }
+    let mut out = Vec::new();
+    while let Some(queue) = per_collector
+        .values_mut()
+        .filter(|q| !q.is_empty())
+        .min_by_key(|q| (q[0].ts_ms, q[0].seq))
+    {
+        out.extend(queue.pop_front());
+    }
+    out
 }
 
 /// `GET /live/nodes/{node}?after=`: the node's vitals (`replace` `#vitals`), new records from
@@ -567,7 +593,6 @@ impl LiveNode {
                 .retain(|c, _| entries.iter().any(|e| &e.collector == c));
             let fresh: Vec<_> = entries
                 .into_iter()
-                .rev()
                 .filter(|e| {
                     self.cursor
                         .tail
@@ -575,7 +600,7 @@ impl LiveNode {
                         .is_none_or(|seen| e.seq > *seen)
                 })
                 .collect();
-            for entry in fresh {
+            for entry in in_sending_order(fresh) {
                 let newest = self.cursor.tail.entry(entry.collector.clone()).or_default();
                 *newest = (*newest).max(entry.seq);
                 self.pending.push_back(
