@@ -589,6 +589,12 @@ pub mod metric {
     pub const MEMORY_USED_PERCENT: &str = "memory.used_percent";
     pub const DISK_USED_PERCENT: &str = "disk.used_percent";
     pub const LOAD1: &str = "load.1";
+
+    /// The CPU in use, in percent: all but idle and I/O wait (a CPU waiting on a disk is
+    /// idle). The system collector and MassAffect's translation both say it this way.
+    pub fn cpu_used_percent(idle: f64, iowait: f64) -> f64 {
+        (100.0 - idle - iowait).clamp(0.0, 100.0)
+    }
 }
 
 impl Vitals {

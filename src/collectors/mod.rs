@@ -211,17 +211,19 @@ impl Inbox {
 
     /// Everything waiting, oldest first, with the receipts to settle once it is spooled.
     pub fn drain(&self) -> (Vec<Record>, Receipts) {
-        let mut queue = self.queue.lock().expect("inbox lock poisoned");
-        let taken = std::mem::take(&mut *queue);
-        (taken.records, Receipts(taken.receipts))
+        self.take(false)
     }
 
     /// The last drain: everything waiting, and every later offer refused, so nothing is taken
     /// that no tick will spool.
     pub fn close(&self) -> (Vec<Record>, Receipts) {
+        self.take(true)
+    }
+
+    fn take(&self, close: bool) -> (Vec<Record>, Receipts) {
         let mut queue = self.queue.lock().expect("inbox lock poisoned");
         let taken = std::mem::take(&mut *queue);
-        queue.closed = true;
+        queue.closed = taken.closed || close;
         (taken.records, Receipts(taken.receipts))
     }
 

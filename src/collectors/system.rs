@@ -42,7 +42,7 @@ pub(crate) struct CpuPercent {
 
 impl CpuPercent {
     pub fn used(&self) -> f64 {
-        (100.0 - self.idle - self.iowait).max(0.0)
+        metric::cpu_used_percent(self.idle, self.iowait)
     }
 }
 

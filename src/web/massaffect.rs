@@ -199,7 +199,7 @@ fn with_native_names(record: &mut Record) {
     if let (Some(idle), Some(iowait)) = (theirs("system.cpu_idle"), theirs("system.cpu_iowait")) {
         native.push(Sample::new(
             metric::CPU_USED_PERCENT,
-            (100.0 - idle - iowait).clamp(0.0, 100.0),
+            metric::cpu_used_percent(idle, iowait),
         ));
     }
     // Within the item's bound: an item already at it keeps its own samples only.
