@@ -534,9 +534,25 @@ pub fn short_key(key: &str) -> String {
     format!("ed25519:{}", hex.chars().take(16).collect::<String>())
 }
 
-/// A new command id.
+/// A new command id, greater than every id this process made before it.
+///
+/// Commands to one node run in id order, so ids made within one millisecond (a `fleet send
+/// --file` with several messages, the dashboard's form, any fast sender) must keep the order
+/// they were made in: `Ulid::new()` draws a fresh random part each time and does not. The
+/// generator increments the random part within a millisecond (and when the clock steps back).
 pub fn new_id() -> String {
-    ulid::Ulid::new().to_string()
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        match generator.generate() {
+            Ok(id) => return id.to_string(),
+            // 2^80 ids in one millisecond: wait for the next one.
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+        }
+    }
 }
 
 /// Builds and signs one command.
@@ -570,6 +586,30 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_made_in_one_millisecond_keep_their_order() {
+        // Thousands of ids fall in each millisecond here; with a fresh random part per id,
+        // about half of the neighbours would be out of order.
+        let ids: Vec<String> = (0..20_000).map(|_| new_id()).collect();
+        let same_ms = ids
+            .windows(2)
+            .filter(|w| w[0][..10] == w[1][..10])
+            .count();
+        assert!(same_ms > 0, "the test needs ids that share a millisecond");
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "{} then {}", w[0], w[1]);
+        }
+        // From several threads at once, too.
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..5_000).map(|_| new_id()).collect::<Vec<_>>()))
+            .collect();
+        let mut all: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "no id twice");
+    }
 
     fn command() -> Command {
         Command {
