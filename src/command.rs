@@ -548,9 +548,7 @@ pub fn new_id() -> String {
         match generator.generate() {
             Ok(id) => return id.to_string(),
             // 2^80 ids in one millisecond: wait for the next one.
-            Err(_) => {
-                std::thread::sleep(std::time::Duration::from_millis(1))
-            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
         }
     }
 }
@@ -592,10 +590,7 @@ mod tests {
         // Thousands of ids fall in each millisecond here; with a fresh random part per id,
         // about half of the neighbours would be out of order.
         let ids: Vec<String> = (0..20_000).map(|_| new_id()).collect();
-        let same_ms = ids
-            .windows(2)
-            .filter(|w| w[0][..10] == w[1][..10])
-            .count();
+        let same_ms = ids.windows(2).filter(|w| w[0][..10] == w[1][..10]).count();
         assert!(same_ms > 0, "the test needs ids that share a millisecond");
         for w in ids.windows(2) {
             assert!(w[0] < w[1], "{} then {}", w[0], w[1]);
@@ -604,7 +599,10 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| std::thread::spawn(|| (0..5_000).map(|_| new_id()).collect::<Vec<_>>()))
             .collect();
-        let mut all: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let mut all: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         let n = all.len();
         all.sort();
         all.dedup();

@@ -32,6 +32,53 @@ pub fn node_service(node: &str) -> String {
 
 const NODE_PREFIX: &str = "node:";
 
+/// Whether `service` is an agent's own heartbeat, which only its batches pulse and only
+/// `fleet node remove` ends.
+pub fn is_node_service(service: &str) -> bool {
+    service.starts_with(NODE_PREFIX)
+}
+
+/// Who a heartbeat belongs to: whoever made it by its first pulse. Only its owner, or an
+/// operator token, may pulse it (and so move its deadline or change its alert) or cancel it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    /// A node, by a request signed with its key (or its agent's batches).
+    Node(String),
+    /// An operator token: may also pulse and cancel any heartbeat but a node's own.
+    Operator,
+    /// The watchTower compatibility listener (its one password).
+    Watchtower,
+}
+
+impl Owner {
+    /// As the store keeps it: `node:<name>`, `operator`, `watchtower`.
+    pub fn stored(&self) -> String {
+        match self {
+            Owner::Node(node) => format!("{NODE_PREFIX}{node}"),
+            Owner::Operator => "operator".into(),
+            Owner::Watchtower => "watchtower".into(),
+        }
+    }
+
+    /// Whether this caller may pulse or cancel a heartbeat the store says belongs to `owner`.
+    pub fn may_touch(&self, owner: &str) -> bool {
+        *self == Owner::Operator || self.stored() == owner
+    }
+
+    /// The stored owner in words, for refusals: `node web1`, `an operator`, `the watchTower
+    /// listener`.
+    pub fn describe(owner: &str) -> String {
+        match owner {
+            "operator" => "an operator".into(),
+            "watchtower" => "the watchTower listener".into(),
+            other => match other.strip_prefix(NODE_PREFIX) {
+                Some(node) => format!("node {node}"),
+                None => other.into(),
+            },
+        }
+    }
+}
+
 /// Where a service's alerts go (the notifier reads these; `email`, `slack`, …).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +233,8 @@ pub struct Heartbeat {
     /// Milliseconds in its current state.
     pub for_ms: i64,
     pub pulses: i64,
+    /// Who it belongs to ([`Owner::stored`]).
+    pub owner: String,
 }
 
 /// A time span given as seconds (a JSON number) or a duration string (`"10m"`), in ms.

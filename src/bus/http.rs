@@ -158,7 +158,7 @@ impl NodeClient {
         query: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<reqwest::RequestBuilder> {
-        let ts = crate::timefmt::now_ms();
+        let ts = wire::request_timestamp_ms();
         let what = format!("{method} {path}");
         let signature = wire::sign_agent(self.key.as_bytes(), &self.node, &what, ts, &body);
         let mut url = self

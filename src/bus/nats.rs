@@ -33,6 +33,7 @@ use super::wire;
 use crate::command::{Command, CommandReport, CommandState};
 use crate::config::NatsConfig;
 use crate::pipeline::commands::{CommandQueue, Submission};
+use crate::pipeline::node_auth::{Claim, NodeAuth};
 use crate::pipeline::{Ingest, RawBatch};
 use crate::store::commands::ApplyOutcome;
 use crate::store::commands::CommandRecord;
@@ -278,6 +279,7 @@ impl ControllerNats {
         self,
         queue: Arc<CommandQueue>,
         ingest: Arc<Ingest>,
+        auth: Arc<NodeAuth>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let audit = self
@@ -300,6 +302,7 @@ impl ControllerNats {
             replies,
             self.subjects.clone(),
             queue,
+            auth,
             shutdown.clone(),
         ));
         tasks.spawn(serve_telemetry(
@@ -422,6 +425,7 @@ async fn consume_replies(
     mut messages: pull::Stream,
     subjects: Subjects,
     queue: Arc<CommandQueue>,
+    auth: Arc<NodeAuth>,
     shutdown: CancellationToken,
 ) {
     while let Some(batch) = next_batch(&mut messages, &shutdown).await {
@@ -429,7 +433,7 @@ async fn consume_replies(
         let mut checked: Vec<(String, CommandReport)> = Vec::new();
         let mut verdicts: Vec<Result<usize, Skip>> = Vec::with_capacity(batch.len());
         for message in &batch {
-            let verdict = check_report(message, &subjects, &queue).map(|(node, report)| {
+            let verdict = check_report(message, &subjects, &auth).map(|(node, report)| {
                 checked.push((node, report));
                 checked.len() - 1
             });
@@ -465,7 +469,7 @@ async fn consume_replies(
 fn check_report(
     message: &jetstream::Message,
     subjects: &Subjects,
-    queue: &CommandQueue,
+    auth: &NodeAuth,
 ) -> Result<(String, CommandReport), Skip> {
     let subject = message.subject.as_str();
     let node = subjects
@@ -474,14 +478,17 @@ fn check_report(
     let header = |name| header(&message.headers, name);
     // Reports wait in the stream, so no clock window: a replay is harmless (a report moves a
     // command forward only once).
-    queue
-        .authenticate_agent_stored(
-            &node,
-            subject,
-            &header(wire::HEADER_TIMESTAMP),
-            &message.payload,
-            &header(wire::HEADER_SIGNATURE),
-        )
+    let (timestamp, signature) = (
+        header(wire::HEADER_TIMESTAMP),
+        header(wire::HEADER_SIGNATURE),
+    );
+    let claim = Claim {
+        node: &node,
+        timestamp: &timestamp,
+        signature: &signature,
+        source: None,
+    };
+    auth.verify_stored(&claim, subject, &message.payload)
         // Perhaps a node enrolled a moment ago that the registry has not re-read yet.
         .map_err(|e| Skip::Retry(e.to_string()))?;
     let report: CommandReport =
@@ -650,7 +657,7 @@ impl NatsCommandSource {
         // A NATS message is bounded (1 MiB by default): cut the output to fit.
         let report = report.clone().fitted(REPORT_MESSAGE_MAX);
         let body = serde_json::to_vec(&report).expect("reports serialise");
-        let ts = crate::timefmt::now_ms();
+        let ts = wire::request_timestamp_ms();
         let signature = wire::sign_agent(self.key.as_bytes(), &self.node, &subject, ts, &body);
         let mut headers = HeaderMap::new();
         headers.insert(wire::HEADER_NODE, self.node.as_str());

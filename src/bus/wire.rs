@@ -77,6 +77,21 @@ pub fn verify(key: &[u8], headers: &BatchHeaders, body: &[u8], signature_hex: &s
 /// that is not a batch).
 pub const AGENT_SIGNATURE_SCHEME: &str = "fleet-agent-v1";
 
+/// The timestamp to sign an agent request with: now, but later than every one this process
+/// signed before. The controller takes each signed request once (it remembers signatures for
+/// the clock window), so two requests alike in all but time must not share a millisecond.
+pub fn request_timestamp_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = crate::timefmt::now_ms();
+    let previous = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last + 1))
+        })
+        .expect("the update always succeeds");
+    now.max(previous + 1)
+}
+
 /// Signs an agent request (a command poll, a report): HMAC-SHA256 under the node's key over
 /// `fleet-agent-v1\n<node>\n<what>\n<timestamp_ms>\n<body>`, where `what` names the request
 /// (`GET /api/v1/agent/commands`, `POST /api/v1/agent/reports`, or the NATS subject), so a

@@ -118,10 +118,15 @@ pub async fn start(
         config.status.down_after,
         shutdown.clone(),
     );
+    let node_auth = Arc::new(crate::pipeline::NodeAuth::new(
+        registry.clone(),
+        durable.clone(),
+        config.ingest.clock_skew,
+    ));
     let (ingest, writer) = Ingest::start(
         config.ingest.clone(),
         &config.retention,
-        registry.clone(),
+        node_auth.clone(),
         durable.clone(),
         hot.clone(),
         heartbeats.clone(),
@@ -134,7 +139,6 @@ pub async fn start(
         durable.clone(),
         registry.clone(),
         config.commands.clone(),
-        config.ingest.clock_skew,
         nats.as_ref()
             .map(|n| n.dispatch() as Arc<dyn crate::pipeline::commands::Dispatch>),
         shutdown.clone(),
@@ -155,6 +159,7 @@ pub async fn start(
         hot,
         status: config.status.clone(),
         commands: commands.clone(),
+        node_auth: node_auth.clone(),
         heartbeats,
         shutdown: shutdown.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(web::STREAMS_MAX)),
@@ -167,9 +172,14 @@ pub async fn start(
     // Tasks that feed the ingest pipeline: they must end before its writer can.
     let feeders = tokio_util::task::TaskTracker::new();
     if let Some(nats) = nats {
-        let (queue, ingest, stop) = (commands.clone(), ingest.clone(), shutdown.clone());
+        let (queue, ingest, auth, stop) = (
+            commands.clone(),
+            ingest.clone(),
+            node_auth.clone(),
+            shutdown.clone(),
+        );
         feeders.spawn(async move {
-            if let Err(err) = nats.run(queue, ingest, stop).await {
+            if let Err(err) = nats.run(queue, ingest, auth, stop).await {
                 tracing::error!(cause = %format!("{err:#}"), "the NATS bus stopped");
             }
         });
@@ -188,6 +198,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     background.spawn(commands.sweep_loop(shutdown.clone()));
+    background.spawn(node_auth.clone().forget_loop(shutdown.clone()));
     background.close();
 
     let app = web::router(state.clone());

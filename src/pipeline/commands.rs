@@ -9,16 +9,15 @@
 //! shape, that the signature is sound, and that the node exists.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::wire;
 use crate::command::{self, CENTRAL, Command, CommandReport, CommandResult, CommandState, Method};
 use crate::config::CommandQueueConfig;
+use crate::pipeline::node_auth::NodeAuthError;
 use crate::pipeline::registry::Registry;
 use crate::store::commands::{Applied, ApplyOutcome, CommandRecord, NewCommand};
 use crate::store::events::NewEvent;
@@ -72,9 +71,19 @@ pub struct CommandQueue {
     /// Ids whose state changed, for waiting senders.
     changes: broadcast::Sender<String>,
     dispatch: Option<Arc<dyn Dispatch>>,
-    clock_skew: Duration,
     /// Ends held polls and waits when the controller stops, so shutdown need not wait them out.
     shutdown: CancellationToken,
+}
+
+impl From<NodeAuthError> for CommandError {
+    fn from(e: NodeAuthError) -> Self {
+        match e {
+            NodeAuthError::BadRequest(m) => CommandError::BadRequest(m),
+            NodeAuthError::Unauthorized(m) => CommandError::Unauthorized(m),
+            NodeAuthError::Forbidden(m) => CommandError::Forbidden(m),
+            NodeAuthError::Unavailable(e) => CommandError::Unavailable(e),
+        }
+    }
 }
 
 impl CommandQueue {
@@ -82,7 +91,6 @@ impl CommandQueue {
         durable: Durable,
         registry: Arc<Registry>,
         config: CommandQueueConfig,
-        clock_skew: Duration,
         dispatch: Option<Arc<dyn Dispatch>>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -93,7 +101,6 @@ impl CommandQueue {
             polls: Mutex::new(HashMap::new()),
             changes: broadcast::channel(4096).0,
             dispatch,
-            clock_skew,
             shutdown,
         }
     }
@@ -475,76 +482,6 @@ impl CommandQueue {
             .ok_or_else(|| CommandError::NotFound(format!("no command {id}")))?;
         let _ = self.changes.send(id.to_owned());
         Ok(state)
-    }
-
-    /// Checks a signed agent request: enrolled node, allowed source, clock window, HMAC.
-    pub fn authenticate_agent(
-        &self,
-        node: &str,
-        source: Option<IpAddr>,
-        what: &str,
-        timestamp: &str,
-        body: &[u8],
-        signature: &str,
-    ) -> Result<(), CommandError> {
-        self.authenticate(node, source, what, timestamp, body, signature, true)
-    }
-
-    /// Checks a signed message that waited in a stream (a NATS report): enrolled node and HMAC,
-    /// but no clock window, since it may have waited for hours. Replaying one is harmless: a
-    /// report moves a command forward once.
-    pub fn authenticate_agent_stored(
-        &self,
-        node: &str,
-        what: &str,
-        timestamp: &str,
-        body: &[u8],
-        signature: &str,
-    ) -> Result<(), CommandError> {
-        self.authenticate(node, None, what, timestamp, body, signature, false)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn authenticate(
-        &self,
-        node: &str,
-        source: Option<IpAddr>,
-        what: &str,
-        timestamp: &str,
-        body: &[u8],
-        signature: &str,
-        check_clock: bool,
-    ) -> Result<(), CommandError> {
-        let snapshot = self.registry.snapshot();
-        let entry = snapshot
-            .node(node)
-            .ok_or_else(|| CommandError::Unauthorized(format!("node {node:?} is not enrolled")))?;
-        if let Some(source) = source
-            && !entry.allows(source)
-        {
-            return Err(CommandError::Forbidden(format!(
-                "node {node} may not connect from {source}"
-            )));
-        }
-        let ts: i64 = timestamp.parse().map_err(|_| {
-            CommandError::Unauthorized(format!(
-                "header {} must be Unix milliseconds",
-                wire::HEADER_TIMESTAMP
-            ))
-        })?;
-        if check_clock && ts.abs_diff(crate::timefmt::now_ms()) > self.clock_skew.as_millis() as u64
-        {
-            return Err(CommandError::Unauthorized(format!(
-                "the request's timestamp is more than {} off the controller's clock; check the node's clock (NTP)",
-                humantime::format_duration(self.clock_skew)
-            )));
-        }
-        if !wire::verify_agent(entry.key.as_bytes(), node, what, ts, body, signature) {
-            return Err(CommandError::Unauthorized(
-                "bad signature: check the node's key".into(),
-            ));
-        }
-        Ok(())
     }
 
     /// Runs the deadline sweeper (and, with NATS, republishes what the broker did not take)

@@ -18,10 +18,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::heartbeat::Pulse;
+use crate::heartbeat::{Owner, Pulse};
 use crate::model::InvalidInput;
 use crate::store::Durable;
-use crate::store::heartbeats::{PulseOutcome, Received, Transition};
+use crate::store::heartbeats::{Cancelled, PulseOutcome, Received, Transition};
 
 /// The monitor looks at the store at least this often.
 pub const RESYNC: Duration = Duration::from_secs(1);
@@ -37,17 +37,37 @@ const QUEUE: usize = 20_000;
 pub enum HeartbeatError {
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+    /// The heartbeat belongs to someone else.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no heartbeat named {0:?}")]
+    NotFound(String),
     #[error("{0}")]
     Unavailable(String),
 }
 
+impl From<crate::store::StoreError> for HeartbeatError {
+    fn from(err: crate::store::StoreError) -> Self {
+        HeartbeatError::Unavailable(err.to_string())
+    }
+}
+
+/// The refusal for `by` touching `service`, which `owner` (as stored) owns.
+fn not_owner(service: &str, owner: &str) -> HeartbeatError {
+    HeartbeatError::Forbidden(format!(
+        "the heartbeat {service:?} belongs to {}: only it, or an operator token, may pulse or cancel it; choose another service name",
+        Owner::describe(owner)
+    ))
+}
+
 struct Job {
     pulse: Pulse,
+    by: Owner,
     /// When it arrived: its deadline counts from then.
     at_ms: i64,
     /// Who waits for the outcome; nobody for an agent's automatic pulse, which also never
     /// revives a cancelled heartbeat.
-    reply: Option<oneshot::Sender<Result<PulseOutcome, String>>>,
+    reply: Option<oneshot::Sender<Result<PulseOutcome, HeartbeatError>>>,
 }
 
 /// When the monitor plans to look next, and how to make it look sooner.
@@ -97,21 +117,22 @@ impl Heartbeats {
         )
     }
 
-    /// Stores a pulse; returns once it is durable.
-    pub async fn pulse(&self, pulse: Pulse) -> Result<PulseOutcome, HeartbeatError> {
+    /// Stores a pulse from `by`; returns once it is durable. Refused when the heartbeat
+    /// belongs to someone else.
+    pub async fn pulse(&self, pulse: Pulse, by: Owner) -> Result<PulseOutcome, HeartbeatError> {
         pulse.validate()?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job {
                 pulse,
+                by,
                 at_ms: crate::timefmt::now_ms(),
                 reply: Some(reply),
             })
             .await
             .map_err(|_| shutting_down())?;
         match answer.await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(err)) => Err(HeartbeatError::Unavailable(err)),
+            Ok(answer) => answer,
             Err(_) => Err(shutting_down()),
         }
     }
@@ -142,6 +163,7 @@ impl Heartbeats {
                 grace_ms: 0,
                 alert: None,
             },
+            by: Owner::Node(node.to_owned()),
             at_ms: now_ms,
             reply: None,
         };
@@ -154,11 +176,24 @@ impl Heartbeats {
         }
     }
 
-    /// Withdraws a service from watching; false when there is none of that name.
-    pub async fn cancel(&self, service: &str) -> Result<bool, crate::store::StoreError> {
-        self.durable
-            .cancel_heartbeat(service, crate::timefmt::now_ms())
-            .await
+    /// Withdraws a service from watching, if `by` owns it (an operator: any). A node's own
+    /// heartbeat is never cancelled this way: it ends with `fleet node remove`, so no password
+    /// or token can silence a node's down alerts while it stays enrolled.
+    pub async fn cancel(&self, service: &str, by: &Owner) -> Result<(), HeartbeatError> {
+        if crate::heartbeat::is_node_service(service) {
+            return Err(HeartbeatError::Forbidden(format!(
+                "{service:?} is a node's own heartbeat: it ends when the node is removed (`fleet node remove`), never by a cancel"
+            )));
+        }
+        match self
+            .durable
+            .cancel_heartbeat(service, by, crate::timefmt::now_ms())
+            .await?
+        {
+            Cancelled::Done => Ok(()),
+            Cancelled::NotFound => Err(HeartbeatError::NotFound(service.to_owned())),
+            Cancelled::NotOwner(owner) => Err(not_owner(service, &owner)),
+        }
     }
 }
 
@@ -213,12 +248,36 @@ async fn write_loop(
 
 /// Stores `jobs` (emptying it) and answers each.
 async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
-    if jobs.is_empty() {
-        return;
-    }
     // One row per service per statement (PostgreSQL refuses to touch a row twice in one
-    // upsert): repeats merge, the latest value of each field winning, and count as many. Rows
-    // go in service order, so two controllers' groups lock shared rows in the same order.
+    // upsert), so a service pulsed by two senders in one group is written in two rounds: the
+    // second sender's pulse must be judged on its own ownership, not merged into the first's.
+    let mut earliest = i64::MAX;
+    while !jobs.is_empty() {
+        let mut seen: HashMap<(bool, String), Owner> = HashMap::new();
+        let (round, later): (Vec<Job>, Vec<Job>) = jobs.drain(..).partition(|job| {
+            let key = (job.reply.is_some(), job.pulse.service.clone());
+            match seen.get(&key) {
+                Some(owner) => *owner == job.by,
+                None => {
+                    seen.insert(key, job.by.clone());
+                    true
+                }
+            }
+        });
+        *jobs = later;
+        earliest = earliest.min(write_round(durable, round).await);
+    }
+    // Both run in this task, so `planned_ms` is the monitor's latest plan.
+    if earliest < wake.planned_ms.load(Ordering::SeqCst) {
+        wake.notify.notify_one();
+    }
+}
+
+/// Stores one round (one sender per service) and answers each job; returns the earliest
+/// deadline it wrote.
+async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
+    // Repeats merge, the latest value of each field winning, and count as many. Rows go in
+    // service order, so two controllers' groups lock shared rows in the same order.
     let mut merged: std::collections::BTreeMap<(bool, &str), Received> = Default::default();
     for job in jobs.iter() {
         let key = (job.reply.is_some(), job.pulse.service.as_str());
@@ -235,6 +294,7 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
                     key,
                     Received {
                         pulse: job.pulse.clone(),
+                        by: job.by.clone(),
                         at_ms: job.at_ms,
                         count: 1,
                     },
@@ -250,8 +310,9 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
     let mut earliest = i64::MAX;
     if !automatic.is_empty() {
         match durable.pulse(&automatic, now_ms, false).await {
-            Ok(outcomes) => {
-                earliest = outcomes
+            Ok(results) => {
+                earliest = results
+                    .stored
                     .iter()
                     .map(|o| o.heartbeat.deadline_ms)
                     .fold(earliest, i64::min);
@@ -261,30 +322,39 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
             }
         }
     }
-    let written = if asked.is_empty() {
-        Ok(Vec::new())
-    } else {
-        durable.pulse(&asked, now_ms, true).await
-    };
-    match written {
-        Ok(outcomes) => {
-            for o in outcomes.iter().filter(|o| o.recovered) {
+    if asked.is_empty() {
+        return earliest;
+    }
+    match durable.pulse(&asked, now_ms, true).await {
+        Ok(results) => {
+            for o in results.stored.iter().filter(|o| o.recovered) {
                 tracing::info!(service = %o.heartbeat.service, "heartbeat recovered");
             }
-            earliest = outcomes
+            earliest = results
+                .stored
                 .iter()
                 .map(|o| o.heartbeat.deadline_ms)
                 .fold(earliest, i64::min);
-            let by_service: HashMap<&str, &PulseOutcome> = outcomes
+            let by_service: HashMap<&str, &PulseOutcome> = results
+                .stored
                 .iter()
                 .map(|o| (o.heartbeat.service.as_str(), o))
                 .collect();
+            let refused: HashMap<&str, &str> = results
+                .refused
+                .iter()
+                .map(|(service, owner)| (service.as_str(), owner.as_str()))
+                .collect();
             for job in jobs.drain(..) {
                 if let Some(reply) = job.reply {
-                    let outcome = by_service
-                        .get(job.pulse.service.as_str())
-                        .map(|o| (*o).clone())
-                        .ok_or_else(|| "the pulse was not stored".to_owned());
+                    let service = job.pulse.service.as_str();
+                    let outcome = match (by_service.get(service), refused.get(service)) {
+                        (Some(o), _) => Ok((*o).clone()),
+                        (None, Some(owner)) => Err(not_owner(service, owner)),
+                        (None, None) => Err(HeartbeatError::Unavailable(
+                            "the pulse was not stored; retry".into(),
+                        )),
+                    };
                     let _ = reply.send(outcome);
                 }
             }
@@ -293,15 +363,14 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
             tracing::warn!(cause = %err, pulses = asked.len(), "cannot store pulses");
             for job in jobs.drain(..) {
                 if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(format!("the pulse could not be stored: {err}")));
+                    let _ = reply.send(Err(HeartbeatError::Unavailable(
+                        "the pulse could not be stored; retry later".into(),
+                    )));
                 }
             }
         }
     }
-    // Both run in this task, so `planned_ms` is the monitor's latest plan.
-    if earliest < wake.planned_ms.load(Ordering::SeqCst) {
-        wake.notify.notify_one();
-    }
+    earliest
 }
 
 /// Sleeps until the earliest deadline (or [`RESYNC`]), claims what has passed, and again.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bus::wire::{self, BatchHeaders};
 use crate::config::{IngestConfig, RetentionConfig};
 use crate::model::{BatchBody, NodeName, Record};
-use crate::pipeline::registry::Registry;
+use crate::pipeline::node_auth::{Claim, Clock, Covered, NodeAuth, NodeAuthError};
 use crate::store::durable::{LedgerKey, SeriesCache};
 use crate::store::{Durable, HotStore, IngestBatch, IngestOutcome, StoreError};
 
@@ -32,6 +32,18 @@ pub struct RawBatch {
     /// The peer address, checked against the node's allowlist. `None` on NATS, where the
     /// broker's own authentication stands in for it.
     pub source: Option<IpAddr>,
+}
+
+impl RawBatch {
+    /// What its headers claim about the sender.
+    pub fn claim(&self) -> Claim<'_> {
+        Claim {
+            node: &self.node,
+            timestamp: &self.timestamp_ms,
+            signature: &self.signature,
+            source: self.source,
+        }
+    }
 }
 
 /// Why a batch was refused. Each kind maps to one HTTP status (see docs/wire.md).
@@ -52,6 +64,17 @@ pub enum IngestError {
     /// 503: the durable store could not take it; the agent should retry.
     #[error("the store could not take the batch, retry later: {0}")]
     Unavailable(String),
+}
+
+impl From<NodeAuthError> for IngestError {
+    fn from(e: NodeAuthError) -> Self {
+        match e {
+            NodeAuthError::BadRequest(m) => IngestError::BadRequest(m),
+            NodeAuthError::Unauthorized(m) => IngestError::Unauthorized(m),
+            NodeAuthError::Forbidden(m) => IngestError::Forbidden(m),
+            NodeAuthError::Unavailable(e) => IngestError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 impl IngestError {
@@ -86,7 +109,7 @@ struct Job {
 /// The ingest pipeline. Cheap to share (`Arc`).
 pub struct Ingest {
     config: IngestConfig,
-    registry: Arc<Registry>,
+    auth: Arc<NodeAuth>,
     hot: Arc<HotStore>,
     heartbeats: Arc<super::Heartbeats>,
     writer: mpsc::Sender<Job>,
@@ -98,7 +121,7 @@ impl Ingest {
     pub fn start(
         config: IngestConfig,
         retention: &RetentionConfig,
-        registry: Arc<Registry>,
+        auth: Arc<NodeAuth>,
         durable: Durable,
         hot: Arc<HotStore>,
         heartbeats: Arc<super::Heartbeats>,
@@ -127,7 +150,7 @@ impl Ingest {
         (
             Self {
                 config,
-                registry,
+                auth,
                 hot,
                 heartbeats,
                 writer: tx,
@@ -226,28 +249,7 @@ impl Ingest {
                 self.config.max_body_bytes
             )));
         }
-        if raw.node.is_empty() {
-            return Err(IngestError::Unauthorized(format!(
-                "missing header {}",
-                wire::HEADER_NODE
-            )));
-        }
-        NodeName::parse(&raw.node).map_err(|e| IngestError::BadRequest(e.to_string()))?;
-        let snapshot = self.registry.snapshot();
-        let node = snapshot.node(&raw.node).ok_or_else(|| {
-            IngestError::Unauthorized(format!(
-                "node {} is not enrolled; enroll it with `fleet node add {}`",
-                raw.node, raw.node
-            ))
-        })?;
-        if let Some(source) = raw.source
-            && !node.allows(source)
-        {
-            return Err(IngestError::Forbidden(format!(
-                "node {} may not send from {}",
-                raw.node, source
-            )));
-        }
+        let admitted = self.auth.admit(&raw.claim(), Clock::Now, now_ms)?;
         if !wire::valid_instance(&raw.instance) {
             return Err(IngestError::BadRequest(format!(
                 "header {} must be 1 to {} characters of letters, digits, '-' and '_'",
@@ -268,26 +270,6 @@ impl Ingest {
                     wire::HEADER_SEQ
                 ))
             })?;
-        let timestamp_ms: i64 = raw
-            .timestamp_ms
-            .parse()
-            .ok()
-            .filter(|t: &i64| t.to_string() == raw.timestamp_ms)
-            .ok_or_else(|| {
-                IngestError::Unauthorized(format!(
-                    "header {} must be milliseconds since the Unix epoch",
-                    wire::HEADER_TIMESTAMP
-                ))
-            })?;
-        let skew = self.config.clock_skew.as_millis() as i64;
-        // abs_diff: a hostile timestamp like i64::MIN must not overflow.
-        if timestamp_ms.abs_diff(now_ms) > skew as u64 {
-            return Err(IngestError::Unauthorized(format!(
-                "the batch timestamp is {} s away from the controller's clock (at most {} s allowed): check the clocks (NTP)",
-                timestamp_ms.saturating_sub(now_ms) / 1000,
-                skew / 1000
-            )));
-        }
         let body = if raw.gzip {
             wire::inflate_bounded(&raw.body, self.config.max_decompressed_bytes).map_err(|e| {
                 match e {
@@ -304,17 +286,21 @@ impl Ingest {
             }
             raw.body.to_vec()
         };
+        self.auth.check_signature(
+            &admitted,
+            Covered::Batch {
+                instance: &raw.instance,
+                seq,
+            },
+            &body,
+            &raw.signature,
+        )?;
         let headers = BatchHeaders {
             node: raw.node.clone(),
             instance: raw.instance.clone(),
             seq,
-            timestamp_ms,
+            timestamp_ms: admitted.timestamp_ms,
         };
-        if !wire::verify(node.key.as_bytes(), &headers, &body, &raw.signature) {
-            return Err(IngestError::Unauthorized(
-                "bad signature: the node key does not match the one enrolled".into(),
-            ));
-        }
         Ok((headers, body))
     }
 }

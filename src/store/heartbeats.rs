@@ -13,15 +13,34 @@ use sqlx::any::AnyRow;
 
 use super::durable::{Durable, StoreError};
 use super::events::NewEvent;
-use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Pulse};
+use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Owner, Pulse};
 
 /// A pulse as the writer hands it over: when it arrived (its deadline counts from then, not
 /// from when its group was written), and how many pulses of the service it stands for.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub pulse: Pulse,
+    /// Who sent it: it may pulse only a heartbeat it owns (an operator: any).
+    pub by: Owner,
     pub at_ms: i64,
     pub count: i64,
+}
+
+/// What a group of pulses did: the outcome of each stored, and the services refused because
+/// they belong to someone else (with their owner, as stored).
+#[derive(Debug, Default)]
+pub struct PulseResults {
+    pub stored: Vec<PulseOutcome>,
+    pub refused: Vec<(String, String)>,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    Done,
+    NotFound,
+    /// It belongs to someone else (its owner, as stored).
+    NotOwner(String),
 }
 
 /// What one pulse did.
@@ -94,22 +113,25 @@ const CLAIM_POSTGRES: &str = "UPDATE heartbeats SET prev_state = state, prev_sin
      RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, alert_target";
 
 const COLUMNS: &str = "service, node, next_in_ms, grace_ms, alert_channel, alert_target, state, \
-     last_pulse, deadline, state_since, pulses";
+     last_pulse, deadline, state_since, pulses, owner";
 
 impl Durable {
     /// Records pulses (at most one per service: the caller merges repeats) and returns what
-    /// they did. Acknowledge a pulse only after this returns. Without `revive`, a pulse leaves a
-    /// cancelled heartbeat alone (and returns nothing for it): an agent's automatic pulse must
-    /// not bring back a node that was taken out of the fleet.
+    /// they did. Acknowledge a pulse only after this returns. A pulse touches a heartbeat only
+    /// if its sender owns it (or is an operator); the others come back refused, with the
+    /// owner. Without `revive`, a pulse leaves a cancelled heartbeat alone (and returns
+    /// nothing for it): an agent's automatic pulse must not bring back a node that was taken
+    /// out of the fleet.
     pub async fn pulse(
         &self,
         pulses: &[Received],
         now_ms: i64,
         revive: bool,
-    ) -> Result<Vec<PulseOutcome>, StoreError> {
+    ) -> Result<PulseResults, StoreError> {
         const UPSERT: &str = "INSERT INTO heartbeats (service, node, next_in_ms, grace_ms, \
              alert_channel, alert_target, state, last_pulse, deadline, state_since, pulses, \
-             created_at, updated_at) VALUES ";
+             created_at, updated_at, owner) VALUES ";
+        // The owner is set by the first pulse and never changed by a later one.
         const UPDATE: &str = " ON CONFLICT (service) DO UPDATE SET \
              node = COALESCE(excluded.node, heartbeats.node), \
              next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
@@ -120,9 +142,10 @@ impl Durable {
              state_since = CASE WHEN heartbeats.state = 'up' THEN heartbeats.state_since \
                            ELSE excluded.state_since END, \
              last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
-             pulses = heartbeats.pulses + excluded.pulses, updated_at = excluded.updated_at ";
+             pulses = heartbeats.pulses + excluded.pulses, updated_at = excluded.updated_at \
+             WHERE (excluded.owner = 'operator' OR heartbeats.owner = excluded.owner) ";
         const RETURNING: &str = "RETURNING service, node, next_in_ms, grace_ms, alert_channel, \
-             alert_target, state, last_pulse, deadline, state_since, pulses, prev_state, \
+             alert_target, state, last_pulse, deadline, state_since, pulses, owner, prev_state, \
              prev_since";
         static REVIVING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
         static SPARING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
@@ -130,12 +153,12 @@ impl Durable {
             REVIVING.get_or_init(|| format!("{UPDATE}{RETURNING}").leak())
         } else {
             SPARING.get_or_init(|| {
-                format!("{UPDATE}WHERE heartbeats.state <> 'cancelled' {RETURNING}").leak()
+                format!("{UPDATE}AND heartbeats.state <> 'cancelled' {RETURNING}").leak()
             })
         };
         let mut tx = self.pool().begin().await?;
         let rows = self
-            .insert_rows(&mut tx, UPSERT, 13, suffix, pulses, |q, r| {
+            .insert_rows(&mut tx, UPSERT, 14, suffix, pulses, |q, r| {
                 let (at, count, p) = (r.at_ms, r.count, &r.pulse);
                 let (_, deadline) = p.due_and_deadline(at);
                 q.bind(&p.service)
@@ -151,14 +174,15 @@ impl Durable {
                     .bind(count)
                     .bind(now_ms)
                     .bind(now_ms)
+                    .bind(r.by.stored())
             })
             .await?;
         let mut by_service = std::collections::HashMap::with_capacity(rows.len());
         let mut recovered = Vec::new();
         for row in &rows {
             let heartbeat = heartbeat_from_row(row, now_ms)?;
-            let prev: Option<String> = row.try_get(11)?;
-            let prev_since: Option<i64> = row.try_get(12)?;
+            let prev: Option<String> = row.try_get(12)?;
+            let prev_since: Option<i64> = row.try_get(13)?;
             let was_down = prev.as_deref() == Some("down");
             if was_down {
                 let down_for = now_ms - prev_since.unwrap_or(now_ms);
@@ -184,8 +208,29 @@ impl Durable {
             );
         }
         self.record_transitions(&mut tx, &recovered, now_ms).await?;
+        // A pulse that touched nothing met another owner's heartbeat (or, sparing, a
+        // cancelled one: not a refusal). Read the owners in the same transaction.
+        let mut refused = Vec::new();
+        if revive {
+            for r in pulses
+                .iter()
+                .filter(|r| !by_service.contains_key(&r.pulse.service))
+            {
+                let owner: Option<String> =
+                    sqlx::query_scalar("SELECT owner FROM heartbeats WHERE service = $1")
+                        .bind(&r.pulse.service)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(owner) = owner {
+                    refused.push((r.pulse.service.clone(), owner));
+                }
+            }
+        }
         tx.commit().await?;
-        Ok(by_service.into_values().collect())
+        Ok(PulseResults {
+            stored: by_service.into_values().collect(),
+            refused,
+        })
     }
 
     /// Moves every watched service whose deadline has passed to down, and returns those this
@@ -271,18 +316,36 @@ impl Durable {
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
-    /// Withdraws a service from watching. False when there is no such service.
-    pub async fn cancel_heartbeat(&self, service: &str, now_ms: i64) -> Result<bool, StoreError> {
+    /// Withdraws a service from watching, if `by` owns it (an operator: any). Whether a
+    /// node's own heartbeat may be cancelled at all is the pipeline's rule.
+    pub async fn cancel_heartbeat(
+        &self,
+        service: &str,
+        by: &Owner,
+        now_ms: i64,
+    ) -> Result<Cancelled, StoreError> {
         let done = sqlx::query(
             "UPDATE heartbeats SET prev_state = state, prev_since = state_since, \
              state = 'cancelled', state_since = CASE WHEN state = 'cancelled' THEN state_since \
-             ELSE $2 END, updated_at = $2 WHERE service = $1",
+             ELSE $2 END, updated_at = $2 WHERE service = $1 AND ($3 = 'operator' OR owner = $3)",
         )
         .bind(service)
         .bind(now_ms)
+        .bind(by.stored())
         .execute(self.pool())
         .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() > 0 {
+            return Ok(Cancelled::Done);
+        }
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT owner FROM heartbeats WHERE service = $1")
+                .bind(service)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(match owner {
+            Some(owner) => Cancelled::NotOwner(owner),
+            None => Cancelled::NotFound,
+        })
     }
 
     /// Heartbeats by service name after `after`, at most `limit`, read as of `now_ms`.
@@ -443,5 +506,6 @@ fn heartbeat_from_row(row: &AnyRow, now_ms: i64) -> Result<Heartbeat, StoreError
         state_since_ms,
         for_ms: (now_ms - state_since_ms).max(0),
         pulses: row.try_get(10)?,
+        owner: row.try_get(11)?,
     })
 }

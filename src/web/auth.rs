@@ -13,6 +13,7 @@ use axum::response::Response;
 use super::AppState;
 use super::error::ApiError;
 use crate::bus::wire;
+use crate::pipeline::node_auth::Claim;
 
 /// Refuses a request without a valid operator token.
 pub async fn require_operator(
@@ -55,7 +56,7 @@ pub enum Caller {
 }
 
 /// A node when the request is signed (`X-Fleet-Signature`), else an operator by token.
-pub fn caller(
+pub async fn caller(
     state: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
@@ -63,7 +64,9 @@ pub fn caller(
     body: &[u8],
 ) -> Result<Caller, ApiError> {
     if headers.contains_key(wire::HEADER_SIGNATURE) {
-        agent(state, headers, peer, what, body).map(Caller::Node)
+        agent(state, headers, peer, what, body)
+            .await
+            .map(Caller::Node)
     } else {
         operator(state, headers).map(Caller::Operator)
     }
@@ -88,30 +91,34 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for Operator {
     }
 }
 
-/// Checks a request signed by a node (`fleet-agent-v1`, see docs/commands.md) and returns the
-/// node's name.
-pub fn agent(
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// What a node-signed request's headers claim (checked by `pipeline::node_auth`).
+pub fn node_claim(headers: &HeaderMap, peer: SocketAddr) -> Claim<'_> {
+    Claim {
+        node: header(headers, wire::HEADER_NODE),
+        timestamp: header(headers, wire::HEADER_TIMESTAMP),
+        signature: header(headers, wire::HEADER_SIGNATURE),
+        source: Some(peer.ip()),
+    }
+}
+
+/// Checks a request signed by a node (`fleet-agent-v1`, see docs/commands.md): admitted,
+/// signed, never seen before. Returns the node's name.
+pub async fn agent(
     state: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
     what: &str,
     body: &[u8],
 ) -> Result<String, ApiError> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let node = text(wire::HEADER_NODE);
-    state.commands.authenticate_agent(
-        &node,
-        Some(peer.ip()),
-        what,
-        &text(wire::HEADER_TIMESTAMP),
-        body,
-        &text(wire::HEADER_SIGNATURE),
-    )?;
-    Ok(node)
+    Ok(state
+        .node_auth
+        .verify_request(&node_claim(headers, peer), what, body)
+        .await?)
 }

@@ -224,7 +224,8 @@ pub async fn agent_poll(
         peer,
         &format!("GET {AGENT_POLL_PATH}"),
         b"",
-    )?;
+    )
+    .await?;
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
     let commands = state.commands.poll(&node, wait).await?;
     Ok(Json(serde_json::json!({ "commands": commands })))
@@ -257,7 +258,8 @@ pub async fn agent_reports(
         peer,
         &format!("POST {AGENT_REPORTS_PATH}"),
         &body,
-    )?;
+    )
+    .await?;
     let body: ReportsBody = super::error::json_body(&body)?;
     state.commands.report(&node, &body.reports).await?;
     Ok(Json(serde_json::json!({ "stored": body.reports.len() })))

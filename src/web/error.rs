@@ -81,6 +81,11 @@ impl From<crate::pipeline::heartbeats::HeartbeatError> for ApiError {
         use crate::pipeline::heartbeats::HeartbeatError;
         match err {
             HeartbeatError::Invalid(e) => e.into(),
+            HeartbeatError::Forbidden(e) => Self::new(StatusCode::FORBIDDEN, e),
+            HeartbeatError::NotFound(_) => Self::not_found(format!(
+                "{err}: see GET {}",
+                crate::web::heartbeats::HEARTBEATS_PATH
+            )),
             HeartbeatError::Unavailable(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }
@@ -95,6 +100,22 @@ impl From<crate::pipeline::CommandError> for ApiError {
             CommandError::Forbidden(_) => StatusCode::FORBIDDEN,
             CommandError::NotFound(_) => StatusCode::NOT_FOUND,
             CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+impl From<crate::pipeline::node_auth::NodeAuthError> for ApiError {
+    fn from(err: crate::pipeline::node_auth::NodeAuthError) -> Self {
+        use crate::pipeline::node_auth::NodeAuthError;
+        let status = match err {
+            NodeAuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NodeAuthError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            NodeAuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            NodeAuthError::Unavailable(ref cause) => {
+                tracing::warn!(%cause, "cannot remember a node's request");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         Self::new(status, err.to_string())
     }

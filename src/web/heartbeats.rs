@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::auth::{Caller, Operator, caller};
 use super::error::{ApiError, json_body};
 use super::{ApiQuery, AppState};
-use crate::heartbeat::{self, AlertRoute, Pulse};
+use crate::heartbeat::{self, AlertRoute, Owner, Pulse};
 use crate::store::events::{EventQuery, NewEvent};
 
 pub const HEARTBEATS_PATH: &str = "/api/v1/heartbeats";
@@ -45,7 +45,8 @@ pub async fn pulse(
         peer,
         &format!("POST {HEARTBEATS_PATH}"),
         &body,
-    )?;
+    )
+    .await?;
     let body: PulseBody = json_body(&body)?;
     let pulse = Pulse {
         service: body.service,
@@ -57,7 +58,11 @@ pub async fn pulse(
         },
         alert: body.alert,
     };
-    let outcome = state.heartbeats.pulse(pulse).await?;
+    let by = match &who {
+        Caller::Node(node) => Owner::Node(node.clone()),
+        Caller::Operator(_) => Owner::Operator,
+    };
+    let outcome = state.heartbeats.pulse(pulse, by).await?;
     Ok(Json(serde_json::json!({
         "recovered": outcome.recovered,
         "heartbeat": outcome.heartbeat,
@@ -128,11 +133,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(service): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.heartbeats.cancel(&service).await? {
-        return Err(ApiError::not_found(format!(
-            "no heartbeat named {service:?}: see GET {HEARTBEATS_PATH}"
-        )));
-    }
+    state.heartbeats.cancel(&service, &Owner::Operator).await?;
     let current = state
         .durable
         .heartbeat(&service, crate::timefmt::now_ms())
@@ -163,7 +164,8 @@ pub async fn add_event(
         peer,
         &format!("POST {EVENTS_PATH}"),
         &body,
-    )?;
+    )
+    .await?;
     let body: EventBody = json_body(&body)?;
     let event = NewEvent {
         node: own_node(&who, body.node)?,

@@ -23,7 +23,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::config::{IngestConfig, StatusConfig};
-use crate::pipeline::{CommandQueue, Heartbeats, Ingest, Registry};
+use crate::pipeline::{CommandQueue, Heartbeats, Ingest, NodeAuth, Registry};
 use crate::store::{Durable, HotStore};
 
 /// Most ingest requests handled at once.
@@ -43,6 +43,8 @@ pub struct AppState {
     pub hot: Arc<HotStore>,
     pub status: StatusConfig,
     pub commands: Arc<CommandQueue>,
+    /// Checks requests signed with a node key.
+    pub node_auth: Arc<NodeAuth>,
     pub heartbeats: Arc<Heartbeats>,
     /// Long-lived responses (event streams) end when this fires.
     pub shutdown: tokio_util::sync::CancellationToken,

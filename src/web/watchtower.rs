@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
 use super::AppState;
-use crate::heartbeat::{self, AlertRoute, Heartbeat, HeartbeatState, Pulse};
+use crate::heartbeat::{self, AlertRoute, Heartbeat, HeartbeatState, Owner, Pulse};
 use crate::model::InvalidInput;
 use crate::pipeline::heartbeats::HeartbeatError;
 use crate::store::StoreError;
@@ -164,6 +164,11 @@ impl From<HeartbeatError> for Refusal {
     fn from(err: HeartbeatError) -> Self {
         match err {
             HeartbeatError::Invalid(invalid) => invalid.into(),
+            HeartbeatError::NotFound(_) => Self::not_found(),
+            HeartbeatError::Forbidden(why) => Self {
+                result: 403,
+                hint: Some(why),
+            },
             HeartbeatError::Unavailable(why) => Self::hint(format!("{why}; try again later")),
         }
     }
@@ -218,13 +223,16 @@ async fn pulse(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body
     let outcome = compat
         .app
         .heartbeats
-        .pulse(Pulse {
-            service,
-            node: None,
-            next_in_ms: heartbeat::span_ms("nextIn", next_in)?,
-            grace_ms: 0,
-            alert: Some(AlertRoute { channel, target }),
-        })
+        .pulse(
+            Pulse {
+                service,
+                node: None,
+                next_in_ms: heartbeat::span_ms("nextIn", next_in)?,
+                grace_ms: 0,
+                alert: Some(AlertRoute { channel, target }),
+            },
+            Owner::Watchtower,
+        )
         .await?;
     Ok(Json(json!({
         "result": 200,
@@ -238,9 +246,11 @@ async fn pulse(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body
 async fn cancel(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body) -> Answer {
     let fields = read_fields(&headers, body).await?;
     let service = required(&fields, "service", "no service provided")?;
-    if !compat.app.heartbeats.cancel(&service).await? {
-        return Err(Refusal::not_found());
-    }
+    compat
+        .app
+        .heartbeats
+        .cancel(&service, &Owner::Watchtower)
+        .await?;
     let current = stored(&compat, &service).await?;
     Ok(Json(json!({
         "result": 200,

@@ -198,7 +198,7 @@ impl Rig {
         signed_as: &str,
         body: &str,
     ) -> reqwest::Response {
-        let ts = fleet::timefmt::now_ms();
+        let ts = fleet::bus::wire::request_timestamp_ms();
         let sig =
             fleet::bus::wire::sign_agent(key.as_bytes(), node, signed_as, ts, body.as_bytes());
         self.client()
