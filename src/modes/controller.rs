@@ -163,6 +163,8 @@ pub async fn start(
         heartbeats,
         shutdown: shutdown.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(web::STREAMS_MAX)),
+        intake: web::intake::Intake::new(registry.clone()),
+        ingest_work: Arc::new(tokio::sync::Semaphore::new(web::INGEST_CONCURRENCY)),
         ui: config.ui.clone(),
         tls: tls.is_some(),
         dashboard_key,
@@ -309,35 +311,43 @@ async fn serve(
     // Both kinds stop taking connections at shutdown and give open requests (long polls, event
     // streams) 10 s to finish: a client that holds a connection must not hold the controller.
     let grace = Duration::from_secs(10);
+    let handle = axum_server::Handle::new();
+    let on_shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        on_shutdown.graceful_shutdown(Some(grace));
+    });
+    // A client gets HEADER_READ_TIMEOUT to send a request's headers (bodies have their own
+    // deadline, `web::intake`); the TLS acceptor gives a handshake 10 s.
+    let bounded = |builder: &mut hyper_util::server::conn::auto::Builder<_>| {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    };
     match tls {
         Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let on_shutdown = handle.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                on_shutdown.graceful_shutdown(Some(grace));
-            });
-            axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+            bounded(server.http_builder());
+            server
                 .serve(app)
                 .await
                 .with_context(|| format!("the {what} HTTPS server failed"))
         }
         None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            tokio::select! {
-                served = server => served.with_context(|| format!("the {what} HTTP server failed")),
-                // Past the grace, the connections still open are dropped with the server.
-                _ = async {
-                    shutdown.cancelled().await;
-                    tokio::time::sleep(grace).await;
-                } => Ok(()),
-            }
+            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            bounded(server.http_builder());
+            server
+                .serve(app)
+                .await
+                .with_context(|| format!("the {what} HTTP server failed"))
         }
     }
 }
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Saves the first operator token beside the database, readable by its owner only, so a
 /// newcomer who missed the banner can find it.

@@ -26,6 +26,20 @@ pub async fn require_operator(
     Ok(next.run(request).await)
 }
 
+/// The label of the valid operator token a request carries, if any (cheap: a hash lookup in
+/// the registry's snapshot).
+pub fn operator_token(registry: &crate::pipeline::Registry, headers: &HeaderMap) -> Option<String> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    registry
+        .snapshot()
+        .operator(token)
+        .map(|label| label.to_string())
+}
+
 /// The operator a request's bearer token belongs to.
 pub fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError> {
     let token = headers

@@ -244,14 +244,14 @@ pub async fn agent_reports(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = axum::body::to_bytes(body, REPORTS_BODY_MAX)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("reports are limited to {REPORTS_BODY_MAX} bytes per request"),
-            )
-        })?;
+    // Refused by its headers before the body is read.
+    state.node_auth.admit(
+        &super::auth::node_claim(&headers, peer),
+        crate::pipeline::node_auth::Clock::Now,
+        crate::timefmt::now_ms(),
+    )?;
+    super::ingest::refuse_declared_over(&headers, REPORTS_BODY_MAX)?;
+    let body = super::ingest::read_bounded(body, REPORTS_BODY_MAX).await?;
     let node = super::auth::agent(
         &state,
         &headers,

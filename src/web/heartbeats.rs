@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -21,6 +21,31 @@ use crate::store::events::{EventQuery, NewEvent};
 
 pub const HEARTBEATS_PATH: &str = "/api/v1/heartbeats";
 pub const EVENTS_PATH: &str = "/api/v1/events";
+/// Largest body of a pulse or an event: a valid one is at most a few tens of KiB (an event's
+/// message and fields are 16 KiB each).
+pub const BODY_MAX: usize = 64 * 1024;
+
+/// Reads a pulse's or an event's body once the headers say who sends it: an operator token,
+/// or a node whose headers pass (`NodeAuth::admit`); nobody else has a byte read. The
+/// signature over the body is checked after (`caller`).
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    if headers.contains_key(crate::bus::wire::HEADER_SIGNATURE) {
+        state.node_auth.admit(
+            &super::auth::node_claim(headers, peer),
+            crate::pipeline::node_auth::Clock::Now,
+            crate::timefmt::now_ms(),
+        )?;
+    } else {
+        super::auth::operator(state, headers)?;
+    }
+    super::ingest::refuse_declared_over(headers, BODY_MAX)?;
+    super::ingest::read_bounded(body, BODY_MAX).await
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,8 +62,9 @@ pub async fn pulse(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = read_body(&state, &headers, peer, body).await?;
     let who = caller(
         &state,
         &headers,
@@ -156,8 +182,9 @@ pub async fn add_event(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body = read_body(&state, &headers, peer, body).await?;
     let who = caller(
         &state,
         &headers,

@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use super::AppState;
 use super::error::ApiError;
 use crate::bus::wire;
-use crate::pipeline::{IngestReply, RawBatch};
+use crate::pipeline::node_auth::Clock;
+use crate::pipeline::{IngestError, IngestReply, RawBatch};
 
 fn header_text(headers: &HeaderMap, name: &str) -> String {
     headers
@@ -31,8 +32,23 @@ pub async fn ingest(
 ) -> Result<Json<IngestReply>, ApiError> {
     let limit = state.ingest_limits.max_body_bytes;
     refuse_declared_over(&headers, limit)?;
-    let body = read_bounded(body, limit).await?;
+    // Refused by its headers before a byte of the body is read: an unknown node, another
+    // network, a clock outside the window.
+    let claim = super::auth::node_claim(&headers, peer);
+    state
+        .node_auth
+        .admit(&claim, Clock::Now, crate::timefmt::now_ms())
+        .map_err(IngestError::from)?;
     let gzip = is_gzip(&headers)?;
+    let body = read_bounded(body, limit).await?;
+    // Past this many batches at once, further ones wait their turn (each may hold a 1 MiB body
+    // and its 8 MiB inflation). Taken only once the body is here: a slow sender holds none.
+    let _working = state.ingest_work.acquire().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is stopping",
+        )
+    })?;
     let raw = RawBatch {
         node: header_text(&headers, wire::HEADER_NODE),
         instance: header_text(&headers, wire::HEADER_INSTANCE),
@@ -65,11 +81,16 @@ pub(super) fn refuse_declared_over(headers: &HeaderMap, limit: usize) -> Result<
     Ok(())
 }
 
-/// Reads at most `limit` bytes, whatever Content-Length claimed; 413 past it.
+/// Reads at most `limit` bytes, whatever Content-Length claimed; 413 past it, 408 when the
+/// body does not arrive within its deadline (`intake`).
 pub(super) async fn read_bounded(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(limit))
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if super::intake::is_too_slow(&e) {
+            super::intake::too_slow()
+        } else {
+            too_large(limit)
+        }
+    })
 }
 
 /// Whether the body is gzip (`Content-Encoding: gzip`); absent or `identity`: plain; anything

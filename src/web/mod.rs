@@ -12,6 +12,7 @@ pub mod commands;
 pub mod error;
 pub mod heartbeats;
 pub mod ingest;
+pub mod intake;
 pub mod massaffect;
 pub mod stream;
 pub mod ui;
@@ -26,12 +27,10 @@ use crate::config::{IngestConfig, StatusConfig};
 use crate::pipeline::{CommandQueue, Heartbeats, Ingest, NodeAuth, Registry};
 use crate::store::{Durable, HotStore};
 
-/// Most ingest requests handled at once.
+/// Most batches verified and stored at once (their bodies already read).
 pub const INGEST_CONCURRENCY: usize = 256;
 /// Most event streams open at once; each reads the store four times a second.
 pub const STREAMS_MAX: usize = 256;
-/// Most agent report requests handled at once.
-pub const AGENT_REPORTS_CONCURRENCY: usize = 64;
 
 /// What every handler may use.
 pub struct AppState {
@@ -48,6 +47,10 @@ pub struct AppState {
     pub heartbeats: Arc<Heartbeats>,
     /// Long-lived responses (event streams) end when this fires.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Bodies in flight before they are verified, per peer and in total; every body's deadline.
+    pub intake: Arc<intake::Intake>,
+    /// One permit per batch being verified and stored.
+    pub ingest_work: Arc<tokio::sync::Semaphore>,
     /// One permit per open event stream.
     pub streams: Arc<tokio::sync::Semaphore>,
     /// The dashboard's settings.
@@ -87,10 +90,15 @@ where
 /// ingest checks the peer address against the node's allowlist.
 pub fn router(state: Arc<AppState>) -> Router {
     let app = native_router(state.clone());
-    match &state.massaffect {
+    let app = match &state.massaffect {
         Some(config) => app.merge(massaffect::router(state.clone(), config)),
         None => app,
-    }
+    };
+    // Outermost: no body is read before its share is reserved and its deadline set.
+    app.layer(axum::middleware::from_fn_with_state(
+        state.intake.clone(),
+        intake::guard,
+    ))
 }
 
 fn native_router(state: Arc<AppState>) -> Router {
@@ -121,22 +129,11 @@ fn native_router(state: Arc<AppState>) -> Router {
             auth::require_operator,
         ));
     Router::new()
-        .route(
-            "/api/v1/ingest",
-            // Each request may hold a 1 MiB body and its 8 MiB inflation: past this many at
-            // once, further requests wait their turn instead of growing memory.
-            post(ingest::ingest)
-                .layer(tower::limit::ConcurrencyLimitLayer::new(INGEST_CONCURRENCY)),
-        )
+        // No request slots before a body is read (see `intake`): the handlers refuse what the
+        // headers allow, then read under the intake's bounds.
+        .route("/api/v1/ingest", post(ingest::ingest))
         .route(commands::AGENT_POLL_PATH, get(commands::agent_poll))
-        .route(
-            commands::AGENT_REPORTS_PATH,
-            // Bodies are read before the signature can be checked: bound how many at once (the
-            // handler bounds how large).
-            post(commands::agent_reports).layer(tower::limit::ConcurrencyLimitLayer::new(
-                AGENT_REPORTS_CONCURRENCY,
-            )),
-        )
+        .route(commands::AGENT_REPORTS_PATH, post(commands::agent_reports))
         // Operators (token) and nodes (signed) both pulse and log; reading is for operators
         // (the `Operator` extractor checks it).
         .route(

@@ -107,6 +107,12 @@ pub fn router(app: Arc<AppState>, password: &str) -> Router {
             compat.clone(),
             require_password,
         ))
+        // Outermost: the password is checked before any body is read, and no body is read
+        // without a deadline and a share (see `intake`).
+        .layer(axum::middleware::from_fn_with_state(
+            compat.app.intake.clone(),
+            super::intake::guard,
+        ))
         .with_state(compat)
 }
 
@@ -411,15 +417,22 @@ fn watchtower_heartbeat(h: &Heartbeat) -> Value {
 /// The body's fields, from JSON or a form: by Content-Type, else whichever parses (JSON first).
 /// An empty body has no fields, so the answer names the first one missing.
 async fn read_fields(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, Refusal> {
-    let bytes = axum::body::to_bytes(body, BODY_MAX)
-        .await
-        .map_err(|_| Refusal {
-            result: 413,
-            hint: Some(format!(
-                "the body could not be read: it must be at most {} KiB",
-                BODY_MAX / 1024
-            )),
-        })?;
+    let bytes =
+        axum::body::to_bytes(body, BODY_MAX).await.map_err(
+            |e| match super::intake::is_too_slow(&e) {
+                true => Refusal {
+                    result: 408,
+                    hint: Some(super::intake::BodyTooSlow.to_string()),
+                },
+                false => Refusal {
+                    result: 413,
+                    hint: Some(format!(
+                        "the body could not be read: it must be at most {} KiB",
+                        BODY_MAX / 1024
+                    )),
+                },
+            },
+        )?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }

@@ -16,6 +16,7 @@ mod massaffect;
 mod nats;
 mod node_auth;
 mod registry;
+mod slow_clients;
 mod sources;
 mod tls;
 mod ui;

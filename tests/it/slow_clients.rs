@@ -1,0 +1,233 @@
+//! Slow and withheld bodies cannot starve signed work: hundreds of connections from another
+//! loopback address (127.0.0.2) trickle bodies and headers at every route that reads one, half
+//! of them claiming the real node's name (whose allowlist is empty, so its address does not save
+//! it), while the node keeps reporting from 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::harness::{Backend, Batch, Env, InProcess, node};
+
+const KEY: &str = "slow-clients-key-0123456789";
+
+async fn connect_from(source: &str, to: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// What happened to one slow client.
+#[derive(Debug)]
+enum Fate {
+    /// Answered with this status, after this long.
+    Answered(u16, Duration),
+    /// The server closed the connection without an answer, after this long.
+    Closed(Duration),
+    /// Still open when the test stopped trickling.
+    Open,
+}
+
+/// Sends `head` (a request's headers) and then one byte of body every `every`, for at most
+/// `hold`, noting when and how the server ends it.
+async fn trickle(mut stream: TcpStream, head: String, every: Duration, hold: Duration) -> Fate {
+    let started = Instant::now();
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return Fate::Closed(started.elapsed());
+    }
+    let mut answer = [0u8; 64];
+    while started.elapsed() < hold {
+        tokio::select! {
+            read = stream.read(&mut answer) => {
+                return match read {
+                    Ok(n) if n >= 12 => {
+                        let text = String::from_utf8_lossy(&answer[..n]);
+                        let status = text[9..12].parse().unwrap_or(0);
+                        Fate::Answered(status, started.elapsed())
+                    }
+                    _ => Fate::Closed(started.elapsed()),
+                };
+            }
+            _ = tokio::time::sleep(every) => {
+                if stream.write_all(b"x").await.is_err() {
+                    return Fate::Closed(started.elapsed());
+                }
+            }
+        }
+    }
+    Fate::Open
+}
+
+/// Sends a request's headers one byte per `every`.
+async fn slow_headers(
+    mut stream: TcpStream,
+    head: String,
+    every: Duration,
+    hold: Duration,
+) -> Fate {
+    let started = Instant::now();
+    for byte in head.bytes() {
+        if started.elapsed() > hold {
+            return Fate::Open;
+        }
+        if stream.write_all(&[byte]).await.is_err() {
+            return Fate::Closed(started.elapsed());
+        }
+        let mut probe = [0u8; 64];
+        match tokio::time::timeout(every, stream.read(&mut probe)).await {
+            Err(_) => {}
+            Ok(Ok(n)) if n >= 12 => {
+                let status = String::from_utf8_lossy(&probe[..n])[9..12]
+                    .parse()
+                    .unwrap_or(0);
+                return Fate::Answered(status, started.elapsed());
+            }
+            Ok(_) => return Fate::Closed(started.elapsed()),
+        }
+    }
+    Fate::Open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_from_another_address_do_not_starve_a_reporting_node() {
+    let env = Env::new(Backend::Embedded).await;
+    let mut config = env.controller_config();
+    config.nodes = vec![node("web1", KEY, &[])];
+    let controller = InProcess::start(config).await;
+    let addr: std::net::SocketAddr = controller
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let host = addr.to_string();
+
+    let hold = Duration::from_secs(16);
+    let mut attackers = Vec::new();
+    for i in 0..300 {
+        let now = fleet::timefmt::now_ms();
+        let head = match i % 6 {
+            // A batch claiming the real node, declaring a full megabyte.
+            0 | 1 => format!(
+                "POST /api/v1/ingest HTTP/1.1\r\nHost: {host}\r\nx-fleet-node: web1\r\nx-fleet-instance: evil\r\nx-fleet-seq: {}\r\nx-fleet-timestamp: {now}\r\nx-fleet-signature: {}\r\ncontent-length: 1000000\r\n\r\n",
+                i + 1,
+                "0".repeat(64)
+            ),
+            // Reports claiming the real node, a small declared body.
+            2 => format!(
+                "POST /api/v1/agent/reports HTTP/1.1\r\nHost: {host}\r\nx-fleet-node: web1\r\nx-fleet-timestamp: {now}\r\nx-fleet-signature: {}\r\ncontent-length: 100\r\n\r\n",
+                "0".repeat(64)
+            ),
+            // An event with no credentials at all: refused before a byte is read.
+            3 => format!(
+                "POST /api/v1/events HTTP/1.1\r\nHost: {host}\r\ncontent-length: 60000\r\n\r\n"
+            ),
+            // A login form, withheld.
+            4 => format!(
+                "POST /login HTTP/1.1\r\nHost: {host}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 50\r\n\r\n"
+            ),
+            // Headers that never end.
+            _ => format!("GET /api/v1/nodes HTTP/1.1\r\nHost: {host}\r\nx-slow: "),
+        };
+        let stream = connect_from("127.0.0.2", addr).await;
+        attackers.push(tokio::spawn(async move {
+            if i % 6 == 5 {
+                (
+                    i,
+                    slow_headers(
+                        stream,
+                        head + &"a".repeat(100),
+                        Duration::from_secs(1),
+                        hold,
+                    )
+                    .await,
+                )
+            } else {
+                (i, trickle(stream, head, Duration::from_secs(5), hold).await)
+            }
+        }));
+    }
+
+    // Meanwhile the node reports every half second, signed as its agent signs.
+    let client = controller.client();
+    let started = Instant::now();
+    let mut seq = 0;
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(14) {
+        seq += 1;
+        let sent = Instant::now();
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.send(&Batch::new("web1", KEY, seq)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("batch {seq} waited 5 s for an answer"));
+        assert_eq!(status, 200, "batch {seq}: {body}");
+        slowest = slowest.max(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(slowest < Duration::from_secs(3), "a batch took {slowest:?}");
+
+    let mut fates = Vec::new();
+    for a in attackers {
+        fates.push(a.await.unwrap());
+    }
+    // Nothing unverified is held for ever: every body was cut at its deadline (10 s plus one
+    // second per 16 KiB declared: 71 s for a megabyte, so those were refused for their share
+    // instead), headers at theirs.
+    let over_share = fates
+        .iter()
+        .filter(|(i, f)| {
+            i % 6 < 2 && matches!(f, Fate::Answered(503, t) if *t < Duration::from_secs(2))
+        })
+        .count();
+    assert!(
+        over_share >= 80,
+        "most megabyte bodies refused at once for their share: {fates:?}"
+    );
+    // Refused at once for the address's spent share is always a fine answer; otherwise each
+    // kind ends as its headers or its deadline allow.
+    let quick = Duration::from_secs(2);
+    let cut = Duration::from_secs(13);
+    let mut timed_out = 0;
+    for (i, fate) in &fates {
+        match (i % 6, fate) {
+            (_, Fate::Answered(503, t)) if *t < quick => {}
+            // The few that fit the address's share are still trickling: they are what the
+            // share is for.
+            (0 | 1, Fate::Open) => {}
+            (2 | 4, Fate::Answered(408, t)) if *t < cut => timed_out += 1,
+            (3, Fate::Answered(401, t)) if *t < quick => {}
+            (5, Fate::Answered(408, t) | Fate::Closed(t)) if *t < cut => {}
+            _ => panic!("{i}: {fate:?}"),
+        }
+    }
+    assert!(
+        timed_out >= 5,
+        "bodies withheld were cut at their deadline: {fates:?}"
+    );
+    let open = fates
+        .iter()
+        .filter(|(i, f)| i % 6 < 2 && matches!(f, Fate::Open))
+        .count();
+    assert!(
+        open <= 16,
+        "at most 16 MiB from 127.0.0.2 in flight: {open} open"
+    );
+
+    // The node was never called down.
+    let (_, events) = controller
+        .client()
+        .get("/api/v1/events?service=node:web1")
+        .await;
+    assert!(
+        !events.to_string().contains("down"),
+        "no false down: {events}"
+    );
+    let (_, beat) = controller
+        .client()
+        .get("/api/v1/heartbeats/node:web1")
+        .await;
+    assert_ne!(beat["state"], "down", "{beat}");
+    controller.stop().await;
+}
