@@ -162,7 +162,7 @@ pub async fn start(
         node_auth: node_auth.clone(),
         heartbeats,
         shutdown: shutdown.clone(),
-        streams: Arc::new(tokio::sync::Semaphore::new(web::STREAMS_MAX)),
+        streams: Arc::default(),
         intake: web::intake::Intake::new(registry.clone()),
         ingest_work: Arc::new(tokio::sync::Semaphore::new(web::INGEST_CONCURRENCY)),
         ui: config.ui.clone(),

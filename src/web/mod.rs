@@ -31,6 +31,8 @@ use crate::store::{Durable, HotStore};
 pub const INGEST_CONCURRENCY: usize = 256;
 /// Most event streams open at once; each reads the store four times a second.
 pub const STREAMS_MAX: usize = 256;
+/// Most of them one operator (a token, a dashboard user) may hold.
+pub const STREAMS_PER_OPERATOR: usize = 32;
 
 /// What every handler may use.
 pub struct AppState {
@@ -51,8 +53,8 @@ pub struct AppState {
     pub intake: Arc<intake::Intake>,
     /// One permit per batch being verified and stored.
     pub ingest_work: Arc<tokio::sync::Semaphore>,
-    /// One permit per open event stream.
-    pub streams: Arc<tokio::sync::Semaphore>,
+    /// The open event streams, in all and per operator.
+    pub streams: Arc<stream::StreamSlots>,
     /// The dashboard's settings.
     pub ui: crate::config::UiConfig,
     /// Served over TLS: session cookies are marked Secure.

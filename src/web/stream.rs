@@ -94,7 +94,7 @@ impl Filter {
 
 pub async fn stream(
     State(state): State<Arc<AppState>>,
-    _: Operator,
+    operator: Operator,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -127,7 +127,13 @@ pub async fn stream(
         filter.min_level = crate::heartbeat::level_filter(level)?;
     }
     let resume = resume_id(&headers)?;
-    let permit = stream_permit(&state)?;
+    // Shared per token (config tokens may share a label): keyed by the token's hash.
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let hash = crate::pipeline::registry::token_hash(token);
+    let permit = stream_permit(&state, &format!("{} ({})", operator.0, &hash[..12]))?;
     let cursor = match resume {
         Some(id) => id,
         None => state.durable.last_event_id().await?,
@@ -151,9 +157,58 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// One of the [`super::STREAMS_MAX`] open streams, or a 503 that says to come back.
-pub fn stream_permit(state: &Arc<AppState>) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    state.streams.clone().try_acquire_owned().map_err(|_| {
+/// The open live streams: at most [`super::STREAMS_MAX`] in all and
+/// [`super::STREAMS_PER_OPERATOR`] per operator (a token, a dashboard user), so one of them
+/// cannot take every stream and leave the others none.
+pub struct StreamSlots {
+    total: Arc<tokio::sync::Semaphore>,
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Default for StreamSlots {
+    fn default() -> Self {
+        Self {
+            total: Arc::new(tokio::sync::Semaphore::new(super::STREAMS_MAX)),
+            held: Default::default(),
+        }
+    }
+}
+
+/// One open stream; its slot is free again when this is dropped.
+pub struct StreamPermit {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<StreamSlots>,
+    who: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.who);
+            }
+        }
+    }
+}
+
+/// A stream slot for `who` (an operator: `Operator`'s or `Viewer`'s name), or a refusal that
+/// says when to come back: 429 past the operator's share, 503 when the controller is full.
+pub fn stream_permit(state: &Arc<AppState>, who: &str) -> Result<StreamPermit, ApiError> {
+    let slots = state.streams.clone();
+    let mut held = slots.held.lock().unwrap_or_else(|e| e.into_inner());
+    let mine = held.get(who).copied().unwrap_or(0);
+    if mine >= super::STREAMS_PER_OPERATOR {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{who} has {mine} live streams open, the most one operator may; close one (a tab, a `fleet events --follow`) and try again"
+            ),
+        )
+        .retry_after(Duration::from_secs(10)));
+    }
+    let total = slots.total.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -161,6 +216,14 @@ pub fn stream_permit(state: &Arc<AppState>) -> Result<tokio::sync::OwnedSemaphor
                 super::STREAMS_MAX
             ),
         )
+        .retry_after(Duration::from_secs(10))
+    })?;
+    *held.entry(who.to_owned()).or_default() += 1;
+    drop(held);
+    Ok(StreamPermit {
+        _total: total,
+        slots,
+        who: who.to_owned(),
     })
 }
 

@@ -15,6 +15,7 @@ mod ingest;
 mod massaffect;
 mod nats;
 mod node_auth;
+mod quotas;
 mod registry;
 mod slow_clients;
 mod sources;

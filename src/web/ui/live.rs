@@ -90,7 +90,7 @@ const SESSION_RECHECK: Duration = Duration::from_secs(10);
 
 /// What a stream holds besides its source: its permit, and whose session it serves.
 struct Holder {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: crate::web::stream::StreamPermit,
     state: Arc<AppState>,
     session: String,
     checked: tokio::time::Instant,
@@ -118,7 +118,7 @@ impl Holder {
 /// Serves `live` to `viewer` as an SSE response that ends at shutdown, or when the viewer's
 /// session ends (a logout in another tab, expiry), holding one stream permit.
 fn serve(state: &Arc<AppState>, viewer: &Viewer, live: impl Live) -> Response {
-    let permit = match stream_permit(state) {
+    let permit = match stream_permit(state, &viewer.who) {
         Ok(p) => p,
         Err(refused) => return refused.into_response(),
     };
