@@ -98,6 +98,81 @@ async fn read_until(
     text
 }
 
+/// What in `html` the dashboard's Content Security Policy would refuse: a `<style>` element, a
+/// `style` attribute (SVG's too), a `<script>` without `src` or with content, an `on…` handler
+/// attribute, a `javascript:` URL. Tags are read as a browser reads them: maud escapes `<` in
+/// text and `"` and `>` in attribute values, so text that merely mentions these (an escaped
+/// label such as `"><img onerror=…>`) is not a tag and does not count.
+pub(crate) fn inline_code(html: &str) -> Vec<String> {
+    static ATTRIBUTE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?"#)
+            .unwrap()
+    });
+    let mut found = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find('<') {
+        rest = &rest[at + 1..];
+        if !rest.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            continue; // a closing tag, a comment, the doctype
+        }
+        let end = rest.find('>').unwrap_or(rest.len());
+        let tag = &rest[..end];
+        let name_end = tag
+            .find(|c: char| c.is_whitespace() || c == '/')
+            .unwrap_or(tag.len());
+        let name = tag[..name_end].to_ascii_lowercase();
+        let mut has_src = false;
+        for attribute in ATTRIBUTE.captures_iter(&tag[name_end..]) {
+            let attr = attribute[1].to_ascii_lowercase();
+            let value = [2, 3, 4]
+                .iter()
+                .find_map(|i| attribute.get(*i))
+                .map_or("", |m| m.as_str());
+            if attr == "style" || attr.starts_with("on") {
+                found.push(format!("a {attr}= attribute in <{tag}>"));
+            }
+            if value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("javascript:")
+            {
+                found.push(format!("a javascript: URL in <{tag}>"));
+            }
+            has_src |= attr == "src";
+        }
+        if name == "style" {
+            found.push(format!("a <style> element: <{tag}>"));
+        }
+        if name == "script" && !(has_src && rest[end..].starts_with("></script>")) {
+            found.push(format!("an inline script: <{tag}>"));
+        }
+        rest = &rest[end..];
+    }
+    found
+}
+
+/// Fails if `html` (the page or fragment `what`) holds anything [`inline_code`] finds.
+#[track_caller]
+pub(crate) fn assert_no_inline_code(what: &str, html: &str) {
+    let found = inline_code(html);
+    assert!(
+        found.is_empty(),
+        "{what} holds what the dashboard's CSP refuses: {found:#?}\n{html}"
+    );
+}
+
+/// Fails unless `headers` (of the response to `what`) carry every security header, as sent.
+#[track_caller]
+pub(crate) fn assert_security_headers(what: &str, headers: &reqwest::header::HeaderMap) {
+    for (name, value) in fleet::web::SECURITY_HEADERS {
+        assert_eq!(
+            headers.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{what}: {name}"
+        );
+    }
+}
+
 fn csrf_of(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
     page[at..at + 64].to_owned()
@@ -475,5 +550,232 @@ async fn a_node_leaving_the_status_filter_before_the_stream_reloads_the_page() {
     let mut stream = ui.get(&live, Some(&cookie)).await;
     let text = read_until(&mut stream, 10, |text| text.contains("event: reload")).await;
     assert!(text.contains("event: reload"), "{text}");
+    ui.c.stop().await;
+}
+
+/// The scan that every page of these tests and ui_pages.rs passes can fail: it finds each kind
+/// of inline code the CSP refuses, and not text that only mentions it.
+#[test]
+fn the_inline_code_scan_finds_what_the_csp_refuses() {
+    for bad in [
+        "<p style=\"color: red\">x</p>",
+        "<svg><rect STYLE='fill: red'/></svg>",
+        "<style>p { color: red }</style>",
+        "<script>alert(1)</script>",
+        "<script src=\"/ui/live.js\">alert(1)</script>",
+        "<button type=\"button\" onclick=\"go()\">go</button>",
+        "<img src=x onerror=alert(2)>",
+        "<a href=\"javascript:alert(3)\">x</a>",
+    ] {
+        assert_eq!(inline_code(bad).len(), 1, "{bad}");
+    }
+    let good = "<!DOCTYPE html><html><head><script src=\"/ui/live.js\" defer></script>\
+        <link rel=\"stylesheet\" href=\"/ui/app.css\"></head><body>\
+        <td>&quot;&gt;&lt;img src=x onerror=alert(2)&gt; style=&quot;x&quot; &lt;script&gt;</td>\
+        <svg viewBox=\"0 0 1 1\"><rect width=\"1\" fill=\"#0969da\"></rect></svg>\
+        <input value=\"&quot; onfocus=&quot;x\"></body></html>";
+    assert_eq!(inline_code(good), Vec::<String>::new());
+}
+
+/// Issue 14, point 7: every response carries the security headers (a page, a live stream and
+/// its fragments, the login page and a failed login, the stylesheet, the script, a sparkline,
+/// a 404, the JSON API and its refusals, the watchTower listener), and no page holds inline
+/// style or script (the browser tests see what the CSP refuses; this reads every page's HTML).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_the_security_headers_and_no_page_holds_inline_code() {
+    let env = Env::new(Backend::Embedded).await;
+    let key = "key-of-web1-0123456789";
+    let watchtower: std::net::SocketAddr = format!("127.0.0.1:{}", crate::harness::free_port())
+        .parse()
+        .unwrap();
+    let ui = Ui::start(&env, |config| {
+        let mut web1 = node("web1", key, &[]);
+        web1.labels = BTreeMap::from([("role".to_owned(), "<b style=\"x\">web</b>".to_owned())]);
+        config.nodes = vec![web1];
+        config.compat.watchtower = Some(fleet::config::WatchtowerConfig {
+            listen: watchtower,
+            password: "watchtower-password".into(),
+            tls_cert: None,
+            tls_key: None,
+        });
+    })
+    .await;
+    // Samples for the charts (their legends' swatches) and the sparklines, an event, a
+    // heartbeat (the node's pulse), so every page shows what it can.
+    let now = fleet::timefmt::now_ms();
+    for (seq, cpu) in [(1, 20.0), (2, 35.0)] {
+        let body = fleet::model::BatchBody {
+            interval_ms: 10_000,
+            dropped_batches: 0,
+            records: vec![fleet::model::Record {
+                collector: "system".into(),
+                ts: now - 20_000 + seq as i64 * 10_000,
+                data: serde_json::json!({ "note": "<i style=\"x\" onclick=\"y\">" }),
+                samples: vec![
+                    fleet::model::Sample::new("cpu.used_percent", cpu),
+                    fleet::model::Sample::new("memory.used_percent", 40.0),
+                    fleet::model::Sample::new("load.1", 0.5),
+                ],
+            }],
+        };
+        let batch =
+            crate::harness::Batch::new("web1", key, seq).body(serde_json::to_vec(&body).unwrap());
+        let (status, answer) = ui.c.client().send(&batch).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = ui
+        .c
+        .client()
+        .post(
+            "/api/v1/events",
+            serde_json::json!({ "node": "web1", "level": "error", "message": "<style>x</style>" })
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let cookie = ui.log_in().await;
+
+    // Pages: their headers, and nothing inline.
+    let page = |path: &'static str, cookie: Option<String>| {
+        let ui = &ui;
+        async move {
+            let response = ui.get(path, cookie.as_deref()).await;
+            assert_eq!(response.status(), 200, "GET {path}");
+            assert_security_headers(path, response.headers());
+            let html = response.text().await.unwrap();
+            assert_no_inline_code(path, &html);
+            html
+        }
+    };
+    let login = page("/login?next=%2F", None).await;
+    assert!(
+        login.contains("<script src=\"/ui/live.js\" defer></script>"),
+        "{login}"
+    );
+    let node_page = page("/nodes/web1", Some(cookie.clone())).await;
+    assert!(
+        node_page.contains("class=\"swatch\""),
+        "the charts' legends are on the page: {node_page}"
+    );
+    for path in [
+        "/",
+        "/?status=up",
+        "/events",
+        "/errors",
+        "/heartbeats",
+        "/commands",
+    ] {
+        page(path, Some(cookie.clone())).await;
+    }
+    let failed = ui
+        .post_form(
+            "/login",
+            &[("token", "not-a-token"), ("next", "/")],
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(failed.status(), 401);
+    assert_security_headers("a failed login", failed.headers());
+    assert_no_inline_code("a failed login", &failed.text().await.unwrap());
+    let overview = page("/", Some(cookie.clone())).await;
+    let confirm = ui
+        .post_form(
+            "/commands/confirm",
+            &[
+                ("csrf", &csrf_of(&overview)),
+                ("targets", "web1"),
+                ("command", "uptime"),
+                ("timeout", ""),
+            ],
+            Some(&cookie),
+            None,
+        )
+        .await;
+    assert_eq!(confirm.status(), 200);
+    assert_security_headers("the command form's confirmation", confirm.headers());
+    let confirm = confirm.text().await.unwrap();
+    assert!(confirm.contains("id=\"fleet-send\""), "{confirm}");
+    assert_no_inline_code("the command form's confirmation", &confirm);
+
+    // A live stream: its headers, and the fragments it sends.
+    let mut stream = ui
+        .http
+        .get(ui.url("/live/overview"))
+        .header("cookie", &cookie)
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_security_headers("/live/overview", stream.headers());
+    let text = read_until(&mut stream, 10, |t| {
+        t.contains("node-web1") && t.contains("id=\"counts\"")
+    })
+    .await;
+    assert!(text.contains("<tr id=\"node-web1\">"), "{text}");
+    let fragments: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_no_inline_code("/live/overview's fragments", &fragments);
+    drop(stream);
+
+    // What pages load, the rest of the API, refusals.
+    for (path, cookie, status, kind) in [
+        ("/ui/app.css", None, 200, "text/css"),
+        ("/ui/live.js", None, 200, "text/javascript"),
+        (
+            "/ui/spark/web1/cpu.svg",
+            Some(cookie.as_str()),
+            200,
+            "image/svg+xml",
+        ),
+        ("/no/such/page", None, 404, ""),
+        ("/api/v1/nodes", None, 401, "application/json"),
+        ("/healthz", None, 200, ""),
+    ] {
+        let response = ui.get(path, cookie).await;
+        assert_eq!(response.status(), status, "GET {path}");
+        assert_security_headers(path, response.headers());
+        let got = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(got.starts_with(kind), "GET {path}: {got}");
+        if kind == "image/svg+xml" {
+            assert_no_inline_code(path, &response.text().await.unwrap());
+        }
+    }
+    let api = ui
+        .http
+        .get(ui.url("/api/v1/nodes"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200);
+    assert_security_headers("the JSON API", api.headers());
+    let ingest = ui
+        .http
+        .post(ui.url("/api/v1/ingest"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(ingest.status().is_client_error(), "{}", ingest.status());
+    assert_security_headers("a refused batch", ingest.headers());
+    let hello = ui
+        .http
+        .get(format!("http://{watchtower}/hello"))
+        .header("password", "watchtower-password")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+    assert_security_headers("the watchTower listener", hello.headers());
     ui.c.stop().await;
 }
