@@ -9,6 +9,7 @@ pub mod durable;
 pub mod events;
 pub mod heartbeats;
 pub mod hot;
+pub mod logins;
 pub mod sessions;
 
 pub use durable::{Durable, IngestBatch, IngestOutcome, StoreError};
