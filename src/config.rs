@@ -350,11 +350,23 @@ pub struct UiConfig {
     /// People who log in with a name and password instead of an operator token. Make an entry
     /// with `fleet operator password NAME`.
     pub users: Vec<UiUser>,
+    /// The first wait after too many failed logins (see the README's dashboard section); each
+    /// further failure doubles it.
+    #[serde(deserialize_with = "de_duration")]
+    pub login_backoff: Duration,
+    /// The longest wait failed logins can cause.
+    #[serde(deserialize_with = "de_duration")]
+    pub login_backoff_max: Duration,
 }
 
 impl UiConfig {
     /// Refuses users without a name, named twice, or whose hash is not one.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.login_backoff.is_zero() || self.login_backoff > self.login_backoff_max {
+            anyhow::bail!(
+                "ui.login_backoff must be more than 0 and at most ui.login_backoff_max (say \"1s\" and \"15m\")"
+            );
+        }
         for (i, user) in self.users.iter().enumerate() {
             if user.name.trim().is_empty() || user.name.len() > 64 {
                 anyhow::bail!("ui.users[{i}].name must be 1 to 64 characters");
@@ -396,6 +408,8 @@ impl Default for UiConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             signing_key: None,
             users: Vec::new(),
+            login_backoff: Duration::from_secs(1),
+            login_backoff_max: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -1120,6 +1134,19 @@ mod tests {
             ..ma
         };
         assert!(nobody.validate().is_err());
+    }
+
+    #[test]
+    fn the_login_backoff_is_a_wait_no_longer_than_its_cap() {
+        let ui = |first: u64, max: u64| UiConfig {
+            login_backoff: Duration::from_secs(first),
+            login_backoff_max: Duration::from_secs(max),
+            ..UiConfig::default()
+        };
+        assert!(UiConfig::default().validate().is_ok());
+        assert!(ui(0, 60).validate().is_err(), "no wait at all");
+        let err = ui(120, 60).validate().unwrap_err().to_string();
+        assert!(err.contains("ui.login_backoff_max"), "{err}");
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub async fn start(
         (
             listener,
             tls,
-            web::watchtower::router(state.clone(), &password),
+            web::with_security_headers(web::watchtower::router(state.clone(), &password)),
         )
     });
     let task = tokio::spawn(async move {

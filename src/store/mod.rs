@@ -9,6 +9,7 @@ pub mod durable;
 pub mod events;
 pub mod heartbeats;
 pub mod hot;
+pub mod logins;
 pub mod nonces;
 pub mod sessions;
 

@@ -4,7 +4,9 @@
 //! as a person uses them (typing, clicking, redirects, cookies a script cannot read, forms
 //! another site posts) and that they render. Each test starts its own chromedriver and Chromium
 //! (own port, own profile) and talks only to 127.0.0.1 and 127.0.0.2. A PNG of each page is kept
-//! in `<target>/browser-screenshots/` for a person to look at.
+//! in `<target>/browser-screenshots/` for a person to look at. Every test fails on any
+//! Content Security Policy refusal Chromium logs (its console, read through chromedriver at
+//! each screenshot and at the end): a page that needs an inline style or script is broken.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -139,6 +141,10 @@ impl Browser {
         let capabilities = serde_json::json!({
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+            // Chromium reports every CSP refusal ("Refused to apply inline style because it
+            // violates the following Content Security Policy directive …") to the console:
+            // keep the console for `csp_violations`.
+            "goog:loggingPrefs": { "browser": "ALL" },
             "timeouts": { "pageLoad": WAIT.as_millis() as u64, "script": WAIT.as_millis() as u64, "implicit": 0 },
         });
         let serde_json::Value::Object(capabilities) = capabilities else {
@@ -253,8 +259,46 @@ impl Browser {
         self.at_path("/").await;
     }
 
-    /// Saves a PNG of what the browser shows as `name.png`.
+    /// What Chromium's console said since the last look (chromedriver hands each entry out
+    /// once): the `message` of every entry.
+    async fn console(&self) -> Vec<String> {
+        let log = self
+            .client
+            .issue_cmd(BrowserLog)
+            .await
+            .expect("chromedriver hands out the browser's console log");
+        log.as_array()
+            .expect("the browser log is a list of entries")
+            .iter()
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The Content Security Policy refusals Chromium logged since the last look.
+    async fn csp_violations(&self) -> Vec<String> {
+        self.console()
+            .await
+            .into_iter()
+            .filter(|m| m.contains("Content Security Policy"))
+            .collect()
+    }
+
+    /// Fails on any CSP refusal since the last look: an inline style or script, or a load
+    /// from elsewhere, that the policy blocked is a page that does not work as written.
+    async fn assert_no_csp_violations(&self, when: &str) {
+        let refused = self.csp_violations().await;
+        assert!(
+            refused.is_empty(),
+            "the browser refused what the dashboard's Content Security Policy forbids ({when}):\n{}",
+            refused.join("\n")
+        );
+    }
+
+    /// Saves a PNG of what the browser shows as `name.png`, after checking that the page
+    /// (and every page since the last check) broke no CSP rule.
     async fn screenshot(&self, name: &str) {
+        self.assert_no_csp_violations(&format!("up to the page kept as {name}.png"))
+            .await;
         let png = self
             .client
             .screenshot()
@@ -270,11 +314,40 @@ impl Browser {
         eprintln!("screenshot: {}", path.display());
     }
 
+    /// Ends the session, after checking that no page since the last check broke a CSP rule.
     async fn close(self) {
+        self.assert_no_csp_violations("on the last pages of the test")
+            .await;
         let Self {
             client, _driver, ..
         } = self;
         let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
+    }
+}
+
+/// chromedriver's own command for the console log (`goog:loggingPrefs` keeps it): W3C
+/// WebDriver has none, and fantoccini sends it as a custom command.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    // The error is url's ParseError, named without depending on the url crate.
+    fn endpoint(
+        &self,
+        base_url: &reqwest::Url,
+        session_id: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &reqwest::Url) -> (axum::http::Method, Option<String>) {
+        (
+            axum::http::Method::POST,
+            Some(r#"{"type":"browser"}"#.to_owned()),
+        )
     }
 }
 
@@ -356,6 +429,46 @@ async fn logging_in_through_the_form_opens_the_overview() {
     b.close().await;
     c.stop().await;
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// The check every test makes (`assert_no_csp_violations`) can fail: a fragment with an inline
+/// style, put in place the way live.js puts the live streams' fragments, is refused by the
+/// dashboard's policy and the refusal is seen. (Issue 14, point 7.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csp_check_sees_an_inline_style_the_policy_refuses() {
+    let env = Env::new(Backend::Embedded).await;
+    let c = controller(&env, vec![]).await;
+    let b = Browser::open(&env, &c.url).await;
+    b.goto("/login").await;
+    b.element("the login page's heading", "h1").await;
+    assert_eq!(
+        b.csp_violations().await,
+        Vec::<String>::new(),
+        "the login page as served breaks no rule"
+    );
+    let colour = b
+        .client
+        .execute(
+            r#"const t = document.createElement("template");
+               t.innerHTML = '<p id="styled" style="color: rgb(255, 0, 0)">styled</p>';
+               document.querySelector("main").append(t.content.firstElementChild);
+               return getComputedStyle(document.getElementById("styled")).color;"#,
+            vec![],
+        )
+        .await
+        .expect("run a script on the page");
+    assert_ne!(
+        colour.as_str(),
+        Some("rgb(255, 0, 0)"),
+        "the policy kept the inline style off the page"
+    );
+    let refused = b.csp_violations().await;
+    assert!(
+        refused.iter().any(|m| m.contains("style-src 'self'")),
+        "the browser's console names the refused inline style: {refused:?}"
+    );
+    b.close().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

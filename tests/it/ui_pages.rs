@@ -69,11 +69,15 @@ impl Ui {
         request.send().await.unwrap()
     }
 
-    /// A page with this session: its status and text.
+    /// A page with this session: its status and text. Every page read here is also checked
+    /// for the security headers and for inline code the CSP would refuse.
     async fn page(&self, path: &str) -> (u16, String) {
         let response = self.get_as(path, Some(&self.cookie)).await;
         let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        csp_clean(&format!("GET {path}"), &headers, &text);
+        (status, text)
     }
 
     /// A page that must be there.
@@ -121,7 +125,9 @@ impl Ui {
             .await;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        (status, response.text().await.unwrap(), headers)
+        let text = response.text().await.unwrap();
+        csp_clean(&format!("POST {path}"), &headers, &text);
+        (status, text, headers)
     }
 
     /// This session's CSRF token (every page's logout form carries it).
@@ -177,6 +183,7 @@ impl Ui {
     async fn sse(&self, path: &str, last_event_id: Option<&str>) -> Sse {
         let response = self.sse_response(path, last_event_id).await;
         assert_eq!(response.status(), 200, "GET {path}");
+        crate::ui::assert_security_headers(path, response.headers());
         let kind = response.headers()["content-type"].to_str().unwrap();
         assert!(kind.starts_with("text/event-stream"), "{kind}");
         Sse {
@@ -199,6 +206,19 @@ impl Ui {
 
     async fn stop(self) {
         self.c.stop().await;
+    }
+}
+
+/// Every response carries the security headers; an HTML page (or SVG) holds no inline code.
+#[track_caller]
+fn csp_clean(what: &str, headers: &reqwest::header::HeaderMap, text: &str) {
+    crate::ui::assert_security_headers(what, headers);
+    let kind = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if kind.starts_with("text/html") || kind.starts_with("image/svg+xml") {
+        crate::ui::assert_no_inline_code(what, text);
     }
 }
 
@@ -311,6 +331,11 @@ impl Sse {
                 }
             }
             if has_data {
+                // Fragments go into the page as they are: the CSP holds for them too.
+                crate::ui::assert_no_inline_code(
+                    &format!("a live {:?} event", event.event),
+                    &event.data,
+                );
                 return Some(event);
             }
         }

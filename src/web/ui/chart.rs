@@ -183,7 +183,11 @@ pub fn line_chart(
                 ul.legend {
                     @for (i, l) in lines.iter().enumerate() {
                         li {
-                            span.swatch style={ "background:" (COLOURS[i % COLOURS.len()]) } {}
+                            // A square drawn in the line's colour with SVG's `fill`, which
+                            // is an attribute, not a style: the CSP allows no inline style.
+                            svg.swatch viewBox="0 0 1 1" aria-hidden="true" {
+                                rect width="1" height="1" fill=(COLOURS[i % COLOURS.len()]) {}
+                            }
                             (l.label) ": "
                             @match l.points.last() {
                                 Some((_, v)) => {

@@ -11,11 +11,12 @@ pub mod node;
 pub mod pages;
 pub mod session;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Form, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -127,6 +128,7 @@ const LOGIN_FIELD_MAX: usize = 1024;
 
 async fn login(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -135,34 +137,64 @@ async fn login(
     }
     let next = safe_next(form.next.as_deref());
     let users = !state.ui.users.is_empty();
-    let refuse = |problem: &str| {
+    let page = |status: StatusCode, problem: &str| {
         (
-            StatusCode::UNAUTHORIZED,
+            status,
             Html(pages::login(&next, Some(problem), users).into_string()),
         )
             .into_response()
     };
+    let refuse = |problem: &str| page(StatusCode::UNAUTHORIZED, problem);
     let too_long = [&form.token, &form.user, &form.password]
         .iter()
         .any(|f| f.as_ref().is_some_and(|v| v.len() > LOGIN_FIELD_MAX));
     if too_long {
         return refuse("That is longer than any token or password.");
     }
-    let who = match (form.token.as_deref().map(str::trim), form.user.as_deref()) {
-        (Some(token), _) if !token.is_empty() => match state.registry.snapshot().operator(token) {
-            Some(label) => format!("token {label:?}"),
-            None => return refuse("That token is not valid."),
-        },
+    let (outcome, wrong) = match (form.token.as_deref().map(str::trim), form.user.as_deref()) {
+        (Some(token), _) if !token.is_empty() => (
+            session::login_with_token(&state, peer.ip(), token).await,
+            "That token is not valid.",
+        ),
         (_, Some(user)) if users && !user.trim().is_empty() => {
             let password = form.password.as_deref().unwrap_or_default();
-            if session::check_user(&state.ui.users, user.trim(), password).await {
-                format!("user {:?}", user.trim())
-            } else {
-                return refuse("That name and password do not match.");
-            }
+            (
+                session::login_with_password(&state, peer.ip(), user.trim(), password).await,
+                "That name and password do not match.",
+            )
         }
         _ if users => return refuse("Give an operator token, or a name and password."),
         _ => return refuse("That token is not valid."),
+    };
+    let who = match outcome {
+        Ok(session::LoginOutcome::Allowed(who)) => who,
+        Ok(session::LoginOutcome::Wrong) => return refuse(wrong),
+        Ok(session::LoginOutcome::Wait(seconds)) => {
+            let mut refused = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Too many failed logins; try again in {seconds} s."),
+            );
+            refused
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            return refused;
+        }
+        Ok(session::LoginOutcome::Busy) => {
+            let mut busy = page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many logins are being checked at once; try again in a few seconds.",
+            );
+            busy.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return busy;
+        }
+        Err(err) => {
+            tracing::error!(cause = %err, "the login limits cannot be read or written");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Logins cannot be checked right now (the controller cannot reach its database); try again shortly.",
+            );
+        }
     };
     let id = session::random_token();
     let now = crate::timefmt::now_ms();

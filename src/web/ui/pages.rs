@@ -1,7 +1,9 @@
 //! The dashboard's HTML, rendered with maud: a layout, the login page, the overview. Text
 //! first: every status is a word as well as a colour, times are relative with the absolute
 //! time on hover. maud escapes every value put into the markup, so user-supplied text (labels,
-//! messages, output) can never become markup.
+//! messages, output) can never become markup. No inline style, inline script or `on…=`
+//! handler anywhere (the Content Security Policy refuses them): styles are classes in [`CSS`],
+//! behaviour is in [`LIVE_JS`].
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -50,7 +52,7 @@ dl.vitals dt { color: var(--muted); font-size: .85rem; } dl.vitals dd { margin: 
 nav.ranges { margin: .5rem 0; } nav.ranges a, nav.ranges strong { margin-right: .5rem; }
 .charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 30rem), 1fr)); gap: 1rem; }
 figure.chart { margin: 0; border: 1px solid #eaeef2; padding: .5rem; }
-figure.chart svg { width: 100%; height: 12rem; display: block; }
+figure.chart > svg { width: 100%; height: 12rem; display: block; }
 ul.legend { list-style: none; padding: 0; margin: .3rem 0 0; font-size: .9rem; }
 .swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .3rem; vertical-align: middle; }
 .axis-note { font-size: .8rem; margin: .2rem 0 0; }
@@ -60,7 +62,7 @@ body.offline header::after { content: "live updates paused: reconnecting…"; co
 @media (max-width: 40rem) {
   .wide { display: none; }
   table { display: block; overflow-x: auto; }
-  figure.chart svg { height: 9rem; }
+  figure.chart > svg { height: 9rem; }
   main { padding: .6rem; }
   th, td { padding: .3rem .3rem; }
 }
