@@ -35,8 +35,10 @@ pub enum CommandError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("the store could not take it, retry later: {0}")]
-    Unavailable(#[from] StoreError),
+    /// The store failed; its [`crate::store::durable::Fault`] decides the answer, and only our
+    /// sentence is shown (the database's text is for the log).
+    #[error("{}", .0.public_message())]
+    Store(#[from] StoreError),
 }
 
 /// Something that puts stored commands where nodes fetch them: the NATS stream. The HTTP bus
@@ -590,7 +592,8 @@ fn event_of(applied: &Applied, report: &CommandReport) -> Option<NewEvent> {
         node: Some(applied.node.clone()),
         service: None,
         level,
-        message,
+        // The node's error text may hold a NUL, which a TEXT column cannot: kept, escaped.
+        message: crate::model::escape_nul(&message).into_owned(),
         fields: fields.clone(),
         category,
     };

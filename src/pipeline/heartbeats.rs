@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::heartbeat::Pulse;
 use crate::model::InvalidInput;
 use crate::store::Durable;
+use crate::store::durable::Fault;
 use crate::store::heartbeats::{PulseOutcome, Received, Transition};
 
 /// The monitor looks at the store at least this often.
@@ -37,6 +38,9 @@ const QUEUE: usize = 20_000;
 pub enum HeartbeatError {
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+    /// The store failed; its fault decides the answer (our sentence, never the database's).
+    #[error("{}", .0.public_message())]
+    Store(Fault),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -47,7 +51,7 @@ struct Job {
     at_ms: i64,
     /// Who waits for the outcome; nobody for an agent's automatic pulse, which also never
     /// revives a cancelled heartbeat.
-    reply: Option<oneshot::Sender<Result<PulseOutcome, String>>>,
+    reply: Option<oneshot::Sender<Result<PulseOutcome, Fault>>>,
 }
 
 /// When the monitor plans to look next, and how to make it look sooner.
@@ -111,7 +115,7 @@ impl Heartbeats {
             .map_err(|_| shutting_down())?;
         match answer.await {
             Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(err)) => Err(HeartbeatError::Unavailable(err)),
+            Ok(Err(fault)) => Err(HeartbeatError::Store(fault)),
             Err(_) => Err(shutting_down()),
         }
     }
@@ -266,6 +270,26 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
     } else {
         durable.pulse(&asked, now_ms, true).await
     };
+    // The database refused one pulse's data, and with it the group's statement: store each
+    // alone, so only that one is refused, not its neighbours with it.
+    let mut refused: HashMap<&str, Fault> = HashMap::new();
+    let written = match written {
+        Err(err) if err.is_caused_by_data() && asked.len() > 1 => {
+            tracing::warn!(cause = %err, pulses = asked.len(), "the store refused a group of pulses; storing them one by one");
+            let mut outcomes = Vec::with_capacity(asked.len());
+            for one in &asked {
+                match durable.pulse(std::slice::from_ref(one), now_ms, true).await {
+                    Ok(stored) => outcomes.extend(stored),
+                    Err(err) => {
+                        tracing::warn!(cause = %err, service = %one.pulse.service, "the store refused a pulse");
+                        refused.insert(one.pulse.service.as_str(), err.fault());
+                    }
+                }
+            }
+            Ok(outcomes)
+        }
+        other => other,
+    };
     match written {
         Ok(outcomes) => {
             for o in outcomes.iter().filter(|o| o.recovered) {
@@ -281,10 +305,11 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
                 .collect();
             for job in jobs.drain(..) {
                 if let Some(reply) = job.reply {
+                    let service = job.pulse.service.as_str();
                     let outcome = by_service
-                        .get(job.pulse.service.as_str())
+                        .get(service)
                         .map(|o| (*o).clone())
-                        .ok_or_else(|| "the pulse was not stored".to_owned());
+                        .ok_or_else(|| refused.get(service).copied().unwrap_or(Fault::Unavailable));
                     let _ = reply.send(outcome);
                 }
             }
@@ -293,7 +318,7 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
             tracing::warn!(cause = %err, pulses = asked.len(), "cannot store pulses");
             for job in jobs.drain(..) {
                 if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(format!("the pulse could not be stored: {err}")));
+                    let _ = reply.send(Err(err.fault()));
                 }
             }
         }

@@ -110,6 +110,7 @@ pub async fn get_one(
     State(state): State<Arc<AppState>>,
     Path(service): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::model::check_no_nul("service", &service)?;
     match state
         .durable
         .heartbeat(&service, crate::timefmt::now_ms())
@@ -128,6 +129,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(service): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::model::check_no_nul("service", &service)?;
     if !state.heartbeats.cancel(&service).await? {
         return Err(ApiError::not_found(format!(
             "no heartbeat named {service:?}: see GET {HEARTBEATS_PATH}"
@@ -254,11 +256,15 @@ pub fn event_search(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit: between 1 and 1000"));
     }
-    let name = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let name = |field: &str, v: Option<String>| {
+        v.filter(|s| !s.is_empty())
+            .map(|s| crate::model::check_no_nul(field, &s).map(|()| s))
+            .transpose()
+    };
     Ok(EventQuery {
         category,
-        service: name(query.service),
-        node: name(query.node),
+        service: name("service", query.service)?,
+        node: name("node", query.node)?,
         min_level,
         from_ms: time("from", &query.from)?,
         to_ms: time("to", &query.to)?,

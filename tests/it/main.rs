@@ -7,6 +7,7 @@ mod browser;
 mod commands;
 mod deploy;
 mod e2e;
+mod files;
 mod harness;
 mod heartbeats;
 mod hot;
