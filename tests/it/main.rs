@@ -16,6 +16,7 @@ mod massaffect;
 mod nats;
 mod registry;
 mod sources;
+mod store_errors;
 mod tls;
 mod ui;
 mod ui_pages;
