@@ -109,7 +109,7 @@ pub enum NotPrivate {
     One {
         what: String,
         path: PathBuf,
-        how: &'static str,
+        how: String,
         mode: u32,
         fix: u32,
     },
@@ -136,17 +136,26 @@ pub struct Exposed {
     pub dir: bool,
 }
 
-/// What the mode lets others do, in words.
-fn how(mode: u32) -> &'static str {
-    let others_read = mode & 0o004 != 0;
-    let others_write = mode & 0o002 != 0;
-    match (others_read, others_write || mode & 0o020 != 0) {
-        (true, true) => "readable and writable by other users",
-        (true, false) => "readable by other users",
-        (false, true) if others_write => "writable by other users",
-        (false, true) => "writable by its group",
-        (false, false) => "open to other users",
+/// What the mode lets others do, in words: "readable by other users", "readable and writable
+/// by other users and writable by its group", …
+fn how(mode: u32) -> String {
+    let others: Vec<&str> = [(0o004, "readable"), (0o002, "writable")]
+        .into_iter()
+        .filter(|(bit, _)| mode & bit != 0)
+        .map(|(_, word)| word)
+        .collect();
+    let mut parts = Vec::new();
+    if !others.is_empty() {
+        parts.push(format!("{} by other users", others.join(" and ")));
     }
+    if mode & 0o020 != 0 {
+        parts.push("writable by its group".to_owned());
+    }
+    if parts.is_empty() {
+        // Only the execute (search) bit for others.
+        parts.push("open to other users".to_owned());
+    }
+    parts.join(" and ")
 }
 
 fn quoted(path: &Path) -> String {
@@ -353,6 +362,17 @@ mod tests {
             err.contains("is writable by its group (mode 0660)"),
             "{err}"
         );
+        chmod(&db, 0o666);
+        let err = check_file(&db, "the store").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "is readable and writable by other users and writable by its group (mode 0666)"
+            ),
+            "{err}"
+        );
+        chmod(&db, 0o601);
+        let err = check_file(&db, "the store").unwrap_err().to_string();
+        assert!(err.contains("is open to other users (mode 0601)"), "{err}");
     }
 
     #[test]
