@@ -439,3 +439,72 @@ async fn an_agent_data_dir_other_users_can_read_is_refused() {
     assert!(!agent_dir.join("spool").exists());
     assert!(!agent_dir.join("commands").exists());
 }
+
+/// ARCHITECTURE.md's invariant for `src/files.rs`, kept by a test rather than by goodwill: no
+/// code outside `files.rs` creates a file or directory with the umask's mode. The exceptions
+/// are named with their reason.
+#[test]
+fn nothing_in_src_creates_files_with_the_umask_mode() {
+    const ALLOWED: &[(&str, &str, &str)] = &[
+        (
+            "src/modes/send.rs",
+            "std::fs::write(&pub_path",
+            "the public key: meant to be read",
+        ),
+        (
+            "src/executor/journal.rs",
+            "self.file = OpenOptions::new()",
+            "reopens the journal just renamed into place (created by files::create)",
+        ),
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![root.join("src")];
+    let mut found = Vec::new();
+    while let Some(path) = sources.pop() {
+        if path.is_dir() {
+            sources.extend(
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+            continue;
+        }
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let name = path.file_name().unwrap().to_string_lossy();
+        // files.rs is the one place; benchmarks make throwaway temp dirs of their own.
+        if !rel.ends_with(".rs") || rel == "src/files.rs" || name.starts_with("bench") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Unit tests write fixtures in temp dirs.
+        let text = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let creates = line.contains("File::create(")
+                || line.contains("fs::write(")
+                || line.contains("create_dir_all(")
+                || line.contains("DirBuilder::new()")
+                || (line.contains("OpenOptions::new()")
+                    && lines[i..lines.len().min(i + 8)]
+                        .iter()
+                        .any(|l| l.contains(".create(") || l.contains(".create_new(")));
+            let excused = ALLOWED
+                .iter()
+                .any(|(file, needle, _)| *file == rel && line.contains(needle));
+            if creates && !excused {
+                found.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "create these through fleet::files (create_dir, options, create) so they are private \
+         whatever the umask:\n{}",
+        found.join("\n")
+    );
+}
