@@ -308,7 +308,7 @@ pub fn level_filter(text: &str) -> Result<i64, InvalidInput> {
     })
 }
 
-/// A search text (`q`): bounded.
+/// A search text (`q`): bounded, no NUL.
 pub fn check_search(text: &str) -> Result<(), InvalidInput> {
     if text.len() > limits::SEARCH_MAX {
         return Err(InvalidInput::new(
@@ -316,7 +316,7 @@ pub fn check_search(text: &str) -> Result<(), InvalidInput> {
             format!("at most {} bytes", limits::SEARCH_MAX),
         ));
     }
-    Ok(())
+    crate::model::check_no_nul("q", text)
 }
 
 /// A level from its name or its number as text.
@@ -338,11 +338,13 @@ pub fn level_of_name(text: &str) -> Option<i64> {
         .map(|p| p as i64)
 }
 
-/// An event's message: present, and within bounds.
+/// An event's message: present, within bounds, no NUL (other control characters, newlines and
+/// tabs among them, are a message's own).
 pub fn check_message(message: &str) -> Result<(), InvalidInput> {
     if message.trim().is_empty() {
         return Err(InvalidInput::new("message", "is empty"));
     }
+    crate::model::check_no_nul("message", message)?;
     if message.len() > limits::MESSAGE_MAX {
         return Err(InvalidInput::new(
             "message",
@@ -359,6 +361,17 @@ pub fn check_message(message: &str) -> Result<(), InvalidInput> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14, point 12: PostgreSQL cannot hold a NUL and SQLite can; both refuse it here.
+    #[test]
+    fn a_nul_is_refused_in_messages_and_searches_naming_the_field() {
+        let err = check_message("disk \0full").unwrap_err();
+        assert_eq!(err.field, "message");
+        assert!(err.problem.contains("NUL"), "{err}");
+        assert!(check_message("line one\nline\ttwo").is_ok());
+        assert_eq!(check_search("a\0").unwrap_err().field, "q");
+        assert_eq!(check_service("a\0b").unwrap_err().field, "service");
+    }
 
     #[test]
     fn spans_are_seconds_or_durations() {

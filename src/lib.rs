@@ -15,12 +15,14 @@
 //! - [`web`]: the axum router: ingest, the read API, auth.
 //! - [`modes`]: one module per subcommand; wiring only.
 //! - [`timefmt`]: times in and out (RFC 3339, relative forms).
+//! - [`files`]: data dirs and files made private whatever the umask, and refused when they are not.
 
 pub mod bus;
 pub mod collectors;
 pub mod command;
 pub mod config;
 pub mod executor;
+pub mod files;
 pub mod heartbeat;
 pub mod model;
 pub mod modes;

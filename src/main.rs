@@ -282,6 +282,14 @@ fn main() -> std::process::ExitCode {
             .with(filter)
             .init();
     }
+    // What the modes that keep data write is private even where no code sets a mode (SQLite's
+    // own -wal and -shm files): belt and braces with the modes `fleet::files` gives each file.
+    if matches!(
+        cli.command,
+        Command::Controller(_) | Command::Agent(_) | Command::Node { .. } | Command::Token { .. }
+    ) {
+        fleet::files::restrict_umask();
+    }
     // The agent runs on every node and must stay small: one thread. The controller and the
     // benchmarks use every core.
     let runtime = match &cli.command {

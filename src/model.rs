@@ -79,6 +79,30 @@ fn check_chars(
     Ok(())
 }
 
+/// Refuses a NUL character in a text that is stored (or searched) as a database TEXT value:
+/// PostgreSQL cannot hold one and SQLite would, so both engines refuse it here alike, naming
+/// the field. (Texts kept inside JSON, an event's `fields` or a record's document, keep theirs:
+/// JSON writes it `\u0000`.)
+pub fn check_no_nul(field: &str, text: &str) -> Result<(), InvalidInput> {
+    if text.contains('\0') {
+        return Err(InvalidInput::new(
+            field,
+            "contains a NUL character (\\u0000), which the store cannot hold; remove it",
+        ));
+    }
+    Ok(())
+}
+
+/// A text for a database TEXT value that must be kept rather than refused (a node's report of
+/// why a command failed: refusing it would lose the command's outcome), its NULs written `\0`.
+pub fn escape_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\\0").into()
+    } else {
+        text.into()
+    }
+}
+
 fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
@@ -627,6 +651,17 @@ impl Vitals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nuls_are_refused_or_escaped() {
+        assert!(check_no_nul("f", "fine\ttext").is_ok());
+        assert_eq!(check_no_nul("f", "a\0").unwrap_err().field, "f");
+        assert_eq!(escape_nul("a\0b"), "a\\0b");
+        assert!(matches!(
+            escape_nul("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
+    }
 
     #[test]
     fn node_names_follow_the_alphabet_and_length() {

@@ -10,7 +10,9 @@
 //! - `spool/<seq, 20 digits>.json`: one unsent batch's records (a JSON array).
 //!
 //! Every file is written to a temporary name, fsynced, renamed into place and the directory
-//! fsynced: after a crash a file is either whole or absent. This module does no networking.
+//! fsynced: after a crash a file is either whole or absent. Files are 0600 and directories 0700
+//! whatever the umask (`crate::files`): batches hold whatever the collectors read. This module
+//! does no networking.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -36,7 +38,7 @@ pub struct Spool {
 fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
-        let mut file = File::create(&tmp)?;
+        let mut file = crate::files::create(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
     }
@@ -65,7 +67,7 @@ impl Spool {
     /// Opens the spool in `data_dir`, creating it (and a new instance id) if it is new.
     pub fn open(data_dir: &Path, max_bytes: u64) -> io::Result<Self> {
         let spool_dir = data_dir.join("spool");
-        fs::create_dir_all(&spool_dir)?;
+        crate::files::create_dir(&spool_dir)?;
         let instance_path = data_dir.join("instance");
         let instance = match fs::read_to_string(&instance_path) {
             Ok(text) if crate::bus::wire::valid_instance(text.trim()) => text.trim().to_owned(),

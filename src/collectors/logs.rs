@@ -703,7 +703,7 @@ impl Collector for LogTail {
 fn write_atomically(path: &Path, state: &State) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("json.tmp");
-    let mut file = File::create(&tmp)?;
+    let mut file = crate::files::create(&tmp)?;
     file.write_all(&serde_json::to_vec(state).expect("state serialises"))?;
     file.sync_data()?;
     std::fs::rename(&tmp, path)

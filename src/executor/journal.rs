@@ -51,7 +51,7 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating) `dir/commands.journal` and reads it.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::files::create_dir(dir)?;
         let path = dir.join("commands.journal");
         let mut entries = HashMap::new();
         let mut lines = 0;
@@ -68,7 +68,8 @@ impl Journal {
                 }
             }
         }
-        let file = OpenOptions::new()
+        // Private: the journal holds every command's output.
+        let file = crate::files::options()
             .create(true)
             .read(true)
             .append(true)
@@ -207,7 +208,7 @@ impl Journal {
         }
         let tmp = self.path.with_extension("journal.tmp");
         {
-            let mut out = io::BufWriter::new(File::create(&tmp)?);
+            let mut out = io::BufWriter::new(crate::files::create(&tmp)?);
             let mut ids: Vec<&String> = self.entries.keys().collect();
             ids.sort();
             for id in ids {

@@ -91,7 +91,7 @@ fn append_event(path: &Path, level: &str, text: &str) -> std::io::Result<()> {
     if std::fs::metadata(path).is_ok_and(|m| m.len() > EVENT_LOG_MAX) {
         std::fs::rename(path, path.with_extension("log.1"))?;
     }
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = crate::files::options()
         .create(true)
         .append(true)
         .open(path)?;
@@ -109,15 +109,18 @@ pub(crate) async fn run_argv(
     max_output: usize,
     stop: &CancellationToken,
 ) -> (CommandState, CommandResult) {
-    let mut child = match tokio::process::Command::new(&argv[0])
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .kill_on_drop(true);
+    // The agent keeps its own files private (umask 077); what a command creates is the
+    // command's business, as it would be outside fleet.
+    crate::files::restore_umask(&mut command);
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
             return (

@@ -27,8 +27,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Runs the agent until `shutdown` is cancelled, then flushes briefly and returns.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir)
+    // Private (0700, files 0600): the journal holds command output, the spool what was collected.
+    crate::files::create_dir(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    crate::files::check_tree(&config.data_dir, "the agent's data dir")?;
     let spool = Spool::open(&config.data_dir, config.spool_max_bytes)
         .with_context(|| format!("cannot open the spool in {}", config.data_dir.display()))?;
     tracing::info!(

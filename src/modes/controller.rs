@@ -37,11 +37,13 @@ impl Running {
     }
 }
 
-/// Opens the durable store named by the config (creating the data dir for SQLite).
+/// Opens the durable store named by the config. For SQLite in the data dir, the dir is made
+/// private (0700) if it is new and refused if it, or anything in it, is open to other users.
 pub async fn open_store(config: &ControllerConfig) -> anyhow::Result<Durable> {
     if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir)
+        crate::files::create_dir(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+        crate::files::check_tree(&config.data_dir, "the data dir")?;
     }
     Ok(Durable::connect(&config.effective_database_url()).await?)
 }
@@ -358,13 +360,7 @@ fn save_token(config: &ControllerConfig, token: &str) -> Option<PathBuf> {
     let path = config.data_dir.join("operator-token");
     let written = (|| -> std::io::Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
+        let mut file = crate::files::create(&path)?;
         writeln!(file, "{token}")
     })();
     match written {

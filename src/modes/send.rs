@@ -720,14 +720,12 @@ pub async fn accepted(request: reqwest::RequestBuilder) -> anyhow::Result<reqwes
 /// `fleet operator keygen`: writes a new key file (mode 0600) and `FILE.pub`, and returns the
 /// public key to list in nodes' `[commands] trusted_keys`.
 pub fn keygen(path: &Path, force: bool) -> anyhow::Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
     let key = OperatorKey::generate();
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = crate::files::options()
         .write(true)
         .create(true)
         .create_new(!force)
         .truncate(true)
-        .mode(0o600)
         .open(path)
         .with_context(|| {
             format!(
@@ -735,6 +733,10 @@ pub fn keygen(path: &Path, force: bool) -> anyhow::Result<String> {
                 path.display()
             )
         })?;
+    // A file replaced with --force keeps its mode unless narrowed: a new secret in an old
+    // world-readable file would be no secret.
+    crate::files::narrow(&file)
+        .with_context(|| format!("cannot make {} private", path.display()))?;
     file.write_all(key.secret_text().as_bytes())?;
     file.sync_all()?;
     let public = key.public();

@@ -34,8 +34,10 @@ pub enum CommandError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("the store could not take it, retry later: {0}")]
-    Unavailable(#[from] StoreError),
+    /// The store failed; its [`crate::store::durable::Fault`] decides the answer, and only our
+    /// sentence is shown (the database's text is for the log).
+    #[error("{}", .0.public_message())]
+    Store(#[from] StoreError),
 }
 
 /// Something that puts stored commands where nodes fetch them: the NATS stream. The HTTP bus
@@ -81,7 +83,7 @@ impl From<NodeAuthError> for CommandError {
             NodeAuthError::BadRequest(m) => CommandError::BadRequest(m),
             NodeAuthError::Unauthorized(m) => CommandError::Unauthorized(m),
             NodeAuthError::Forbidden(m) => CommandError::Forbidden(m),
-            NodeAuthError::Unavailable(e) => CommandError::Unavailable(e),
+            NodeAuthError::Unavailable(e) => CommandError::Store(e),
         }
     }
 }
@@ -527,7 +529,8 @@ fn event_of(applied: &Applied, report: &CommandReport) -> Option<NewEvent> {
         node: Some(applied.node.clone()),
         service: None,
         level,
-        message,
+        // The node's error text may hold a NUL, which a TEXT column cannot: kept, escaped.
+        message: crate::model::escape_nul(&message).into_owned(),
         fields: fields.clone(),
         category,
     };

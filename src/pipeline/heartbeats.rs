@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::heartbeat::{Owner, Pulse};
 use crate::model::InvalidInput;
 use crate::store::Durable;
+use crate::store::durable::Fault;
 use crate::store::heartbeats::{Cancelled, PulseOutcome, Received, Transition};
 
 /// The monitor looks at the store at least this often.
@@ -42,13 +43,17 @@ pub enum HeartbeatError {
     Forbidden(String),
     #[error("no heartbeat named {0:?}")]
     NotFound(String),
+    /// The store failed; its fault decides the answer (our sentence, never the database's).
+    #[error("{}", .0.public_message())]
+    Store(Fault),
     #[error("{0}")]
     Unavailable(String),
 }
 
 impl From<crate::store::StoreError> for HeartbeatError {
     fn from(err: crate::store::StoreError) -> Self {
-        HeartbeatError::Unavailable(err.to_string())
+        tracing::warn!(cause = %err, "a heartbeat request failed in the store");
+        HeartbeatError::Store(err.fault())
     }
 }
 
@@ -325,7 +330,30 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
     if asked.is_empty() {
         return earliest;
     }
-    match durable.pulse(&asked, now_ms, true).await {
+    // The database refused one pulse's data, and with it the group's statement: store each
+    // alone, so only that one is refused, not its neighbours with it.
+    let mut faults: HashMap<&str, Fault> = HashMap::new();
+    let written = match durable.pulse(&asked, now_ms, true).await {
+        Err(err) if err.is_caused_by_data() && asked.len() > 1 => {
+            tracing::warn!(cause = %err, pulses = asked.len(), "the store refused a group of pulses; storing them one by one");
+            let mut results = crate::store::heartbeats::PulseResults::default();
+            for one in &asked {
+                match durable.pulse(std::slice::from_ref(one), now_ms, true).await {
+                    Ok(alone) => {
+                        results.stored.extend(alone.stored);
+                        results.refused.extend(alone.refused);
+                    }
+                    Err(err) => {
+                        tracing::warn!(cause = %err, service = %one.pulse.service, "the store refused a pulse");
+                        faults.insert(one.pulse.service.as_str(), err.fault());
+                    }
+                }
+            }
+            Ok(results)
+        }
+        other => other,
+    };
+    match written {
         Ok(results) => {
             for o in results.stored.iter().filter(|o| o.recovered) {
                 tracing::info!(service = %o.heartbeat.service, "heartbeat recovered");
@@ -351,8 +379,8 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                     let outcome = match (by_service.get(service), refused.get(service)) {
                         (Some(o), _) => Ok((*o).clone()),
                         (None, Some(owner)) => Err(not_owner(service, owner)),
-                        (None, None) => Err(HeartbeatError::Unavailable(
-                            "the pulse was not stored; retry".into(),
+                        (None, None) => Err(HeartbeatError::Store(
+                            faults.get(service).copied().unwrap_or(Fault::Unavailable),
                         )),
                     };
                     let _ = reply.send(outcome);
@@ -363,9 +391,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
             tracing::warn!(cause = %err, pulses = asked.len(), "cannot store pulses");
             for job in jobs.drain(..) {
                 if let Some(reply) = job.reply {
-                    let _ = reply.send(Err(HeartbeatError::Unavailable(
-                        "the pulse could not be stored; retry later".into(),
-                    )));
+                    let _ = reply.send(Err(HeartbeatError::Store(err.fault())));
                 }
             }
         }

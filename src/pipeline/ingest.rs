@@ -16,7 +16,7 @@ use crate::bus::wire::{self, BatchHeaders};
 use crate::config::{IngestConfig, RetentionConfig};
 use crate::model::{BatchBody, NodeName, Record};
 use crate::pipeline::node_auth::{Claim, Clock, Covered, NodeAuth, NodeAuthError};
-use crate::store::durable::{LedgerKey, SeriesCache};
+use crate::store::durable::{Fault, LedgerKey, SeriesCache};
 use crate::store::{Durable, HotStore, IngestBatch, IngestOutcome, StoreError};
 
 /// A batch as it arrived, before anything was checked.
@@ -61,8 +61,9 @@ pub enum IngestError {
     /// 413: body or inflated body over the limit.
     #[error("{0}")]
     TooLarge(String),
-    /// 503: the durable store could not take it; the agent should retry.
-    #[error("the store could not take the batch, retry later: {0}")]
+    /// 503: the durable store could not take it now (it is unavailable, the controller is
+    /// stopping); the agent should retry. Our sentence only, never the database's text.
+    #[error("{0}; retry later")]
     Unavailable(String),
 }
 
@@ -72,7 +73,8 @@ impl From<NodeAuthError> for IngestError {
             NodeAuthError::BadRequest(m) => IngestError::BadRequest(m),
             NodeAuthError::Unauthorized(m) => IngestError::Unauthorized(m),
             NodeAuthError::Forbidden(m) => IngestError::Forbidden(m),
-            NodeAuthError::Unavailable(e) => IngestError::Unavailable(e.to_string()),
+            // The database's text is for the log (NodeAuthError's own sentence is ours).
+            e @ NodeAuthError::Unavailable(_) => IngestError::Unavailable(e.to_string()),
         }
     }
 }
@@ -98,8 +100,9 @@ pub struct IngestReply {
     pub status: &'static str,
 }
 
-/// The writer's answer: the outcome, and the batch's records handed back for the hot ring.
-type WriteReply = Result<(IngestOutcome, Vec<Record>), String>;
+/// The writer's answer: the outcome, and the batch's records handed back for the hot ring; or
+/// whose fault the failure was.
+type WriteReply = Result<(IngestOutcome, Vec<Record>), Fault>;
 
 struct Job {
     batch: IngestBatch,
@@ -223,7 +226,14 @@ impl Ingest {
             .map_err(|_| IngestError::Unavailable("the controller is shutting down".into()))?;
         let (outcome, batch_records) = match reply_rx.await {
             Ok(Ok((outcome, records))) => (outcome, records),
-            Ok(Err(err)) => return Err(IngestError::Unavailable(err)),
+            // The database refused this batch's data: it would be refused again, so the agent
+            // must drop it (400), not resend it forever.
+            Ok(Err(Fault::Data)) => {
+                return Err(IngestError::BadRequest(
+                    Fault::Data.public_message().to_owned(),
+                ));
+            }
+            Ok(Err(_)) => return Err(IngestError::Unavailable("the store is unavailable".into())),
             Err(_) => {
                 return Err(IngestError::Unavailable(
                     "the controller is shutting down".into(),
@@ -347,7 +357,7 @@ async fn write_loop(
         let (batches, replies): (Vec<IngestBatch>, Vec<_>) =
             jobs.drain(..).map(|j| (j.batch, j.reply)).unzip();
         let started = std::time::Instant::now();
-        let result = write_with_retry(&durable, &batches, &keep, &mut cache).await;
+        let results = write_group(&durable, &batches, &keep, &mut cache).await;
         tracing::debug!(
             batches = batches.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -361,13 +371,46 @@ async fn write_loop(
             );
             refused_reported = cache.refused;
         }
-        for (i, (batch, reply)) in batches.into_iter().zip(replies).enumerate() {
-            let answer = match &result {
-                Ok(outcomes) => Ok((outcomes[i], batch.body.records)),
-                Err(err) => Err(err.to_string()),
-            };
+        for ((batch, reply), result) in batches.into_iter().zip(replies).zip(results) {
+            let answer = result.map(|outcome| (outcome, batch.body.records));
             // The requester may have gone (client hung up); the batch is stored all the same.
             let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Writes a group of batches in one transaction; the answer of each, in order.
+///
+/// When the database refuses the group for its data ([`Fault::Data`]: one batch holds a value
+/// it cannot store), the batches are written again one by one, so only that batch is refused
+/// and its neighbours, which would otherwise fail with it every time it is resent, are stored.
+/// Any other failure is every batch's (the store is unavailable: all retry).
+pub async fn write_group(
+    durable: &Durable,
+    batches: &[IngestBatch],
+    keep: &(dyn Fn(&Record) -> bool + Sync),
+    cache: &mut SeriesCache,
+) -> Vec<Result<IngestOutcome, Fault>> {
+    match write_with_retry(durable, batches, keep, cache).await {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(err) if err.is_caused_by_data() && batches.len() > 1 => {
+            tracing::warn!(cause = %err, batches = batches.len(), "the store refused a group's data; writing its batches one by one");
+            let mut results = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let one = std::slice::from_ref(batch);
+                results.push(match durable.write_batches(one, keep, cache).await {
+                    Ok(outcomes) => Ok(outcomes[0]),
+                    Err(err) => {
+                        tracing::warn!(cause = %err, node = %batch.node, "the store refused a batch");
+                        Err(err.fault())
+                    }
+                });
+            }
+            results
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, batches = batches.len(), "group write failed");
+            vec![Err(err.fault()); batches.len()]
         }
     }
 }
@@ -379,9 +422,11 @@ async fn write_with_retry(
     cache: &mut SeriesCache,
 ) -> Result<Vec<IngestOutcome>, StoreError> {
     // One quick retry absorbs a transient failure (a PostgreSQL serialization conflict between
-    // two controllers, a busy SQLite); beyond that the agent retries with back-off.
+    // two controllers, a busy SQLite); beyond that the agent retries with back-off. A refusal
+    // of the data itself would only be refused again.
     match durable.write_batches(batches, keep, cache).await {
         Ok(outcomes) => Ok(outcomes),
+        Err(err) if err.is_caused_by_data() => Err(err),
         Err(err) => {
             tracing::warn!(cause = %err, batches = batches.len(), "group write failed; retrying once");
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -697,7 +697,8 @@ struct LogRow {
 fn log_row(report: &CommandReport, now_ms: i64) -> LogRow {
     let detail = match report.result.as_ref() {
         Some(r) => match (&r.error, r.exit_code) {
-            (Some(e), _) => e.clone(),
+            // Plain TEXT: a NUL in a node's error would be refused by PostgreSQL.
+            (Some(e), _) => crate::model::escape_nul(e).into_owned(),
             (None, Some(code)) => format!("exit code {code} after {} ms", r.duration_ms),
             (None, None) => String::new(),
         },

@@ -29,6 +29,14 @@ pub enum StoreError {
     Connect { url: String, source: sqlx::Error },
     #[error("database URL {0} is neither sqlite:// nor postgres://")]
     UnknownScheme(String),
+    #[error("cannot create the store {}: {source}", .path.display())]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The SQLite file is open to other users (see `crate::files`).
+    #[error(transparent)]
+    NotPrivate(#[from] crate::files::NotPrivate),
     #[error("cannot bring the database schema up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -37,6 +45,115 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Conflict(String),
+}
+
+/// Whose doing a store error is: what a client is answered and whether sending the same again
+/// can help. [`StoreError::fault`] is the one place that decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The database refused the data itself (PostgreSQL's SQLSTATE classes 22, data exception,
+    /// and 23, integrity constraint violation; SQLite's TOOBIG, CONSTRAINT and MISMATCH; a value
+    /// that cannot be encoded): the same request fails again, so it is the client's to change
+    /// (4xx), never a "retry later" that makes an agent resend a poison batch forever.
+    Data,
+    /// The request conflicts with what is stored (a node enrolled twice); the message is ours.
+    Conflict,
+    /// The database cannot be reached or cannot work now (connection, I/O, timeout, pool, locks,
+    /// a full disk): the same request may succeed later (503).
+    Unavailable,
+    /// The store is damaged or misused (a row that does not decode, a failed migration, a
+    /// statement the database does not understand): the operator must look at the log (500).
+    Internal,
+}
+
+impl Fault {
+    /// What a client is told: a sentence of ours, never the database's text.
+    pub fn public_message(self) -> &'static str {
+        match self {
+            Fault::Data => {
+                "the store refused a value in this request (a character such as NUL, or a \
+                 number, it cannot hold); nothing was stored: correct the request instead of \
+                 sending it again"
+            }
+            Fault::Conflict => "the request conflicts with what is stored",
+            Fault::Unavailable => "the store is unavailable; retry later",
+            Fault::Internal => {
+                "the controller cannot use its store; retry later, and if it persists tell its \
+                 operator (its log says why)"
+            }
+        }
+    }
+}
+
+impl StoreError {
+    /// Whose doing this error is (see [`Fault`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            StoreError::Sql(err) => sql_fault(err),
+            StoreError::Connect { .. } => Fault::Unavailable,
+            StoreError::Conflict(_) => Fault::Conflict,
+            StoreError::UnknownScheme(_)
+            | StoreError::Create { .. }
+            | StoreError::NotPrivate(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt(_) => Fault::Internal,
+        }
+    }
+
+    /// Caused by the data written: sending the same again fails again.
+    pub fn is_caused_by_data(&self) -> bool {
+        self.fault() == Fault::Data
+    }
+
+    /// What a client may be told: [`Fault::public_message`], or our own sentence for a conflict.
+    /// The full error (with the database's text) is for the log only.
+    pub fn public_message(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            StoreError::Conflict(why) => why.clone().into(),
+            other => other.fault().public_message().into(),
+        }
+    }
+}
+
+/// Classifies an sqlx error (see [`Fault`]).
+fn sql_fault(err: &sqlx::Error) -> Fault {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite's code is its extended result code, in decimal.
+                let code: i32 = code.parse().unwrap_or(0);
+                // The primary result code is the low byte of the extended one.
+                match code & 0xff {
+                    // TOOBIG, CONSTRAINT, MISMATCH.
+                    18..=20 => Fault::Data,
+                    // ERROR (a statement SQLite refuses), CORRUPT, NOTADB.
+                    1 | 11 | 26 => Fault::Internal,
+                    // BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, …
+                    _ => Fault::Unavailable,
+                }
+            } else {
+                // PostgreSQL: the SQLSTATE's class, its first two characters.
+                match code.get(..2).unwrap_or_default() {
+                    "22" | "23" => Fault::Data,
+                    // Syntax or access rule, internal error (data corrupted), feature not
+                    // supported: nothing a retry changes.
+                    "42" | "XX" | "0A" => Fault::Internal,
+                    // Connection, resources, operator intervention, serialization, …
+                    _ => Fault::Unavailable,
+                }
+            }
+        }
+        sqlx::Error::Encode(_) => Fault::Data,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => Fault::Unavailable,
+        _ => Fault::Internal,
+    }
 }
 
 /// A URL with any password replaced, for messages and logs.
@@ -313,7 +430,7 @@ impl Durable {
             return Err(StoreError::UnknownScheme(redact_url(url)));
         };
         if backend == Backend::Sqlite {
-            ensure_sqlite_parent(url);
+            prepare_sqlite_file(url)?;
         }
         let options = AnyPoolOptions::new()
             .max_connections(match backend {
@@ -1066,19 +1183,52 @@ async fn checkpoint_loop(pool: AnyPool) {
     }
 }
 
-fn ensure_sqlite_parent(url: &str) {
-    let path = url
+/// Makes the SQLite file of `url` private before SQLite opens it, and refuses one that is not.
+///
+/// The database holds node keys in plain text. SQLite creates its `-wal` and `-shm` files with
+/// the database file's own mode, so a database created 0600 here (when the URL may create it,
+/// `mode=rwc`) keeps them private too, whatever the umask; its new parent directories are 0700.
+/// An existing database, or a `-wal`/`-shm` beside it, that other users can read is refused
+/// with the `chmod` that fixes it.
+fn prepare_sqlite_file(url: &str) -> Result<(), StoreError> {
+    let rest = url
         .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:")
-        .split('?')
-        .next()
-        .unwrap_or_default();
-    if let Some(parent) = std::path::Path::new(path).parent()
-        && !parent.as_os_str().is_empty()
-    {
-        // A failure here surfaces as the connect error that follows, with the path in it.
-        let _ = std::fs::create_dir_all(parent);
+        .trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory =
+        path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
+    if in_memory {
+        return Ok(());
     }
+    let path = std::path::Path::new(path);
+    let may_create = query.split('&').any(|p| p == "mode=rwc");
+    if may_create {
+        let made = (|| -> std::io::Result<()> {
+            if let Some(parent) = path.parent()
+                && !parent.as_os_str().is_empty()
+            {
+                crate::files::create_dir(parent)?;
+            }
+            // Created (never truncated) here, so SQLite opens a private file.
+            crate::files::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map(drop)
+        })();
+        made.map_err(|source| StoreError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    crate::files::check_file(path, "the store")?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut beside = path.as_os_str().to_owned();
+        beside.push(suffix);
+        crate::files::check_file(std::path::Path::new(&beside), "the store's file")?;
+    }
+    Ok(())
 }
 
 fn node_from_row(row: &AnyRow) -> Result<Node, StoreError> {

@@ -37,6 +37,13 @@ pub enum HotError {
     Redis(String),
 }
 
+impl HotError {
+    /// What a client is told: our sentence, never Redis's text (that is for the log).
+    pub fn public_message(&self) -> &'static str {
+        "the hot store (Redis) is unavailable; retry later"
+    }
+}
+
 /// The entry kept in the ring: a record with its node, serialised once. Its `seq` is put in
 /// front when it is pushed ([`with_seq`]), by Rust in memory and by the script in Redis.
 #[derive(serde::Serialize)]

@@ -260,7 +260,10 @@ pub async fn node_recent(
         .hot
         .recent(&name, &collector, limit)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| {
+            tracing::warn!(cause = %e, "cannot read the hot ring");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.public_message())
+        })?;
     for record in &mut records {
         if let Some(ts) = record.get("ts").and_then(Value::as_i64) {
             record["time"] = Value::String(rfc3339(ts));
@@ -285,15 +288,23 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let describe = |r: Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e,
+    // The causes go to the log; anyone may ask /readyz, so it says only which store failed.
+    let durable = match durable {
+        Ok(()) => "ok",
+        Err(err) => {
+            tracing::warn!(cause = %err, "readiness: the durable store does not answer");
+            err.fault().public_message()
+        }
+    };
+    let hot = match hot {
+        Ok(()) => "ok",
+        Err(err) => {
+            tracing::warn!(cause = %err, "readiness: the hot store does not answer");
+            err.public_message()
+        }
     };
     (
         status,
-        Json(serde_json::json!({
-            "durable": describe(durable.map_err(|e| e.to_string())),
-            "hot": describe(hot.map_err(|e| e.to_string())),
-        })),
+        Json(serde_json::json!({ "durable": durable, "hot": hot })),
     )
 }

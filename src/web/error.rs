@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::pipeline::IngestError;
 use crate::store::StoreError;
+use crate::store::durable::Fault;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -72,8 +73,22 @@ impl IntoResponse for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// The status follows the error's [`Fault`] (data: 400, never a 503 a client would resend
+    /// forever); the client reads our sentence, the log gets the database's.
     fn from(err: StoreError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+        let fault = err.fault();
+        tracing::warn!(cause = %err, ?fault, "a request failed in the store");
+        Self::new(fault_status(fault), err.public_message())
+    }
+}
+
+/// The HTTP status of a store [`Fault`].
+pub fn fault_status(fault: Fault) -> StatusCode {
+    match fault {
+        Fault::Data => StatusCode::BAD_REQUEST,
+        Fault::Conflict => StatusCode::CONFLICT,
+        Fault::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Fault::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -101,6 +116,7 @@ impl From<crate::pipeline::heartbeats::HeartbeatError> for ApiError {
                 "{err}: see GET {}",
                 crate::web::heartbeats::HEARTBEATS_PATH
             )),
+            HeartbeatError::Store(fault) => Self::new(fault_status(fault), fault.public_message()),
             HeartbeatError::Unavailable(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }
@@ -114,7 +130,7 @@ impl From<crate::pipeline::CommandError> for ApiError {
             CommandError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             CommandError::Forbidden(_) => StatusCode::FORBIDDEN,
             CommandError::NotFound(_) => StatusCode::NOT_FOUND,
-            CommandError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CommandError::Store(store) => return store.into(),
         };
         Self::new(status, err.to_string())
     }

@@ -141,6 +141,7 @@ pub async fn get_one(
     State(state): State<Arc<AppState>>,
     Path(service): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::model::check_no_nul("service", &service)?;
     match state
         .durable
         .heartbeat(&service, crate::timefmt::now_ms())
@@ -159,6 +160,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(service): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::model::check_no_nul("service", &service)?;
     state.heartbeats.cancel(&service, &Owner::Operator).await?;
     let current = state
         .durable
@@ -283,11 +285,15 @@ pub fn event_search(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit: between 1 and 1000"));
     }
-    let name = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let name = |field: &str, v: Option<String>| {
+        v.filter(|s| !s.is_empty())
+            .map(|s| crate::model::check_no_nul(field, &s).map(|()| s))
+            .transpose()
+    };
     Ok(EventQuery {
         category,
-        service: name(query.service),
-        node: name(query.node),
+        service: name("service", query.service)?,
+        node: name("node", query.node)?,
         min_level,
         from_ms: time("from", &query.from)?,
         to_ms: time("to", &query.to)?,

@@ -160,9 +160,10 @@ impl From<InvalidInput> for Refusal {
 }
 
 impl From<StoreError> for Refusal {
+    /// Our sentence for the error's fault; the database's text goes to the log only.
     fn from(err: StoreError) -> Self {
         tracing::warn!(cause = %err, "a watchTower request failed in the store");
-        Self::hint(format!("{err}; try again later"))
+        Self::hint(err.public_message())
     }
 }
 
@@ -175,6 +176,7 @@ impl From<HeartbeatError> for Refusal {
                 result: 403,
                 hint: Some(why),
             },
+            HeartbeatError::Store(fault) => Self::hint(fault.public_message()),
             HeartbeatError::Unavailable(why) => Self::hint(format!("{why}; try again later")),
         }
     }

@@ -1015,8 +1015,9 @@ ca_cert = "{missing_ca}"
         ),
     )
     .unwrap();
-    // The broken log's state file cannot be read (a directory where the file should be).
-    std::fs::create_dir_all(dir.join("agent").join("tail-broken.json")).unwrap();
+    // The broken log's state file cannot be read (a directory where the file should be). Made
+    // private, as the agent makes its data dir: it refuses one other users can read.
+    fleet::files::create_dir(&dir.join("agent").join("tail-broken.json")).unwrap();
     let socket = unique_name("agent");
     let args: Vec<String> = [
         "agent",

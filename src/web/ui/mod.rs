@@ -209,11 +209,7 @@ async fn login(
         .create_session(&session::hash_id(&id), &stored, now)
         .await
     {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot store the session: {err}"),
-        )
-            .into_response();
+        return ApiError::from(err).into_response();
     }
     (
         [(
@@ -240,11 +236,7 @@ async fn logout(
         return refused.into_response();
     }
     if let Err(err) = state.durable.delete_session(viewer.id_hash()).await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot end the session: {err}"),
-        )
-            .into_response();
+        return ApiError::from(err).into_response();
     }
     (
         [(header::SET_COOKIE, session::set_cookie(None, 0, state.tls))],

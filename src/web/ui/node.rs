@@ -322,8 +322,14 @@ async fn tail_collectors(
             .hot
             .collectors(node, TAIL_COLLECTORS_MAX)
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(hot_failed),
     }
+}
+
+/// What the page says when the hot ring cannot be read: our sentence; Redis's is logged.
+fn hot_failed(err: crate::store::hot::HotError) -> String {
+    tracing::warn!(cause = %err, "cannot read the hot ring for a node page");
+    err.public_message().to_owned()
 }
 
 /// The newest records of each of the node's collectors (or of `only`) in the hot ring, newest
@@ -340,7 +346,7 @@ pub async fn tail(
             .hot
             .recent(node, &collector, TAIL_PER_COLLECTOR)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(hot_failed)?;
         entries.extend(
             records
                 .into_iter()

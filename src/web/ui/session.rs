@@ -423,11 +423,7 @@ impl FromRequestParts<Arc<AppState>> for Viewer {
         {
             Ok(Some(Session { who, csrf, .. })) => Ok(Viewer { who, csrf, id_hash }),
             Ok(None) => Err(to_login()),
-            Err(err) => Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the session store cannot be read: {err}"),
-            )
-                .into_response()),
+            Err(err) => Err(crate::web::error::ApiError::from(err).into_response()),
         }
     }
 }
