@@ -15,6 +15,7 @@
 //! - [`web`]: the axum router: ingest, the read API, auth.
 //! - [`modes`]: one module per subcommand; wiring only.
 //! - [`timefmt`]: times in and out (RFC 3339, relative forms).
+//! - [`termsafe`]: others' text (command output, event messages) made safe to print to a person.
 
 pub mod bus;
 pub mod collectors;
@@ -26,6 +27,7 @@ pub mod model;
 pub mod modes;
 pub mod pipeline;
 pub mod store;
+pub mod termsafe;
 pub mod timefmt;
 pub mod web;
 

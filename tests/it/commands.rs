@@ -512,6 +512,49 @@ async fn issue_14_a_star_in_the_allow_list_does_not_leave_its_directory() {
     );
 }
 
+/// Issue 14, point 10: a node's output reaches a pipe as it was sent (it is the user's data),
+/// but on a terminal its escape sequences are shown, not obeyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_fleet_send_output_is_raw_into_a_pipe_and_shown_on_a_terminal() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "tty");
+    let config = rig.agent_config("tty", &["echo *"], "");
+    let _agent = rig.start_agent("tty", &key, &config, 1);
+    let hostile = "\x1b]0;pwned\x07\x1b[2Jdone";
+
+    let (code, out, err) = rig.send(&["--node", "tty", "--", "echo", hostile]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{hostile}\n"), "a pipe gets the bytes as sent");
+
+    // The same through a terminal (util-linux `script` gives fleet send a pty).
+    let output = Proc::new("script")
+        .args([
+            "-qec",
+            r#"exec "$FLEET" send --node tty -- echo "$HOSTILE""#,
+            "/dev/null",
+        ])
+        .env("FLEET", FLEET)
+        .env("HOSTILE", hostile)
+        .env("FLEET_CONTROLLER", rig.controller.url())
+        .env("FLEET_API_TOKEN", TOKEN)
+        .env("FLEET_SIGNING_KEY", &rig.key_file)
+        .env_remove("FLEET_NATS_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script(1) from util-linux");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(
+        screen.contains("\\x1b]0;pwned\\x07\\x1b[2Jdone"),
+        "{screen:?}"
+    );
+    assert!(
+        !screen.contains('\x1b') && !screen.contains('\x07'),
+        "the terminal was sent escapes: {screen:?}"
+    );
+    assert!(screen.contains("tty: succeeded"), "{screen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_retries_and_ttl() {
     let rig = Rig::new(Backend::Embedded).await;
