@@ -15,12 +15,14 @@
 //!
 //! Whatever the pattern, a wildcard (`*` or `**`) never matches:
 //!
-//! - any character of a `.` or `..` path segment (the argument split on `/`), nor the second `/`
-//!   of a `//` (an empty segment). Such a segment is matched only where the pattern itself spells
-//!   it, letter for letter, as a segment of its own: `/srv/pub/../log/*` admits
-//!   `/srv/pub/../log/x`; `/srv/pub/*` and `/srv/pub/**` refuse `/srv/pub/../../etc/shadow`,
-//!   `/srv/pub/./x` (harmless, but write it without `./`) and `/srv/pub//x`. This is how a
-//!   pattern stays inside the directories it names as far as the text can tell; names that merely
+//! - any part of a `.` or `..` path segment (the argument split on `/`), nor an empty segment:
+//!   the second `/` of a `//`, a leading `/` (an absolute path), a trailing `/` (the directory
+//!   itself). Such a segment is matched only where the pattern itself spells it, letter for
+//!   letter, as a segment of its own: `/srv/pub/../log/*` admits `/srv/pub/../log/x`;
+//!   `/srv/pub/*` and `/srv/pub/**` refuse `/srv/pub/../../etc/shadow`, `/srv/pub/./x`
+//!   (harmless, but write it without `./`), `/srv/pub//x` and `/srv/pub/`; `*/x` refuses `/x`,
+//!   and `**` refuses `/etc/shadow` (write `/**` for any absolute path). This is how a pattern
+//!   stays inside the directories it names as far as the text can tell; names that merely
 //!   contain dots (`a..b`, `.bashrc`) are ordinary names, and `*` matches them.
 //! - an argument that begins with `-` or `+`, when the word begins with a wildcard: options are
 //!   not file names (`tar -czf /b/x.tgz *` refuses `--checkpoint-action=exec=sh`; `less *` refuses
@@ -165,8 +167,8 @@ impl Pattern {
 #[derive(Debug, Clone)]
 struct Word {
     tokens: Vec<Token>,
-    /// Per token: it belongs to a `.`/`..` segment or a `//` the pattern spells (see `special`).
-    spelled: Vec<bool>,
+    /// Per token: the segments it spells that only a pattern may spell (see `special`).
+    spelled: Vec<u8>,
     /// Whether any token is a wildcard; without one the word is plain text.
     wildcard: bool,
 }
@@ -223,8 +225,9 @@ impl Word {
         if option && matches!(self.tokens.first(), Some(Token::Star | Token::Globstar)) {
             return false;
         }
-        // Bytes of `.`/`..` segments and the second `/` of `//`: only a literal that spells the
-        // same segment in the pattern may match them, never a wildcard (not even in part).
+        // Bytes of `.`/`..` segments and slashes around empty segments: only a literal that
+        // spells the same segment in the pattern may match them, never a wildcard (not even in
+        // part, nor by matching nothing where the segment is).
         let special = special(&text);
         let n = text.len();
         // `next[j]`: whether the tokens after the current one match `text[j..]`; computed from
@@ -234,12 +237,12 @@ impl Word {
         let mut row = vec![false; n + 1];
         for (i, token) in self.tokens.iter().enumerate().rev() {
             for j in (0..=n).rev() {
-                let free = j < n && !special[j];
+                let free = j < n && special[j] == 0;
                 row[j] = match *token {
                     Token::Byte(_) => {
                         j < n
                             && text[j] == *token
-                            && (!special[j] || self.spelled[i])
+                            && special[j] & !self.spelled[i] == 0
                             && next[j + 1]
                     }
                     Token::Star => next[j] || (free && text[j] != Token::Byte(b'/') && row[j + 1]),
@@ -252,14 +255,28 @@ impl Word {
     }
 }
 
+/// Why a byte of a word may be matched only by a literal of the pattern that is there for the
+/// same reasons (see `special`).
+mod mark {
+    /// Part of a `.` or `..` segment.
+    pub const DOT: u8 = 1;
+    /// The second `/` of `//`: it closes an empty segment.
+    pub const DOUBLE: u8 = 2;
+    /// A leading `/`: the empty segment before it makes the path absolute.
+    pub const LEADING: u8 = 4;
+    /// A trailing `/`: the empty segment after it is the directory itself, not an entry.
+    pub const TRAILING: u8 = 8;
+}
+
 /// Marks what only a pattern's own text may spell: each byte of a `.` or `..` path segment
-/// (bounded by `/` or the ends of the word), and the second `/` of `//`. Used on both sides, so
-/// a literal `.` in the pattern may match a `.` segment of the argument only if it is itself
-/// part of such a segment in the pattern; since literals match byte for byte in order, the
-/// segments then line up exactly.
-fn special(tokens: &[Token]) -> Vec<bool> {
+/// (bounded by `/` or the ends of the word), and each `/` that bounds an empty segment (the
+/// second of `//`, a leading one, a trailing one). Used on both sides: a wildcard never matches
+/// a marked byte, and a literal matches one only if it carries the same marks. Literals match
+/// byte for byte in order (the first token the first byte, the last the last), so the segments
+/// then line up exactly, and a wildcard matching nothing cannot stand in for an empty segment.
+fn special(tokens: &[Token]) -> Vec<u8> {
     let slash = Token::Byte(b'/');
-    let mut marks = vec![false; tokens.len()];
+    let mut marks = vec![0; tokens.len()];
     let mut start = 0;
     for end in 0..=tokens.len() {
         if end < tokens.len() && tokens[end] != slash {
@@ -267,12 +284,18 @@ fn special(tokens: &[Token]) -> Vec<bool> {
         }
         let segment = &tokens[start..end];
         if (1..=2).contains(&segment.len()) && segment.iter().all(|t| *t == Token::Byte(b'.')) {
-            marks[start..end].fill(true);
+            marks[start..end].fill(mark::DOT);
         }
         if end < tokens.len() && end > 0 && tokens[end - 1] == slash {
-            marks[end] = true;
+            marks[end] |= mark::DOUBLE;
         }
         start = end + 1;
+    }
+    if tokens.first() == Some(&slash) {
+        marks[0] |= mark::LEADING;
+    }
+    if tokens.last() == Some(&slash) {
+        marks[tokens.len() - 1] |= mark::TRAILING;
     }
     marks
 }
@@ -353,9 +376,21 @@ mod tests {
         // Harmless ones too: there is no need to send them, and refusing is simpler to trust.
         assert!(!w("/srv/pub/**", "/srv/pub/./x"));
         assert!(!w("/srv/pub/**", "/srv/pub//x"));
-        // A trailing `/` names the same directory: an ordinary end, not an empty segment.
-        assert!(w("/srv/pub/**", "/srv/pub/x/"));
-        assert!(!w("/srv/pub/*", "/srv/pub/x/"));
+        // Nor an empty one at either end: the directory itself, or the root.
+        assert!(!w("/srv/pub/*", "/srv/pub/"));
+        assert!(!w("/srv/pub/**", "/srv/pub/"));
+        assert!(!w("/srv/pub/**", "/srv/pub/x/"));
+        assert!(w("/srv/pub/*/", "/srv/pub/x/"));
+        assert!(!w("*/x", "/x"));
+        assert!(!w("*/*.log", "/a.log"));
+        assert!(w("*/*.log", "d/a.log"));
+        assert!(!w("*/*.log", "../a.log"));
+        assert!(w("**", "a/b"));
+        assert!(!w("**", "/etc/shadow"));
+        assert!(w("/**", "/etc/shadow"));
+        assert!(w("/*", "/etc"));
+        assert!(!w("/*", "/"));
+        assert!(!w("/**", "/"));
         assert!(w("/srv/pub/**", "/srv/pub/x/y"));
         assert!(!w("/srv/pub/**", "/srv/pub//../etc/shadow"));
         assert!(!w("/srv/*/log", "/srv//log"));
@@ -471,6 +506,12 @@ mod tests {
                 // one with `//` unless the pattern wrote `//`.
                 assert!(!dot_segment(a), "{p:?} matched {a:?}");
                 assert!(!a.contains("//") || p.contains("//"), "{p:?} matched {a:?}");
+                // Nor, unless the pattern wrote it, a leading or a trailing `/`.
+                assert!(
+                    !a.starts_with('/') || p.starts_with('/'),
+                    "{p:?} matched {a:?}"
+                );
+                assert!(!a.ends_with('/') || p.ends_with('/'), "{p:?} matched {a:?}");
                 assert!(
                     !a.starts_with('-') || p.starts_with('-'),
                     "{p:?} matched {a:?}"
