@@ -667,6 +667,8 @@ pub struct LogConfig {
     /// under `web.<name>`.
     pub name: String,
     /// Files by glob pattern (`/var/log/nginx/*.log`); new matches are picked up as they appear.
+    /// Symlinks are followed; a match that climbs with `..` the pattern does not spell is dropped
+    /// (`collectors::logs::matching_paths`).
     pub paths: Vec<String>,
     #[serde(default)]
     pub format: LogFormat,

@@ -16,6 +16,7 @@
 //! - [`modes`]: one module per subcommand; wiring only.
 //! - [`timefmt`]: times in and out (RFC 3339, relative forms).
 //! - [`files`]: data dirs and files made private whatever the umask, and refused when they are not.
+//! - [`termsafe`]: others' text (command output, event messages) made safe to print to a person.
 
 pub mod bus;
 pub mod collectors;
@@ -28,6 +29,7 @@ pub mod model;
 pub mod modes;
 pub mod pipeline;
 pub mod store;
+pub mod termsafe;
 pub mod timefmt;
 pub mod web;
 

@@ -50,12 +50,22 @@ enum Command {
         command: TokenCommand,
     },
     /// Send commands or events to nodes and print their results.
+    ///
+    /// A command's stdout and stderr are written as the node sent them when they go to a pipe
+    /// or a file. On a terminal, their control characters (escape sequences, carriage returns)
+    /// are shown as `\x1b`, `\r` … instead, so a node's output cannot drive your terminal; to
+    /// see the raw output there, pipe it through `cat`. Summaries, --status and errors reported
+    /// by nodes are always shown that way, and --json escapes them as JSON does.
     Send(Box<fleet::modes::send::SendArgs>),
     /// Pulse a heartbeat: "SERVICE is alive; expect it again within --next-in".
     Pulse(Box<fleet::modes::pulse::PulseArgs>),
     /// Run a command; pulse its heartbeat on success, record an error event on failure.
     Run(Box<fleet::modes::pulse::RunArgs>),
     /// Show the event log; --follow keeps printing new entries.
+    ///
+    /// Control characters in messages (escape sequences, carriage returns, line breaks) are
+    /// shown as `\x1b`, `\r`, `\n` …, never passed to the terminal; --json escapes them as JSON
+    /// does.
     Events(Box<fleet::modes::pulse::EventsArgs>),
     /// Operator signing keys.
     Operator {
@@ -306,7 +316,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // An error may quote what a controller or node said: shown, not obeyed.
+            let err = format!("{err:#}");
+            eprintln!(
+                "error: {}",
+                fleet::termsafe::visible(&err, fleet::termsafe::Shape::MultiLine)
+            );
             std::process::ExitCode::FAILURE
         }
     }

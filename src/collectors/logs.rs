@@ -271,18 +271,7 @@ impl LogTail {
 
     /// The paths the patterns match now, sorted, at most [`FILES_MAX`].
     fn matching_paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self
-            .patterns
-            .iter()
-            .filter_map(|p| glob::glob(p).ok())
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .collect();
-        paths.sort();
-        paths.dedup();
-        paths.truncate(FILES_MAX);
-        paths
+        matching_paths(&self.patterns)
     }
 
     fn vhost_of(&self, path: &Path) -> String {
@@ -700,6 +689,40 @@ impl Collector for LogTail {
 }
 
 /// Writes `state` to a temporary file, syncs it and renames it over `path`.
+/// The files `patterns` match now, sorted, at most [`FILES_MAX`].
+///
+/// The glob crate's `*` stays within one path level and never lists `.` or `..`, but a
+/// component that starts with a literal dot (`.*`) also matches those two: `/var/log/app/.*/x.log`
+/// would reach `/var/log/x.log`. As in the command allow list (`executor::policy`), a wildcard
+/// may not climb: a path with more `..` components than its pattern spells is dropped. Symlinks
+/// are followed (so a log directory must not be writable by anyone untrusted: a link there
+/// ships whatever it points to).
+fn matching_paths(patterns: &[String]) -> Vec<PathBuf> {
+    let climbs = |path: &Path| {
+        path.components()
+            .filter(|c| *c == std::path::Component::ParentDir)
+            .count()
+    };
+    let mut paths: Vec<PathBuf> = patterns
+        .iter()
+        .filter_map(|p| {
+            let spelled = climbs(Path::new(p));
+            let found = glob::glob(p).ok()?;
+            Some(
+                found
+                    .filter_map(Result::ok)
+                    .filter(move |path| climbs(path) <= spelled),
+            )
+        })
+        .flatten()
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths.truncate(FILES_MAX);
+    paths
+}
+
 fn write_atomically(path: &Path, state: &State) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("json.tmp");
@@ -752,5 +775,39 @@ impl Reservoir {
         let mut kept = std::mem::take(&mut self.kept);
         kept.sort_by_key(|(order, _)| *order);
         (kept.into_iter().map(|(_, r)| r).collect(), self.seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, point 3 (reviewing every glob): a `.*` component matches `..` in the glob crate;
+    /// the tail must not climb out of the directory its pattern names unless it spells `..`.
+    #[test]
+    fn issue_14_a_pattern_does_not_climb_unless_it_spells_dot_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("app/.hidden")).unwrap();
+        std::fs::write(root.join("secret.log"), "s\n").unwrap();
+        std::fs::write(root.join("app/ok.log"), "o\n").unwrap();
+        std::fs::write(root.join("app/.hidden/h.log"), "h\n").unwrap();
+        let at = |p: &str| format!("{}/{p}", root.display());
+
+        let found = matching_paths(&[at("app/.*/*.log")]);
+        assert!(
+            !found.iter().any(|p| p.ends_with("secret.log")),
+            "climbed out: {found:?}"
+        );
+        assert!(found.contains(&root.join("app/.hidden/h.log")), "{found:?}");
+        assert_eq!(
+            matching_paths(&[at("app/*")]),
+            vec![root.join("app/ok.log")]
+        );
+        // Spelled by the author, `..` is taken as written.
+        assert_eq!(
+            matching_paths(&[at("app/../*.log")]),
+            vec![root.join("app/../secret.log")]
+        );
     }
 }

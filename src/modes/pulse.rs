@@ -13,6 +13,7 @@ use crate::bus::http::NodeClient;
 use crate::config::parse_duration;
 use crate::heartbeat;
 use crate::modes::send::Api;
+use crate::termsafe::{self, Shape};
 
 /// How a client reaches the controller and says who it is.
 #[derive(clap::Args, Debug, Clone)]
@@ -373,8 +374,10 @@ fn print_event(
     e: &crate::store::events::EventEntry,
     json: bool,
 ) -> anyhow::Result<()> {
+    // Messages and services are anyone's text (apps, nodes, watchTower clients): shown, never
+    // obeyed by the terminal, in either format and whatever stdout is.
     if json {
-        writeln!(out, "{}", serde_json::to_string(e)?)?;
+        writeln!(out, "{}", termsafe::json(serde_json::to_string(e)?))?;
     } else {
         let level = heartbeat::LEVELS
             .get(e.level as usize)
@@ -387,7 +390,13 @@ fn print_event(
             (None, Some(s)) => s.clone(),
             (None, None) => "-".into(),
         };
-        writeln!(out, "{}  {level:<9} {source}  {}", e.ts, e.message)?;
+        writeln!(
+            out,
+            "{}  {level:<9} {}  {}",
+            e.ts,
+            termsafe::visible(&source, Shape::OneLine),
+            termsafe::visible(&e.message, Shape::OneLine)
+        )?;
     }
     out.flush()?;
     Ok(())

@@ -2,9 +2,12 @@
 //! operator key, submits them through the controller's API (or straight onto NATS), waits for
 //! the results and prints them. Also `--status ID` and `--cancel ID`, and `fleet operator
 //! keygen`. Wiring and presentation only: signing is `command`, the queue is the controller's.
+//! What nodes said is printed through `termsafe`: a command's output raw into a pipe or a file,
+//! with its control characters made visible on a terminal; summaries always made visible.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use crate::command::{CommandState, Kind, Method, OperatorKey, build};
 use crate::config::parse_duration;
 use crate::pipeline::commands::Submission;
 use crate::store::commands::CommandRecord;
+use crate::termsafe::{self, Shape};
 
 /// Exit status when the wait ended before every command was settled (EX_TEMPFAIL).
 pub const EXIT_PENDING: u8 = 75;
@@ -118,7 +122,11 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         let api = Api::new(&args)?;
         let value = api.get(&format!("api/v1/commands/{id}")).await?;
         if args.json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            writeln!(
+                out,
+                "{}",
+                termsafe::json(serde_json::to_string_pretty(&value)?)
+            )?;
             return Ok(0);
         }
         let record: CommandRecord = serde_json::from_value(value.clone())
@@ -126,12 +134,14 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         print_one(&mut out, &record)?;
         if let Some(log) = value["log"].as_array() {
             for entry in log {
+                let field = |name: &str| entry[name].as_str().unwrap_or("").to_owned();
                 writeln!(
                     out,
                     "  {}  {:<10} {}",
-                    entry["ts"].as_str().unwrap_or(""),
-                    entry["state"].as_str().unwrap_or(""),
-                    entry["detail"].as_str().unwrap_or("")
+                    field("ts"),
+                    field("state"),
+                    // The detail may quote a node's report.
+                    termsafe::visible(&field("detail"), Shape::OneLine)
                 )?;
             }
         }
@@ -303,8 +313,11 @@ async fn cancel(args: &SendArgs, id: &str, out: &mut impl Write) -> anyhow::Resu
         return Ok(1);
     }
     if let Some(result) = &sent.result {
-        out.write_all(result.stdout.as_bytes())?;
-        writeln!(out)?;
+        writeln!(
+            out,
+            "{}",
+            termsafe::visible(&result.stdout, Shape::MultiLine)
+        )?;
     }
     let after = api.record(id).await?;
     writeln!(out, "{id}: now {}", one_line(&after))?;
@@ -347,12 +360,19 @@ fn report(
     });
     let pending_count = pending.count();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(records)?)?;
+        writeln!(
+            out,
+            "{}",
+            termsafe::json(serde_json::to_string_pretty(records)?)
+        )?;
     } else if ids.len() == 1 {
         if let Some(r) = by_id.get(ids[0].as_str()) {
             if let Some(result) = &r.result {
-                out.write_all(result.stdout.as_bytes())?;
-                std::io::stderr().write_all(result.stderr.as_bytes())?;
+                let stderr = std::io::stderr();
+                let stdout = output(&result.stdout, std::io::stdout().is_terminal());
+                out.write_all(stdout.as_bytes())?;
+                let text = output(&result.stderr, stderr.is_terminal());
+                stderr.lock().write_all(text.as_bytes())?;
             }
             eprintln!("{}", one_line(r));
         }
@@ -375,7 +395,7 @@ fn report(
                 writeln!(
                     out,
                     "{:<24} {:<10} {:>5} {:>8}  {}",
-                    r.node,
+                    termsafe::visible(&r.node, Shape::OneLine),
                     r.state.as_str(),
                     result
                         .and_then(|x| x.exit_code)
@@ -384,7 +404,7 @@ fn report(
                     result
                         .map(|x| x.duration_ms.to_string())
                         .unwrap_or_default(),
-                    text
+                    termsafe::visible(&text, Shape::OneLine)
                 )?;
             }
         }
@@ -410,6 +430,17 @@ fn report(
     } else {
         1
     })
+}
+
+/// A command's stdout or stderr as printed. It is the user's data: as sent into a pipe or a
+/// file, where a program reads it; shown, not obeyed, on a terminal, where a hostile node's
+/// escape sequences would otherwise drive the operator's screen.
+fn output(text: &str, terminal: bool) -> Cow<'_, str> {
+    if terminal {
+        termsafe::visible(text, Shape::MultiLine)
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 fn exit_status(r: &CommandRecord) -> u8 {
@@ -442,7 +473,8 @@ fn one_line(r: &CommandRecord) -> String {
         }
     }
     line.push_str(&format!(" ({} attempt(s), id {})", r.attempts, r.id));
-    line
+    // The error is the node's own words (and over NATS unverified): shown, not obeyed.
+    termsafe::visible(&line, Shape::OneLine).into_owned()
 }
 
 fn print_one(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
@@ -455,10 +487,12 @@ fn print_one(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
     )?;
     if let Some(result) = &r.result {
         if !result.stdout.is_empty() {
-            writeln!(out, "  stdout: {}", result.stdout.trim_end())?;
+            let text = termsafe::visible(result.stdout.trim_end(), Shape::MultiLine);
+            writeln!(out, "  stdout: {text}")?;
         }
         if !result.stderr.is_empty() {
-            writeln!(out, "  stderr: {}", result.stderr.trim_end())?;
+            let text = termsafe::visible(result.stderr.trim_end(), Shape::MultiLine);
+            writeln!(out, "  stderr: {text}")?;
         }
     }
     Ok(())

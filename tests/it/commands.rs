@@ -314,7 +314,7 @@ async fn a_command_runs_once_and_the_sender_gets_its_output_and_status(backend: 
         "echo ran >> {}; echo hello; echo oops >&2; exit 3",
         marker.display()
     );
-    let config = rig.agent_config("web1", &["sh -c *"], "");
+    let config = rig.agent_config("web1", &["sh -c **"], "");
     let _agent = rig.start_agent("web1", &key, &config, 1);
 
     let (code, out, err) = rig.send(&["--node", "web1", "--", "sh", "-c", &script]);
@@ -406,7 +406,7 @@ async fn a_node_that_is_offline_runs_the_command_when_it_comes_back() {
     rig.controller.stop();
     rig.controller.start().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let config = rig.agent_config("late", &["sh -c *"], "");
+    let config = rig.agent_config("late", &["sh -c **"], "");
     let _agent = rig.start_agent("late", &key, &config, 1);
     let done = rig.wait_state(&id, "succeeded").await;
     assert_eq!(done["attempts"], 1);
@@ -471,6 +471,88 @@ async fn refused_commands_are_reported_logged_and_not_run() {
         .submit(&[rig.command("nosuchnode", Method::Echo, &[])])
         .await;
     assert_eq!(status, 404);
+}
+
+/// Issue 14, point 3: with `cat <dir>/pub/*` allowed, `cat <dir>/pub/../secret` ran and sent
+/// the secret back. The node refuses it now, and nothing of the file reaches the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_a_star_in_the_allow_list_does_not_leave_its_directory() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "files");
+    let dir = rig.env.dir.path().display().to_string();
+    std::fs::create_dir(rig.env.dir.path().join("pub")).unwrap();
+    std::fs::write(rig.env.dir.path().join("pub/file"), "public words\n").unwrap();
+    std::fs::write(rig.env.dir.path().join("secret"), "the-secret-words\n").unwrap();
+    let config = rig.agent_config("files", &[&format!("cat {dir}/pub/*")], "");
+    let _agent = rig.start_agent("files", &key, &config, 1);
+
+    let (code, out, err) = rig.send(&["--node", "files", "--", "cat", &format!("{dir}/pub/file")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "public words\n");
+
+    let (code, out, err) = rig.send(&[
+        "--node",
+        "files",
+        "--json",
+        "--",
+        "cat",
+        &format!("{dir}/pub/../secret"),
+    ]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        !out.contains("the-secret-words") && !err.contains("the-secret-words"),
+        "the secret came back: {out}\n{err}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[0]["state"], "failed", "{json}");
+    let error = json[0]["result"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("refused: ") && error.contains("allow-list"),
+        "{error}"
+    );
+}
+
+/// Issue 14, point 10: a node's output reaches a pipe as it was sent (it is the user's data),
+/// but on a terminal its escape sequences are shown, not obeyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_fleet_send_output_is_raw_into_a_pipe_and_shown_on_a_terminal() {
+    let rig = Rig::new(Backend::Embedded).await;
+    let key = enroll(&rig.env, "tty");
+    let config = rig.agent_config("tty", &["echo *"], "");
+    let _agent = rig.start_agent("tty", &key, &config, 1);
+    let hostile = "\x1b]0;pwned\x07\x1b[2Jdone";
+
+    let (code, out, err) = rig.send(&["--node", "tty", "--", "echo", hostile]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{hostile}\n"), "a pipe gets the bytes as sent");
+
+    // The same through a terminal (util-linux `script` gives fleet send a pty).
+    let output = Proc::new("script")
+        .args([
+            "-qec",
+            r#"exec "$FLEET" send --node tty -- echo "$HOSTILE""#,
+            "/dev/null",
+        ])
+        .env("FLEET", FLEET)
+        .env("HOSTILE", hostile)
+        .env("FLEET_CONTROLLER", rig.controller.url())
+        .env("FLEET_API_TOKEN", TOKEN)
+        .env("FLEET_SIGNING_KEY", &rig.key_file)
+        .env_remove("FLEET_NATS_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script(1) from util-linux");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(
+        screen.contains("\\x1b]0;pwned\\x07\\x1b[2Jdone"),
+        "{screen:?}"
+    );
+    assert!(
+        !screen.contains('\x1b') && !screen.contains('\x07'),
+        "the terminal was sent escapes: {screen:?}"
+    );
+    assert!(screen.contains("tty: succeeded"), "{screen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,7 +633,7 @@ async fn an_agent_killed_before_its_report_is_acknowledged_delivers_it_after_res
     let mut rig = Rig::new(Backend::Embedded).await;
     let key = enroll(&rig.env, "crashy");
     let marker = rig.env.dir.path().join("ran");
-    let config = rig.agent_config("crashy", &["sh -c *"], "");
+    let config = rig.agent_config("crashy", &["sh -c **"], "");
     let mut agent = rig.start_agent("crashy", &key, &config, 1);
 
     // The command runs for a second; the controller goes away meanwhile, so the report cannot
@@ -714,7 +796,7 @@ async fn fan_out_by_label_and_steward_files_and_events_to_central() {
             .find_map(|l| l.strip_prefix("key: "))
             .unwrap()
             .to_owned();
-        let config = rig.agent_config(name, &["sh -c *"], "");
+        let config = rig.agent_config(name, &["sh -c **"], "");
         agents.push(rig.start_agent(name, &key, &config, 1));
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -939,7 +1021,7 @@ async fn a_lost_poll_answer_is_sent_again() {
     let taken = rig.agent_poll("lossy", &key).await;
     assert_eq!(taken["commands"][0]["id"], cmd.command.id.as_str());
     // The agent never saw that answer; it starts and polls.
-    let config = rig.agent_config("lossy", &["sh -c *"], "");
+    let config = rig.agent_config("lossy", &["sh -c **"], "");
     let _agent = rig.start_agent("lossy", &key, &config, 1);
     let v = rig.wait_state(&cmd.command.id, "succeeded").await;
     assert_eq!(

@@ -678,6 +678,87 @@ async fn pulse_run_and_events_from_the_command_line() {
     let _ = follower.wait();
 }
 
+/// Issue 14, point 10: `fleet events` printed an event's escape sequences as they were, so
+/// whoever could log an event could retitle the operator's terminal, clear it, or forge lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_fleet_events_shows_escape_sequences_instead_of_obeying_them() {
+    let env = Env::new(Backend::Embedded).await;
+    let c = controller(&env).await;
+    let client = c.client();
+    let hostile =
+        "\x1b]0;pwned\x07\x1b[2Jcleared\r\n2026-01-01T00:00:00Z  EMERGENCY web1  \u{9b}forged";
+    let fleet = |args: &[&str]| {
+        let mut proc = std::process::Command::new(crate::harness::FLEET);
+        proc.args(args)
+            .env("FLEET_CONTROLLER", &c.url)
+            .env("FLEET_API_TOKEN", "heartbeat-test-token");
+        proc
+    };
+    let obeyed = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
+    let (status, v) = log_event(&client, json!({"service": "hostile", "message": hostile})).await;
+    assert_eq!(status, 201, "{v}");
+
+    let out = fleet(&["events", "--service", "hostile"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !obeyed(&text),
+        "a control character reached the terminal: {text:?}"
+    );
+    assert_eq!(text.lines().count(), 1, "one event, one line: {text:?}");
+    assert!(
+        text.contains("\\x1b]0;pwned\\x07\\x1b[2Jcleared\\r\\n2026-01-01T00:00:00Z  EMERGENCY web1  \\u{9b}forged"),
+        "{text:?}"
+    );
+
+    // As JSON: the same message once decoded, with no control character in the text itself.
+    let out = fleet(&["events", "--service", "hostile", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!obeyed(&text), "{text:?}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["message"], hostile);
+
+    // Followed: the same.
+    let mut follower = fleet(&["events", "--follow", "--service", "hostile", "--limit", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stored event");
+    assert!(first.contains("pwned"), "{first:?}");
+    let (status, _) = log_event(
+        &client,
+        json!({"service": "hostile", "message": "\x1b[31mred"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let followed = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a followed event");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(followed.ends_with("\\x1b[31mred"), "{followed:?}");
+    assert!(!obeyed(&followed), "{followed:?}");
+}
+
 // The SSE stream resumes after `Last-Event-ID`: nothing missed, nothing repeated.
 both_backends!(the_stream_resumes_after_the_last_event_id);
 async fn the_stream_resumes_after_the_last_event_id(backend: Backend) {

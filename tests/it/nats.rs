@@ -14,7 +14,7 @@ async fn send_straight_to_nats_is_run_answered_and_audited() {
     let rig = Rig::with_bus(Backend::Embedded, true).await;
     let key = enroll(&rig.env, "db.eu-1");
     let marker = rig.env.dir.path().join("ran");
-    let config = rig.agent_config("db.eu-1", &["sh -c *"], "");
+    let config = rig.agent_config("db.eu-1", &["sh -c **"], "");
     let _agent = rig.start_agent("db.eu-1", &key, &config, 1);
 
     let script = format!("echo ran >> {}; echo over-nats", marker.display());
