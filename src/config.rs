@@ -268,6 +268,8 @@ impl WatchtowerConfig {
 pub struct IngestConfig {
     /// Largest request body, as sent (compressed or not).
     pub max_body_bytes: usize,
+    /// Largest `data` document of one record, as JSON.
+    pub max_record_bytes: usize,
     /// Largest body after decompression.
     pub max_decompressed_bytes: usize,
     /// How far a batch's send timestamp may be from the controller's clock, either way.
@@ -281,6 +283,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_record_bytes: crate::model::limits::RECORD_DATA_BYTES_MAX,
             max_decompressed_bytes: 8 * 1024 * 1024,
             clock_skew: Duration::from_secs(300),
             max_group: 256,
@@ -326,11 +329,17 @@ impl Default for RetentionConfig {
 pub struct HotConfig {
     /// Newest records kept per node and collector.
     pub ring_size: usize,
+    /// Most bytes one node's rings hold together; past it the oldest entries of the rings
+    /// being written go (each ring keeps its newest).
+    pub max_node_bytes: usize,
 }
 
 impl Default for HotConfig {
     fn default() -> Self {
-        Self { ring_size: 2000 }
+        Self {
+            ring_size: 2000,
+            max_node_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 

@@ -22,6 +22,9 @@ pub mod limits {
     pub const FIELDS_MAX: usize = 16 * 1024;
     /// Bytes of a search text (`q`).
     pub const SEARCH_MAX: usize = 1000;
+    /// Most heartbeats one node may own (its own `node:<name>` included): a node pulsing a new
+    /// name each time must not grow the store and the monitor without end.
+    pub const PER_NODE_MAX: usize = 1000;
 }
 
 /// The name an agent's own heartbeat goes by. Names with this prefix are reserved: only an

@@ -35,6 +35,9 @@ pub mod limits {
     pub const ITEM_BYTES_MAX: usize = 64 * 1024;
     /// Most samples taken from one item's `metrics`; the rest are left in its document.
     pub const ITEM_SAMPLES_MAX: usize = 256;
+    /// Largest `data` document of one record, as JSON: the controller's default
+    /// (`ingest.max_record_bytes`) and what the agent holds its sources to.
+    pub const RECORD_DATA_BYTES_MAX: usize = 64 * 1024;
 }
 
 /// Why a name or a value was refused. The message names the offending field.
@@ -260,6 +263,37 @@ pub struct Record {
 }
 
 impl Record {
+    /// The size of its `data` document as JSON, counted without building the text.
+    pub fn data_bytes(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, &self.data).expect("JSON values serialise");
+        count.0
+    }
+
+    /// Refuses a `data` document over `max` bytes as JSON; `field` is the record's path.
+    pub fn check_data_bytes(&self, field: &str, max: usize) -> Result<(), InvalidInput> {
+        let bytes = self.data_bytes();
+        if bytes > max {
+            return Err(InvalidInput::new(
+                format!("{field}.data"),
+                format!(
+                    "is {bytes} bytes as JSON; a record's data may be at most {max} bytes (ingest.max_record_bytes)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the collector name, the time and every sample against [`limits`]; `field` is the
     /// record's path for the error (`records[3]`). The agent checks each record with this before
     /// it spools it, so one bad record cannot make the controller refuse a whole batch.

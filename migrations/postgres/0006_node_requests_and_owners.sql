@@ -15,3 +15,5 @@ ALTER TABLE heartbeats ADD COLUMN owner TEXT COLLATE "C" NOT NULL DEFAULT 'opera
 -- Rows made before owners existed: a node's, when they name one; else the watchTower
 -- listener's, so its clients keep working (operator tokens may pulse any heartbeat anyway).
 UPDATE heartbeats SET owner = CASE WHEN node IS NOT NULL THEN 'node:' || node ELSE 'watchtower' END;
+-- The quota's count of a node's heartbeats.
+CREATE INDEX heartbeats_owner ON heartbeats (owner);

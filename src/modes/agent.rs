@@ -260,7 +260,9 @@ fn tick_once(
     // The controller refuses a batch with one bad record whole, and a refused batch is gone:
     // a record the sources should not have made is dropped here, alone, and loudly.
     let before = records.len();
-    records.retain(|record| match record.validate("record") {
+    records.retain(|record| match record.validate("record").and_then(|()| {
+        record.check_data_bytes("record", crate::model::limits::RECORD_DATA_BYTES_MAX)
+    }) {
         Ok(()) => true,
         Err(err) => {
             tracing::error!(collector = %record.collector, cause = %err, "a source made a record the controller would refuse; it is dropped");

@@ -84,13 +84,18 @@ pub async fn start(
     let durable = open_store(&config).await?;
     let hot = Arc::new(match &config.redis_url {
         Some(url) => {
-            let hot = HotStore::redis(url, &config.redis_prefix, config.hot.ring_size)?;
+            let hot = HotStore::redis(
+                url,
+                &config.redis_prefix,
+                config.hot.ring_size,
+                config.hot.max_node_bytes,
+            )?;
             if let Err(err) = hot.ping().await {
                 tracing::warn!(cause = %err, "Redis does not answer yet; the hot ring is skipped until it does");
             }
             hot
         }
-        None => HotStore::memory(config.hot.ring_size),
+        None => HotStore::memory(config.hot.ring_size, config.hot.max_node_bytes),
     });
 
     let compat_nodes = config

@@ -43,6 +43,9 @@ pub enum HeartbeatError {
     Forbidden(String),
     #[error("no heartbeat named {0:?}")]
     NotFound(String),
+    /// The sender owns as many heartbeats as it may.
+    #[error("{0}")]
+    TooMany(String),
     /// The store failed; its fault decides the answer (our sentence, never the database's).
     #[error("{}", .0.public_message())]
     Store(Fault),
@@ -330,6 +333,22 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
     if asked.is_empty() {
         return earliest;
     }
+    // Nodes may own at most PER_NODE_MAX heartbeats: a pulse that would make one more is
+    // refused (counted per group, so two controllers may let a few past at once).
+    let mut over_quota: HashMap<String, String> = HashMap::new();
+    let asked: Vec<Received> = match node_quota(durable, &asked).await {
+        Ok(refused) => {
+            over_quota = refused;
+            asked
+                .into_iter()
+                .filter(|r| !over_quota.contains_key(&r.pulse.service))
+                .collect()
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot count nodes' heartbeats; the quota is not applied to this group");
+            asked
+        }
+    };
     // The database refused one pulse's data, and with it the group's statement: store each
     // alone, so only that one is refused, not its neighbours with it.
     let mut faults: HashMap<&str, Fault> = HashMap::new();
@@ -377,6 +396,9 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                 if let Some(reply) = job.reply {
                     let service = job.pulse.service.as_str();
                     let outcome = match (by_service.get(service), refused.get(service)) {
+                        _ if over_quota.contains_key(service) => {
+                            Err(HeartbeatError::TooMany(over_quota[service].clone()))
+                        }
                         (Some(o), _) => Ok((*o).clone()),
                         (None, Some(owner)) => Err(not_owner(service, owner)),
                         (None, None) => Err(HeartbeatError::Store(
@@ -397,6 +419,46 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
         }
     }
     earliest
+}
+
+/// The services of `asked` that would give a node more than
+/// [`PER_NODE_MAX`](crate::heartbeat::limits::PER_NODE_MAX) heartbeats, with the refusal.
+async fn node_quota(
+    durable: &Durable,
+    asked: &[Received],
+) -> Result<HashMap<String, String>, crate::store::StoreError> {
+    let by_nodes: Vec<&Received> = asked
+        .iter()
+        .filter(|r| matches!(r.by, Owner::Node(_)))
+        .collect();
+    if by_nodes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let services: Vec<&str> = by_nodes.iter().map(|r| r.pulse.service.as_str()).collect();
+    let mut owners: Vec<String> = by_nodes.iter().map(|r| r.by.stored()).collect();
+    owners.sort();
+    owners.dedup();
+    let (new, mut counts) = durable.new_services_and_counts(&services, &owners).await?;
+    let max = crate::heartbeat::limits::PER_NODE_MAX as i64;
+    let mut refused = HashMap::new();
+    for r in by_nodes
+        .into_iter()
+        .filter(|r| new.contains(&r.pulse.service))
+    {
+        let count = counts.entry(r.by.stored()).or_default();
+        if *count >= max {
+            refused.insert(
+                r.pulse.service.clone(),
+                format!(
+                    "{} owns {max} heartbeats, the most a node may; reuse a name or cancel one it no longer needs",
+                    Owner::describe(&r.by.stored())
+                ),
+            );
+        } else {
+            *count += 1;
+        }
+    }
+    Ok(refused)
 }
 
 /// Sleeps until the earliest deadline (or [`RESYNC`]), claims what has passed, and again.

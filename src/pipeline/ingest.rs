@@ -167,6 +167,7 @@ impl Ingest {
         let received_at_ms = crate::timefmt::now_ms();
         let (headers, body) = self.verify(&raw, received_at_ms)?;
         let body = decode(&body)?;
+        self.check_record_sizes(&body)?;
         let seq = headers.seq;
         let batch = IngestBatch {
             node: NodeName::parse(&headers.node)
@@ -200,6 +201,7 @@ impl Ingest {
     ) -> Result<(), IngestError> {
         body.validate()
             .map_err(|e| IngestError::BadRequest(e.to_string()))?;
+        self.check_record_sizes(&body)?;
         self.store(IngestBatch {
             node,
             ledger: None,
@@ -208,6 +210,18 @@ impl Ingest {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Refuses a batch with a record whose document is over `ingest.max_record_bytes` (413,
+    /// naming the record and the limit): the inflated body's bound alone would let one small
+    /// request put megabytes into the hot ring and the store.
+    fn check_record_sizes(&self, body: &BatchBody) -> Result<(), IngestError> {
+        for (i, record) in body.records.iter().enumerate() {
+            record
+                .check_data_bytes(&format!("records[{i}]"), self.config.max_record_bytes)
+                .map_err(|e| IngestError::TooLarge(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The one path after verification: the group-commit writer, then the hot ring and the

@@ -316,6 +316,46 @@ impl Durable {
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
+    /// Of `services`, those no heartbeat has yet; and how many heartbeats each of `owners`
+    /// has. Two statements for a whole group of pulses (the quota's look).
+    pub async fn new_services_and_counts(
+        &self,
+        services: &[&str],
+        owners: &[String],
+    ) -> Result<
+        (
+            std::collections::HashSet<String>,
+            std::collections::HashMap<String, i64>,
+        ),
+        StoreError,
+    > {
+        let mut missing: std::collections::HashSet<String> =
+            services.iter().map(|s| (*s).to_owned()).collect();
+        for chunk in services.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT service FROM heartbeats WHERE service IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for service in chunk {
+                query = query.bind(*service);
+            }
+            for found in query.fetch_all(self.pool()).await? {
+                missing.remove(&found);
+            }
+        }
+        let mut counts = std::collections::HashMap::new();
+        for owner in owners {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM heartbeats WHERE owner = $1")
+                .bind(owner)
+                .fetch_one(self.pool())
+                .await?;
+            counts.insert(owner.clone(), n);
+        }
+        Ok((missing, counts))
+    }
+
     /// Withdraws a service from watching, if `by` owns it (an operator: any). Whether a
     /// node's own heartbeat may be cancelled at all is the pipeline's rule.
     pub async fn cancel_heartbeat(

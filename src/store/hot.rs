@@ -74,6 +74,8 @@ const PUSH_SCRIPT: &str = r#"
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local capacity = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local max_bytes = tonumber(ARGV[3])
+local bytes_key = KEYS[2 * n + 2]
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = {}
@@ -83,7 +85,7 @@ end
 -- The numbers first, and the counters saved before any entry: a push that fails midway
 -- leaves a gap, never a number used twice.
 local entries = {}
-for j = 3 + n, #ARGV, 2 do
+for j = 4 + n, #ARGV, 2 do
   local i = tonumber(ARGV[j])
   local seq = math.max(last[i] + 1, now_us)
   last[i] = seq
@@ -92,13 +94,26 @@ end
 for i = 1, n do
   redis.call('SET', KEYS[2 * i + 1], string.format('%.0f', last[i]))
 end
+-- The node's bytes in its rings: counted as entries come and go, so the bound costs no scan.
+local bytes = tonumber(redis.call('GET', bytes_key) or '0')
 for _, entry in ipairs(entries) do
   redis.call('LPUSH', KEYS[2 * entry[1]], entry[2])
+  bytes = bytes + #entry[2]
 end
 for i = 1, n do
-  redis.call('LTRIM', KEYS[2 * i], 0, capacity - 1)
-  redis.call('SADD', KEYS[1], ARGV[2 + i])
+  while redis.call('LLEN', KEYS[2 * i]) > capacity do
+    bytes = bytes - #redis.call('RPOP', KEYS[2 * i])
+  end
+  redis.call('SADD', KEYS[1], ARGV[3 + i])
 end
+-- Over the node's bytes: the oldest entries of the rings just written go, each ring keeping
+-- its newest.
+for i = 1, n do
+  while bytes > max_bytes and redis.call('LLEN', KEYS[2 * i]) > 1 do
+    bytes = bytes - #redis.call('RPOP', KEYS[2 * i])
+  end
+end
+redis.call('SET', bytes_key, string.format('%.0f', math.max(bytes, 0)))
 return 0
 "#;
 
@@ -109,17 +124,26 @@ pub enum HotStore {
 }
 
 impl HotStore {
-    pub fn memory(capacity: usize) -> Self {
+    /// Rings of `capacity` entries, a node's together at most `max_node_bytes` (plus the
+    /// newest entry of each of its rings).
+    pub fn memory(capacity: usize, max_node_bytes: usize) -> Self {
         HotStore::Memory(MemoryRing {
             capacity,
+            max_node_bytes,
             rings: Mutex::new(HashMap::new()),
+            node_bytes: Mutex::new(HashMap::new()),
         })
     }
 
     /// Sets up the Redis ring. A URL that does not parse is an error; a Redis that is down is
     /// not: the connection is made lazily and re-made after outages, and until then hot writes
     /// are skipped (the durable store has everything).
-    pub fn redis(url: &str, prefix: &str, capacity: usize) -> anyhow::Result<Self> {
+    pub fn redis(
+        url: &str,
+        prefix: &str,
+        capacity: usize,
+        max_node_bytes: usize,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let client =
             redis::Client::open(url).with_context(|| format!("Redis URL {url:?} is not valid"))?;
@@ -133,6 +157,7 @@ impl HotStore {
             manager,
             prefix: prefix.to_owned(),
             capacity,
+            max_node_bytes,
             push_script: redis::Script::new(PUSH_SCRIPT),
             skip_until_ms: AtomicI64::new(0),
             failures: AtomicU64::new(0),
@@ -210,8 +235,11 @@ impl HotStore {
 /// Rings in process memory.
 pub struct MemoryRing {
     capacity: usize,
+    max_node_bytes: usize,
     /// Keyed by (node, collector).
     rings: Mutex<HashMap<(String, String), Ring>>,
+    /// Bytes each node's rings hold (taken with `rings` locked).
+    node_bytes: Mutex<HashMap<String, usize>>,
 }
 
 /// One ring in memory: newest first, and the `seq` of its newest entry.
@@ -238,11 +266,29 @@ impl MemoryRing {
                 );
                 continue;
             }
+            let mut node_bytes = self.node_bytes.lock().expect("hot ring lock poisoned");
+            let bytes = node_bytes.entry(node.to_owned()).or_default();
             let ring = rings.entry(key).or_default();
             ring.last_seq = next_seq(ring.last_seq, now_us);
-            ring.entries.push_front(with_seq(&entry, ring.last_seq));
-            ring.entries.truncate(self.capacity);
+            let entry = with_seq(&entry, ring.last_seq);
+            *bytes += entry.len();
+            ring.entries.push_front(entry);
+            // Past the count, and past the node's bytes (this ring keeping its newest), the
+            // oldest go.
+            while ring.entries.len() > self.capacity
+                || (*bytes > self.max_node_bytes && ring.entries.len() > 1)
+            {
+                let old = ring.entries.pop_back().expect("a ring longer than one");
+                *bytes -= old.len();
+            }
         }
+    }
+
+    /// Bytes `node`'s rings hold.
+    pub fn node_bytes(&self, node: &str) -> usize {
+        let _rings = self.rings.lock().expect("hot ring lock poisoned");
+        let node_bytes = self.node_bytes.lock().expect("hot ring lock poisoned");
+        node_bytes.get(node).copied().unwrap_or(0)
     }
 
     fn collectors(&self, node: &str) -> Vec<String> {
@@ -268,6 +314,7 @@ pub struct RedisRing {
     manager: ConnectionManager,
     prefix: String,
     capacity: usize,
+    max_node_bytes: usize,
     push_script: redis::Script,
     /// After a failure, writes are skipped until this time (ms since epoch).
     skip_until_ms: AtomicI64,
@@ -283,6 +330,11 @@ impl RedisRing {
     /// The Redis key of one ring's newest sequence number.
     pub fn seq_key(prefix: &str, node: &str, collector: &str) -> String {
         format!("{prefix}node:{node}:{collector}:seq")
+    }
+
+    /// The Redis key of the bytes one node's rings hold.
+    pub fn bytes_key(prefix: &str, node: &str) -> String {
+        format!("{prefix}node:{node}:bytes")
     }
 
     /// The Redis set of the collectors that have a ring for one node.
@@ -329,7 +381,11 @@ impl RedisRing {
                 .key(Self::key(&self.prefix, node, collector))
                 .key(Self::seq_key(&self.prefix, node, collector));
         }
-        invocation.arg(self.capacity).arg(collectors.len());
+        invocation.key(Self::bytes_key(&self.prefix, node));
+        invocation
+            .arg(self.capacity)
+            .arg(collectors.len())
+            .arg(self.max_node_bytes);
         for collector in &collectors {
             invocation.arg(*collector);
         }
@@ -400,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_has_a_bounded_number_of_rings() {
-        let hot = HotStore::memory(2);
+        let hot = HotStore::memory(2, 1 << 20);
         for i in 0..RINGS_PER_NODE_MAX + 5 {
             hot.push("web1", &[record(&format!("c{i}"), 1)]).await;
         }
@@ -433,7 +489,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_ring_is_newest_first_and_capped() {
-        let hot = HotStore::memory(3);
+        let hot = HotStore::memory(3, 1 << 20);
         for ts in 1..=5 {
             hot.push("web1", &[record("system", ts)]).await;
         }

@@ -117,6 +117,8 @@ impl From<crate::pipeline::heartbeats::HeartbeatError> for ApiError {
                 crate::web::heartbeats::HEARTBEATS_PATH
             )),
             HeartbeatError::Store(fault) => Self::new(fault_status(fault), fault.public_message()),
+            HeartbeatError::TooMany(e) => Self::new(StatusCode::TOO_MANY_REQUESTS, e)
+                .retry_after(std::time::Duration::from_secs(60)),
             HeartbeatError::Unavailable(e) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }

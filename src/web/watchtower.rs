@@ -176,6 +176,10 @@ impl From<HeartbeatError> for Refusal {
                 result: 403,
                 hint: Some(why),
             },
+            HeartbeatError::TooMany(why) => Self {
+                result: 429,
+                hint: Some(why),
+            },
             HeartbeatError::Store(fault) => Self::hint(fault.public_message()),
             HeartbeatError::Unavailable(why) => Self::hint(format!("{why}; try again later")),
         }

@@ -280,3 +280,58 @@ async fn two_nodes_racing_for_a_new_service_one_owns_it(backend: Backend) {
     }
     assert_eq!(s.heartbeat("contested").await["pulses"], 20);
 }
+
+/// A node may own at most `PER_NODE_MAX` heartbeats: one more is refused with 429, while the
+/// ones it owns still pulse and others still make theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_owns_a_bounded_number_of_heartbeats() {
+    let s = start(Backend::Embedded).await;
+    let max = fleet::heartbeat::limits::PER_NODE_MAX;
+    for chunk in (0..max).collect::<Vec<_>>().chunks(50) {
+        let pulses = chunk.iter().map(|i| {
+            let s = &s;
+            async move {
+                s.node_pulse(
+                    "web1",
+                    json!({"service": format!("q-{i}"), "next_in": "1h"}),
+                )
+                .await
+            }
+        });
+        for (status, v) in futures::future::join_all(pulses).await {
+            assert_eq!(status, 200, "{v}");
+        }
+    }
+    let (status, v) = s
+        .node_pulse("web1", json!({"service": "one-too-many", "next_in": "1h"}))
+        .await;
+    assert_eq!(status, 429, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("the most a node may"),
+        "{v}"
+    );
+    let (status, v) = s
+        .operator(
+            reqwest::Method::GET,
+            "/api/v1/heartbeats/one-too-many",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "nothing made: {v}");
+    let (status, v) = s
+        .node_pulse("web1", json!({"service": "q-7", "next_in": "1h"}))
+        .await;
+    assert_eq!(status, 200, "its own still pulse: {v}");
+    let (status, v) = s
+        .node_pulse("web2", json!({"service": "web2-job", "next_in": "1h"}))
+        .await;
+    assert_eq!(status, 200, "another node is not held back: {v}");
+    let (status, v) = s
+        .operator(
+            reqwest::Method::POST,
+            "/api/v1/heartbeats",
+            Some(json!({"service": "ops-job", "next_in": "1h"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+}

@@ -17,6 +17,7 @@ mod massaffect;
 mod nats;
 mod node_auth;
 mod quotas;
+mod record_bounds;
 mod registry;
 mod slow_clients;
 mod sources;
