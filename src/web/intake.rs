@@ -111,9 +111,21 @@ impl Intake {
         })
     }
 
-    /// Reserves `bytes` for a body from `peer`, or says why not (at once: nothing waits).
+    /// Reserves `bytes` for a body from `peer`, or says why not (at once: nothing waits): 413
+    /// for more than a whole share, 503 + Retry-After while the share or the total is spent.
     pub fn reserve(self: &Arc<Self>, peer: IpAddr, bytes: usize) -> Result<Reservation, ApiError> {
         let peer = peer_key(peer);
+        // More than a whole share would never fit: the client must hear 413, not a 503 it
+        // would retry for ever.
+        if bytes > self.per_peer {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body declares {bytes} bytes; a request without an operator token may send at most {}",
+                    self.per_peer
+                ),
+            ));
+        }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let mine = held.peers.get(&peer).copied().unwrap_or(0);
         if mine + bytes > self.per_peer {
@@ -292,4 +304,62 @@ pub fn too_slow() -> ApiError {
 /// `Retry-After` in whole seconds.
 pub fn retry_after_value(after: Duration) -> HeaderValue {
     HeaderValue::from_str(&after.as_secs().max(1).to_string()).expect("digits are a header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intake() -> Arc<Intake> {
+        let registry = Arc::new(Registry::new(Vec::new(), &[]));
+        Intake::with_limits(registry, 100, 250)
+    }
+
+    #[test]
+    fn shares_are_per_address_and_in_total_and_come_back_when_dropped() {
+        let intake = intake();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let first = intake.reserve(a, 60).unwrap();
+        let refused = intake.reserve(a, 60).err().unwrap();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.retry_after.is_some());
+        let _b1 = intake.reserve(b, 100).unwrap();
+        let c: IpAddr = "127.0.0.4".parse().unwrap();
+        let _c1 = intake.reserve(c, 90).unwrap();
+        // a: 60, b: 100, c: 90 = 250: the total is spent for a newcomer.
+        let d: IpAddr = "127.0.0.5".parse().unwrap();
+        assert_eq!(
+            intake.reserve(d, 1).err().unwrap().status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        drop(first);
+        assert_eq!(intake.held(a), (0, 190));
+        intake.reserve(a, 60).unwrap();
+        // More than a whole share is refused for good.
+        assert_eq!(
+            intake.reserve(d, 101).err().unwrap().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn an_ipv6_host_draws_on_its_64s_share() {
+        let intake = intake();
+        let one: IpAddr = "2001:db8::1".parse().unwrap();
+        let two: IpAddr = "2001:db8::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let _r = intake.reserve(one, 80).unwrap();
+        assert!(intake.reserve(two, 30).is_err());
+        assert!(intake.reserve(other, 30).is_ok());
+    }
+
+    #[test]
+    fn the_deadline_grows_with_the_declared_size() {
+        assert_eq!(body_deadline(0), BODY_DEADLINE_BASE);
+        assert_eq!(
+            body_deadline(1024 * 1024),
+            BODY_DEADLINE_BASE + Duration::from_secs(64)
+        );
+    }
 }
