@@ -231,3 +231,85 @@ async fn slow_bodies_from_another_address_do_not_starve_a_reporting_node() {
     assert_ne!(beat["state"], "down", "{beat}");
     controller.stop().await;
 }
+
+/// A TLS handshake that never comes, and a watchTower body withheld, are cut off too: the API
+/// over HTTPS closes a silent connection after its handshake deadline, and the watchTower
+/// listener answers a withheld body at its body deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_handshakes_and_withheld_watchtower_bodies_are_cut_off() {
+    let env = Env::new(Backend::Embedded).await;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert_path = env.dir.path().join("cert.pem");
+    let key_path = env.dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let wt_listen: std::net::SocketAddr = format!("127.0.0.1:{}", crate::harness::free_port())
+        .parse()
+        .unwrap();
+    let mut config = env.controller_config();
+    config.tls_cert = Some(cert_path);
+    config.tls_key = Some(key_path);
+    config.compat.watchtower = Some(fleet::config::WatchtowerConfig {
+        listen: wt_listen,
+        password: "slow watchtower password".into(),
+        tls_cert: None,
+        tls_key: None,
+    });
+    let controller = InProcess::start(config).await;
+    let api: std::net::SocketAddr = controller
+        .url
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+
+    // Connected, and not a byte of a ClientHello.
+    let silent = async {
+        let mut stream = connect_from("127.0.0.2", api).await;
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await;
+        (read, started.elapsed())
+    };
+    // The password, then a body that never comes.
+    let withheld = async {
+        let stream = connect_from("127.0.0.2", wt_listen).await;
+        let head = format!(
+            "POST /heartbeat HTTP/1.1\r\nHost: {wt_listen}\r\npassword: slow watchtower password\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{{"
+        );
+        let mut stream = stream;
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&answer).contains("\"result\"") {
+                break;
+            }
+        }
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let ((read, silent_for), (answer, withheld_for)) = tokio::join!(silent, withheld);
+    match read {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("a silent TLS connection was not closed: {other:?}"),
+    }
+    assert!(
+        silent_for >= Duration::from_secs(5) && silent_for < Duration::from_secs(15),
+        "closed after {silent_for:?}"
+    );
+    assert!(answer.contains("\"result\":408"), "{answer}");
+    assert!(
+        withheld_for < Duration::from_secs(15),
+        "answered after {withheld_for:?}"
+    );
+    controller.stop().await;
+}
