@@ -235,8 +235,10 @@ impl NodeAuth {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let now_ms = crate::timefmt::now_ms();
-            if let Err(err) = self.durable.forget_expired_requests(now_ms).await {
+            // Another controller's clock may be behind this one's by up to the window: keep a
+            // signature one window past its own expiry, so no controller takes a replay.
+            let before = crate::timefmt::now_ms() - self.clock_skew.as_millis() as i64;
+            if let Err(err) = self.durable.forget_expired_requests(before).await {
                 tracing::warn!(cause = %err, "cannot forget expired request signatures; retrying");
             }
         }

@@ -51,6 +51,40 @@ struct HotEntry<'a> {
     node: &'a str,
     #[serde(flatten)]
     record: &'a Record,
+    /// Samples left out of an entry that would be larger than [`ENTRY_BYTES_MAX`] (they are in
+    /// the durable store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    samples_omitted: Option<usize>,
+}
+
+/// Largest ring entry kept with its samples: a record's document is bounded at ingest
+/// (`ingest.max_record_bytes`), its samples only by the batch's limits, so a record of
+/// thousands of samples with long labels is kept in the ring without them.
+pub const ENTRY_BYTES_MAX: usize = crate::model::limits::RECORD_DATA_BYTES_MAX + 4 * 1024;
+
+/// A record as a ring entry, within [`ENTRY_BYTES_MAX`] unless its document alone is larger.
+fn entry_text(node: &str, record: &Record) -> String {
+    let text = serde_json::to_string(&HotEntry {
+        node,
+        record,
+        samples_omitted: None,
+    })
+    .expect("records serialise");
+    if text.len() <= ENTRY_BYTES_MAX || record.samples.is_empty() {
+        return text;
+    }
+    let slim = Record {
+        collector: record.collector.clone(),
+        ts: record.ts,
+        data: record.data.clone(),
+        samples: Vec::new(),
+    };
+    serde_json::to_string(&HotEntry {
+        node,
+        record: &slim,
+        samples_omitted: Some(record.samples.len()),
+    })
+    .expect("records serialise")
 }
 
 /// The entry's JSON object with `"seq":N` as its first member. The serialised entry is always
@@ -66,33 +100,55 @@ fn next_seq(last: u64, now_us: u64) -> u64 {
 }
 
 /// Pushes one batch's entries onto their Redis rings with their sequence numbers, in one atomic
-/// step: KEYS are the node's collector set, then per collector its ring and its counter;
-/// ARGV the ring size, the number of collectors, their names, then (collector index, entry)
-/// pairs. Lua numbers are doubles, exact to 2^53: microseconds since 1970 are near 2^51.
+/// step: KEYS are the node's collector set, then per collector its ring and its counter, then
+/// the node's byte counter; ARGV the ring size, the number of collectors, the node's byte bound,
+/// its most rings, the collectors' names, then (collector index, entry) pairs. A collector that
+/// would make the node more than its most rings gets none (its records are kept durably only).
+/// Lua numbers are doubles, exact to 2^53: microseconds since 1970 are near 2^51.
 const PUSH_SCRIPT: &str = r#"
 -- Before Redis 5 a script that reads TIME may write only in effects replication.
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local capacity = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local max_bytes = tonumber(ARGV[3])
+local max_rings = tonumber(ARGV[4])
 local bytes_key = KEYS[2 * n + 2]
+local allowed = {}
+local rings = redis.call('SCARD', KEYS[1])
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[4 + i]) == 1 then
+    allowed[i] = true
+  elseif rings < max_rings then
+    allowed[i] = true
+    rings = rings + 1
+    redis.call('SADD', KEYS[1], ARGV[4 + i])
+  else
+    allowed[i] = false
+  end
+end
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = {}
 for i = 1, n do
-  last[i] = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
+  if allowed[i] then
+    last[i] = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
+  end
 end
 -- The numbers first, and the counters saved before any entry: a push that fails midway
 -- leaves a gap, never a number used twice.
 local entries = {}
-for j = 4 + n, #ARGV, 2 do
+for j = 5 + n, #ARGV, 2 do
   local i = tonumber(ARGV[j])
-  local seq = math.max(last[i] + 1, now_us)
-  last[i] = seq
-  entries[#entries + 1] = {i, '{"seq":' .. string.format('%.0f', seq) .. ',' .. string.sub(ARGV[j + 1], 2)}
+  if allowed[i] then
+    local seq = math.max(last[i] + 1, now_us)
+    last[i] = seq
+    entries[#entries + 1] = {i, '{"seq":' .. string.format('%.0f', seq) .. ',' .. string.sub(ARGV[j + 1], 2)}
+  end
 end
 for i = 1, n do
-  redis.call('SET', KEYS[2 * i + 1], string.format('%.0f', last[i]))
+  if allowed[i] then
+    redis.call('SET', KEYS[2 * i + 1], string.format('%.0f', last[i]))
+  end
 end
 -- The node's bytes in its rings: counted as entries come and go, so the bound costs no scan.
 local bytes = tonumber(redis.call('GET', bytes_key) or '0')
@@ -101,15 +157,16 @@ for _, entry in ipairs(entries) do
   bytes = bytes + #entry[2]
 end
 for i = 1, n do
-  while redis.call('LLEN', KEYS[2 * i]) > capacity do
-    bytes = bytes - #redis.call('RPOP', KEYS[2 * i])
+  if allowed[i] then
+    while redis.call('LLEN', KEYS[2 * i]) > capacity do
+      bytes = bytes - #redis.call('RPOP', KEYS[2 * i])
+    end
   end
-  redis.call('SADD', KEYS[1], ARGV[3 + i])
 end
 -- Over the node's bytes: the oldest entries of the rings just written go, each ring keeping
 -- its newest.
 for i = 1, n do
-  while bytes > max_bytes and redis.call('LLEN', KEYS[2 * i]) > 1 do
+  while allowed[i] and bytes > max_bytes and redis.call('LLEN', KEYS[2 * i]) > 1 do
     bytes = bytes - #redis.call('RPOP', KEYS[2 * i])
   end
 end
@@ -172,13 +229,7 @@ impl HotStore {
         }
         let entries: Vec<(&str, String)> = records
             .iter()
-            .map(|record| {
-                let entry = HotEntry { node, record };
-                (
-                    record.collector.as_str(),
-                    serde_json::to_string(&entry).expect("records serialise"),
-                )
-            })
+            .map(|record| (record.collector.as_str(), entry_text(node, record)))
             .collect();
         match self {
             HotStore::Memory(ring) => ring.push(node, entries),
@@ -385,7 +436,8 @@ impl RedisRing {
         invocation
             .arg(self.capacity)
             .arg(collectors.len())
-            .arg(self.max_node_bytes);
+            .arg(self.max_node_bytes)
+            .arg(RINGS_PER_NODE_MAX);
         for collector in &collectors {
             invocation.arg(*collector);
         }

@@ -29,25 +29,26 @@ pub async fn require_operator(
 /// The label of the valid operator token a request carries, if any (cheap: a hash lookup in
 /// the registry's snapshot).
 pub fn operator_token(registry: &crate::pipeline::Registry, headers: &HeaderMap) -> Option<String> {
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)?;
+    let token = bearer_token(headers)?;
     registry
         .snapshot()
         .operator(token)
         .map(|label| label.to_string())
 }
 
-/// The operator a request's bearer token belongs to.
-pub fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError> {
-    let token = headers
+/// The bearer token a request carries, as it is checked (trimmed): the one reading of the
+/// header, so what is checked and what is counted per token are the same thing.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token {
+        .map(str::trim)
+}
+
+/// The operator a request's bearer token belongs to.
+pub fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiError> {
+    match bearer_token(headers) {
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing operator token: send `Authorization: Bearer <token>` (see `fleet token create`)",

@@ -128,10 +128,7 @@ pub async fn stream(
     }
     let resume = resume_id(&headers)?;
     // Shared per token (config tokens may share a label): keyed by the token's hash.
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let token = super::auth::bearer_token(&headers).unwrap_or_default();
     let hash = crate::pipeline::registry::token_hash(token);
     let permit = stream_permit(&state, &format!("{} ({})", operator.0, &hash[..12]))?;
     let cursor = match resume {

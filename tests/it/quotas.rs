@@ -31,6 +31,14 @@ async fn one_token_cannot_take_every_live_stream() {
     }
     let refused = open("greedy-token-0123456789").await.unwrap();
     assert_eq!(refused.status(), 429);
+    // The same token spelled with spaces is the same token.
+    let padded = http
+        .get(format!("{}/api/v1/stream?kinds=events", c.url))
+        .header("authorization", "Bearer    greedy-token-0123456789  ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(padded.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     let text = refused.text().await.unwrap();
     assert!(text.contains("close one"), "{text}");

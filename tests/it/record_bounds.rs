@@ -76,3 +76,80 @@ async fn a_large_record_is_refused_and_a_nodes_rings_stay_within_their_bytes(bac
     );
     c.stop().await;
 }
+
+both_backends!(many_samples_or_many_collectors_do_not_grow_a_nodes_rings);
+
+/// The two ways around a document's bound: a record of hundreds of samples with long labels
+/// (kept in the ring without its samples), and a new collector name for every record (at most
+/// 256 rings a node, in memory and in Redis).
+async fn many_samples_or_many_collectors_do_not_grow_a_nodes_rings(backend: Backend) {
+    let env = Env::new(backend).await;
+    let mut config = env.controller_config();
+    config.nodes = vec![node("web1", KEY, &[])];
+    config.hot.max_node_bytes = 256 * 1024;
+    let c = InProcess::start(config).await;
+    let client = c.client();
+
+    let labels: std::collections::BTreeMap<String, String> = (0..16)
+        .map(|i| (format!("l{i}"), "v".repeat(200)))
+        .collect();
+    let body = BatchBody {
+        interval_ms: 1000,
+        dropped_batches: 0,
+        records: vec![Record {
+            collector: "wide".into(),
+            ts: fleet::timefmt::now_ms(),
+            data: serde_json::json!({ "note": "small document" }),
+            samples: (0..500)
+                .map(|i| {
+                    let mut s = fleet::model::Sample::new("wide.metric", i as f64);
+                    s.labels = labels.clone();
+                    s
+                })
+                .collect(),
+        }],
+    };
+    let mut batch = Batch::new("web1", KEY, 1).body(serde_json::to_vec(&body).unwrap());
+    batch.gzip = true;
+    let (status, v) = client.send(&batch).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, recent) = client.get("/api/v1/nodes/web1/recent/wide?limit=10").await;
+    let entry = &recent["records"][0];
+    assert_eq!(entry["samples_omitted"], 500, "{}", entry);
+    assert!(entry.to_string().len() <= fleet::store::hot::ENTRY_BYTES_MAX);
+
+    // 300 collector names, one 50 KiB record each, in batches of 30.
+    let mut seq = 10;
+    for chunk in (0..300).collect::<Vec<_>>().chunks(30) {
+        seq += 1;
+        let body = BatchBody {
+            interval_ms: 1000,
+            dropped_batches: 0,
+            records: chunk
+                .iter()
+                .map(|i| Record {
+                    collector: format!("c{i}"),
+                    ts: fleet::timefmt::now_ms(),
+                    data: serde_json::json!({ "pad": "b".repeat(50 * 1024) }),
+                    samples: Vec::new(),
+                })
+                .collect(),
+        };
+        let mut batch = Batch::new("web1", KEY, seq).body(serde_json::to_vec(&body).unwrap());
+        batch.gzip = true;
+        let (status, v) = client.send(&batch).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut rings = 0;
+    for i in 0..300 {
+        let (_, recent) = client
+            .get(&format!("/api/v1/nodes/web1/recent/c{i}?limit=10"))
+            .await;
+        let n = recent["records"].as_array().map(Vec::len).unwrap_or(0);
+        assert!(n <= 1, "c{i}: each ring is down to its newest: {n}");
+        rings += n;
+    }
+    // "wide" and the first 255 of these have rings; the rest are kept durably only.
+    assert_eq!(rings, fleet::store::hot::RINGS_PER_NODE_MAX - 1);
+    c.stop().await;
+}
