@@ -104,7 +104,12 @@ impl Pulse {
     /// Checks a pulse from outside (the API, `fleet pulse`, the watchTower listener).
     pub fn validate(&self) -> Result<(), InvalidInput> {
         check_service(&self.service)?;
-        if self.service.starts_with(NODE_PREFIX) {
+        // In any case: `Node:web1` beside `node:web1` would mislead as much as take over.
+        if self
+            .service
+            .get(..NODE_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(NODE_PREFIX))
+        {
             return Err(InvalidInput::new(
                 "service",
                 format!(
@@ -168,7 +173,21 @@ pub fn check_service(service: &str) -> Result<(), InvalidInput> {
             ),
         ));
     }
+    // A name that looks like another one in every list (`svc1 ` beside `svc1`) misleads the
+    // person reading the list.
+    if service.trim() != service || service.chars().any(invisible) {
+        return Err(InvalidInput::new(
+            "service",
+            "must not start or end with spaces nor hold invisible characters",
+        ));
+    }
     Ok(())
+}
+
+/// Characters that print as nothing (zero-width spaces and joiners, direction marks, the
+/// byte-order mark, the soft hyphen).
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 
 /// Where a watched service stands.
@@ -366,6 +385,26 @@ mod tests {
     use super::*;
 
     /// Issue 14, point 12: PostgreSQL cannot hold a NUL and SQLite can; both refuse it here.
+    #[test]
+    fn names_that_look_like_others_are_refused() {
+        for bad in ["svc ", " svc", "svc\u{200B}", "\u{FEFF}svc", "a\u{202E}b"] {
+            assert!(check_service(bad).is_err(), "{bad:?}");
+        }
+        for good in ["svc", "backup db", "nightly-dump.v2", "dépôt"] {
+            check_service(good).unwrap();
+        }
+        for reserved in ["node:web1", "Node:web1", "NODE:web1"] {
+            let pulse = Pulse {
+                service: reserved.into(),
+                node: None,
+                next_in_ms: 60_000,
+                grace_ms: 0,
+                alert: None,
+            };
+            assert!(pulse.validate().is_err(), "{reserved}");
+        }
+    }
+
     #[test]
     fn a_nul_is_refused_in_messages_and_searches_naming_the_field() {
         let err = check_message("disk \0full").unwrap_err();

@@ -170,7 +170,7 @@ pub async fn start(
         heartbeats,
         shutdown: shutdown.clone(),
         streams: Arc::default(),
-        intake: web::intake::Intake::new(registry.clone()),
+        intake: web::intake::Intake::new(registry.clone(), &web::unverified_routes(&config)),
         ingest_work: Arc::new(tokio::sync::Semaphore::new(web::INGEST_CONCURRENCY)),
         ui: config.ui.clone(),
         tls: tls.is_some(),
@@ -324,8 +324,9 @@ async fn serve(
         shutdown.cancelled().await;
         on_shutdown.graceful_shutdown(Some(grace));
     });
-    // A client gets HEADER_READ_TIMEOUT to send a request's headers (bodies have their own
-    // deadline, `web::intake`); the TLS acceptor gives a handshake 10 s.
+    // A connection must send its first byte within 10 s, and one address may hold 512
+    // (`web::admission`); a client then gets HEADER_READ_TIMEOUT to send a request's headers
+    // (bodies keep their own pace, `web::intake`); the TLS acceptor gives a handshake 10 s.
     let bounded = |builder: &mut hyper_util::server::conn::auto::Builder<_>| {
         builder
             .http1()
@@ -335,7 +336,9 @@ async fn serve(
     };
     match tls {
         Some(tls) => {
-            let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .map(|tls| tls.acceptor(web::admission::Admission::default()));
             bounded(server.http_builder());
             server
                 .serve(app)
@@ -343,7 +346,9 @@ async fn serve(
                 .with_context(|| format!("the {what} HTTPS server failed"))
         }
         None => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            let mut server = axum_server::from_tcp(listener)?
+                .handle(handle)
+                .acceptor(web::admission::Admission::default());
             bounded(server.http_builder());
             server
                 .serve(app)

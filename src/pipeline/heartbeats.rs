@@ -450,7 +450,7 @@ async fn node_quota(
             refused.insert(
                 r.pulse.service.clone(),
                 format!(
-                    "{} owns {max} heartbeats, the most a node may; reuse a name or cancel one it no longer needs",
+                    "{} has {max} watched heartbeats, the most a node may; reuse a name, or have an operator cancel ones it no longer needs (DELETE /api/v1/heartbeats/NAME)",
                     Owner::describe(&r.by.stored())
                 ),
             );

@@ -316,8 +316,9 @@ impl Durable {
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
-    /// Of `services`, those no heartbeat has yet; and how many heartbeats each of `owners`
-    /// has. Two statements for a whole group of pulses (the quota's look).
+    /// Of `services`, those no watched heartbeat has yet (a cancelled one pulsed again counts
+    /// as new); and how many watched heartbeats each of `owners` has. The quota's look, for a
+    /// whole group of pulses.
     pub async fn new_services_and_counts(
         &self,
         services: &[&str],
@@ -334,7 +335,7 @@ impl Durable {
         for chunk in services.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT service FROM heartbeats WHERE service IN ({})",
+                "SELECT service FROM heartbeats WHERE service IN ({}) AND state <> 'cancelled'",
                 placeholders.join(", ")
             );
             let mut query = sqlx::query_scalar::<_, String>(&sql);
@@ -347,10 +348,12 @@ impl Durable {
         }
         let mut counts = std::collections::HashMap::new();
         for owner in owners {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM heartbeats WHERE owner = $1")
-                .bind(owner)
-                .fetch_one(self.pool())
-                .await?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM heartbeats WHERE owner = $1 AND state <> 'cancelled'",
+            )
+            .bind(owner)
+            .fetch_one(self.pool())
+            .await?;
             counts.insert(owner.clone(), n);
         }
         Ok((missing, counts))

@@ -1,16 +1,21 @@
 //! How request bodies come in, on every listener (API, dashboard, watchTower, MassAffect):
 //!
-//! - **Every body arrives under a deadline**: [`BODY_DEADLINE_BASE`] plus one second per
-//!   [`BODY_MIN_RATE`] bytes it declares. A client that trickles bytes is cut off with 408, so a
-//!   slow body holds a connection for seconds, never for ever.
-//! - **Bodies of requests nobody has verified yet are bounded per peer and in total**: a
-//!   request without a valid operator token (a node's signed request, MassAffect, watchTower, a
-//!   login form, the dashboard's forms) reserves the bytes it declares from its peer address's
-//!   share ([`UNVERIFIED_PER_PEER`]; IPv6 by /64) and from the controller's
-//!   ([`UNVERIFIED_TOTAL`]) before its body is read; past either, it is refused at once with
-//!   503 and `Retry-After`, without queueing. The reservation is returned when the body has
-//!   been read (or dropped). A body without a declared length reserves, and may be at most,
-//!   [`UNDECLARED_MAX`].
+//! - **Every body keeps pace**: it gets [`BODY_GRACE`] for its first bytes, and each byte
+//!   after earns 1/[`BODY_MIN_RATE`] of a second more; a body that falls behind (a client that
+//!   trickles bytes, or sends none) is cut off with 408. So a slow body holds a connection for
+//!   seconds, never for ever, and declaring a large body buys no time without sending it.
+//! - **Bodies of requests nobody has verified yet are bounded per route, per peer and in
+//!   total**: a request without a valid operator token (a node's signed request, MassAffect,
+//!   watchTower, a login form, the dashboard's forms) may declare at most its route's largest
+//!   body (the table given to [`Intake::new`]; [`UNVERIFIED_DEFAULT_MAX`] elsewhere), else 413
+//!   at once; it then reserves the bytes it declares from its peer address's share
+//!   ([`UNVERIFIED_PER_PEER`]; IPv6 by /64) and from one of two pools before a byte is read:
+//!   requests that name an enrolled node from inside its networks draw on
+//!   [`UNVERIFIED_NODES_TOTAL`], everything else on [`UNVERIFIED_OTHERS_TOTAL`], so login forms
+//!   and compatibility clients cannot spend what the nodes' reports need. Past any of them the
+//!   answer is 503 with `Retry-After`, at once, without queueing. The reservation is returned
+//!   when the body has been read (or dropped). A body without a declared length reserves its
+//!   route's largest.
 //!
 //! There are no request slots to take before a body is read: a slot chosen by an unverified
 //! header (a node's name is not a secret) would let anyone who knows the name starve that node.
@@ -18,8 +23,7 @@
 //! keeps reporting. Headers are read under a deadline by the server
 //! (`modes::controller::serve`), TLS handshakes too.
 //!
-//! Knows nothing of nodes or signatures: handlers check those, before reading where headers
-//! allow.
+//! Knows nothing of signatures: handlers check those, before reading where headers allow.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,33 +40,50 @@ use futures::StreamExt;
 use super::error::ApiError;
 use crate::pipeline::Registry;
 
-/// Time every body gets, however small.
-pub const BODY_DEADLINE_BASE: Duration = Duration::from_secs(10);
-/// The slowest a body may arrive past the base: 16 KiB/s.
-pub const BODY_MIN_RATE: usize = 16 * 1024;
-/// Unverified body bytes one peer address (IPv6: one /64) may have in flight.
-pub const UNVERIFIED_PER_PEER: usize = 16 * 1024 * 1024;
-/// Unverified body bytes the controller holds in flight from everyone.
-pub const UNVERIFIED_TOTAL: usize = 128 * 1024 * 1024;
-/// Largest body sent without a Content-Length (chunked).
-pub const UNDECLARED_MAX: usize = 1024 * 1024;
+/// Time every body gets for its first bytes.
+pub const BODY_GRACE: Duration = Duration::from_secs(10);
+/// The slowest a body may arrive past the grace: 32 KiB/s.
+pub const BODY_MIN_RATE: usize = 32 * 1024;
+/// Unverified body bytes one peer address (IPv6: one /64) may have in flight (at least the
+/// largest route's body).
+pub const UNVERIFIED_PER_PEER: usize = 8 * 1024 * 1024;
+/// Unverified body bytes in flight from requests that name an enrolled node from inside its
+/// networks.
+pub const UNVERIFIED_NODES_TOTAL: usize = 128 * 1024 * 1024;
+/// Unverified body bytes in flight from every other request.
+pub const UNVERIFIED_OTHERS_TOTAL: usize = 32 * 1024 * 1024;
+/// Largest unverified body on a route the table does not name (pulses, events, forms, logins).
+pub const UNVERIFIED_DEFAULT_MAX: usize = 64 * 1024;
+/// Largest body read (and thrown away) before a 413, so the client hears it.
+const DRAIN_MAX: usize = 1024 * 1024;
 
 /// The error a guarded body fails with when its deadline passes; handlers answer 408.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive in time: send it at {} KiB/s or more", BODY_MIN_RATE / 1024)]
 pub struct BodyTooSlow;
 
+/// Which total an unverified body draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// The request names an enrolled node and comes from inside its networks.
+    Nodes = 0,
+    /// Anything else.
+    Others = 1,
+}
+
 /// The unverified bytes in flight, per peer and in total.
 pub struct Intake {
     per_peer: usize,
-    total: usize,
+    totals: [usize; 2],
+    /// Path → the largest unverified body that route takes.
+    routes: HashMap<String, usize>,
     registry: Arc<Registry>,
     held: Mutex<Held>,
 }
 
 #[derive(Default)]
 struct Held {
-    total: usize,
+    totals: [usize; 2],
     peers: HashMap<IpAddr, usize>,
 }
 
@@ -70,13 +91,14 @@ struct Held {
 pub struct Reservation {
     intake: Arc<Intake>,
     peer: IpAddr,
+    pool: Pool,
     bytes: usize,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut held = self.intake.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.total -= self.bytes;
+        held.totals[self.pool as usize] -= self.bytes;
         if let Some(n) = held.peers.get_mut(&self.peer) {
             *n -= self.bytes;
             if *n == 0 {
@@ -87,7 +109,7 @@ impl Drop for Reservation {
 }
 
 /// The share a peer address draws from: IPv4 by address, IPv6 by /64 (one host has many).
-fn peer_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn peer_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -98,22 +120,72 @@ fn peer_key(ip: IpAddr) -> IpAddr {
 }
 
 impl Intake {
-    pub fn new(registry: Arc<Registry>) -> Arc<Self> {
-        Self::with_limits(registry, UNVERIFIED_PER_PEER, UNVERIFIED_TOTAL)
+    /// `routes`: the paths whose unverified bodies may be larger than
+    /// [`UNVERIFIED_DEFAULT_MAX`], with their largest (ingest, agent reports, MassAffect).
+    pub fn new(registry: Arc<Registry>, routes: &[(&str, usize)]) -> Arc<Self> {
+        let largest = routes.iter().map(|(_, max)| *max).max().unwrap_or(0);
+        Self::with_limits(
+            registry,
+            routes,
+            UNVERIFIED_PER_PEER.max(largest),
+            [UNVERIFIED_NODES_TOTAL, UNVERIFIED_OTHERS_TOTAL],
+        )
     }
 
-    pub fn with_limits(registry: Arc<Registry>, per_peer: usize, total: usize) -> Arc<Self> {
+    pub fn with_limits(
+        registry: Arc<Registry>,
+        routes: &[(&str, usize)],
+        per_peer: usize,
+        totals: [usize; 2],
+    ) -> Arc<Self> {
         Arc::new(Self {
             per_peer,
-            total,
+            totals,
+            routes: routes.iter().map(|(p, m)| ((*p).to_owned(), *m)).collect(),
             registry,
             held: Mutex::new(Held::default()),
         })
     }
 
-    /// Reserves `bytes` for a body from `peer`, or says why not (at once: nothing waits): 413
-    /// for more than a whole share, 503 + Retry-After while the share or the total is spent.
-    pub fn reserve(self: &Arc<Self>, peer: IpAddr, bytes: usize) -> Result<Reservation, ApiError> {
+    /// The largest unverified body `path` takes.
+    pub fn route_max(&self, path: &str) -> usize {
+        self.routes
+            .get(path)
+            .copied()
+            .unwrap_or(UNVERIFIED_DEFAULT_MAX)
+    }
+
+    /// The pool a request draws on: the nodes' when its `X-Fleet-Node` names an enrolled node
+    /// whose networks hold `peer`. Not proof that it is that node (the signature is checked
+    /// once the body is in), but a stranger must at least be inside the node's networks to
+    /// spend the nodes' pool.
+    pub fn pool(&self, headers: &axum::http::HeaderMap, peer: IpAddr) -> Pool {
+        let named = headers
+            .get(crate::bus::wire::HEADER_NODE)
+            .and_then(|v| v.to_str().ok());
+        match named {
+            Some(name)
+                if self
+                    .registry
+                    .snapshot()
+                    .node(name)
+                    .is_some_and(|n| n.allows(peer)) =>
+            {
+                Pool::Nodes
+            }
+            _ => Pool::Others,
+        }
+    }
+
+    /// Reserves `bytes` for a body from `peer` in `pool`, or says why not (at once: nothing
+    /// waits): 413 for more than a whole share, 503 + Retry-After while the share or the pool
+    /// is spent.
+    pub fn reserve(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        pool: Pool,
+        bytes: usize,
+    ) -> Result<Reservation, ApiError> {
         let peer = peer_key(peer);
         // More than a whole share would never fit: the client must hear 413, not a 503 it
         // would retry for ever.
@@ -135,26 +207,27 @@ impl Intake {
                 self.per_peer / 1024
             )));
         }
-        if held.total + bytes > self.total {
+        if held.totals[pool as usize] + bytes > self.totals[pool as usize] {
             return Err(busy(
                 "the controller is taking in as many unverified request bodies as it holds; retry shortly",
             ));
         }
-        held.total += bytes;
+        held.totals[pool as usize] += bytes;
         *held.peers.entry(peer).or_default() += bytes;
         Ok(Reservation {
             intake: self.clone(),
             peer,
+            pool,
             bytes,
         })
     }
 
-    /// Bytes in flight from `peer`'s share and in total (for tests and the bench).
-    pub fn held(&self, peer: IpAddr) -> (usize, usize) {
+    /// Bytes in flight from `peer`'s share and in `pool` (for tests).
+    pub fn held(&self, peer: IpAddr, pool: Pool) -> (usize, usize) {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         (
             held.peers.get(&peer_key(peer)).copied().unwrap_or(0),
-            held.total,
+            held.totals[pool as usize],
         )
     }
 }
@@ -163,13 +236,8 @@ fn busy(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(Duration::from_secs(2))
 }
 
-/// The deadline a body of `declared` bytes gets.
-pub fn body_deadline(declared: usize) -> Duration {
-    BODY_DEADLINE_BASE + Duration::from_secs((declared / BODY_MIN_RATE) as u64)
-}
-
-/// Middleware for every listener: reserves an unverified body's bytes and puts every body
-/// under its deadline.
+/// Middleware for every listener: bounds an unverified body by its route, reserves its bytes,
+/// and makes every body keep pace.
 pub async fn guard(
     State(intake): State<Arc<Intake>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -183,32 +251,45 @@ pub async fn guard(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let (cap, expected) = match (declared, chunked) {
-        (Some(0), false) | (None, false) => {
-            // No body: nothing to reserve or wait for.
-            return next.run(Request::from_parts(parts, body)).await;
-        }
-        (Some(n), false) => (n, n),
-        (_, true) => (UNDECLARED_MAX, UNDECLARED_MAX),
-    };
+    if !chunked && declared.unwrap_or(0) == 0 {
+        // No body: nothing to reserve or wait for.
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let verified = super::auth::operator_token(&intake.registry, &parts.headers).is_some();
-    let reservation = if verified {
-        None
+    let (cap, reservation) = if verified {
+        // An operator's body: its route bounds its size; it only has to keep pace.
+        (usize::MAX, None)
     } else {
-        match intake.reserve(peer.ip(), expected) {
-            Ok(r) => Some(r),
+        let max = intake.route_max(parts.uri.path());
+        let expected = if chunked { max } else { declared.unwrap_or(0) };
+        if expected > max {
+            // A client still writing when the answer comes may see only a broken pipe: read a
+            // modest body to its end (keeping pace, keeping nothing) so it hears the 413.
+            if !chunked && expected <= DRAIN_MAX {
+                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let mut rest = guarded_body(body, DRAIN_MAX, None, flag).into_data_stream();
+                while let Some(Ok(_)) = rest.next().await {}
+            }
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {max} bytes, the most this route takes"),
+            )
+            .into_response();
+        }
+        let pool = intake.pool(&parts.headers, peer.ip());
+        match intake.reserve(peer.ip(), pool, expected) {
+            Ok(r) => (max, Some(r)),
             Err(refusal) => {
-                tracing::debug!(%peer, bytes = expected, "an unverified body refused: its share is spent");
+                tracing::debug!(%peer, bytes = expected, ?pool, "an unverified body refused: its share is spent");
                 return refusal.into_response();
             }
         }
     };
-    let deadline = tokio::time::Instant::now() + body_deadline(expected);
     let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let guarded = guarded_body(body, cap, deadline, reservation, expired.clone());
+    let guarded = guarded_body(body, cap, reservation, expired.clone());
     let response = next.run(Request::from_parts(parts, guarded)).await;
     // Whatever extractor read the body (a form, JSON, bytes) answered its own way: a body cut
-    // at its deadline is a 408 on every route.
+    // for falling behind is a 408 on every route.
     if response.status().is_client_error() && expired.load(std::sync::atomic::Ordering::SeqCst) {
         return too_slow().into_response();
     }
@@ -220,7 +301,7 @@ pub async fn guard(
 enum GuardError {
     #[error(transparent)]
     TooSlow(#[from] BodyTooSlow),
-    #[error("a body sent without Content-Length may be at most {0} bytes; send Content-Length")]
+    #[error("the body is larger than {0} bytes, the most this route takes")]
     Undeclared(usize),
     #[error(transparent)]
     Inner(axum::Error),
@@ -229,7 +310,6 @@ enum GuardError {
 fn guarded_body(
     body: Body,
     cap: usize,
-    deadline: tokio::time::Instant,
     reservation: Option<Reservation>,
     expired: Arc<std::sync::atomic::AtomicBool>,
 ) -> Body {
@@ -237,7 +317,7 @@ fn guarded_body(
         stream: axum::body::BodyDataStream,
         seen: usize,
         cap: usize,
-        deadline: tokio::time::Instant,
+        started: tokio::time::Instant,
         done: bool,
         expired: Arc<std::sync::atomic::AtomicBool>,
         // Held until the body is read or dropped.
@@ -247,7 +327,7 @@ fn guarded_body(
         stream: body.into_data_stream(),
         seen: 0,
         cap,
-        deadline,
+        started: tokio::time::Instant::now(),
         done: false,
         expired,
         _reservation: reservation,
@@ -256,7 +336,10 @@ fn guarded_body(
         if s.done {
             return None;
         }
-        let item = match tokio::time::timeout_at(s.deadline, s.stream.next()).await {
+        // Each byte received earns 1/BODY_MIN_RATE of a second past the grace.
+        let earned = Duration::from_secs_f64(s.seen as f64 / BODY_MIN_RATE as f64);
+        let deadline = s.started + BODY_GRACE + earned;
+        let item = match tokio::time::timeout_at(deadline, s.stream.next()).await {
             Err(_) => {
                 s.expired.store(true, std::sync::atomic::Ordering::SeqCst);
                 Err(GuardError::TooSlow(BodyTooSlow))
@@ -312,33 +395,36 @@ mod tests {
 
     fn intake() -> Arc<Intake> {
         let registry = Arc::new(Registry::new(Vec::new(), &[]));
-        Intake::with_limits(registry, 100, 250)
+        Intake::with_limits(registry, &[("/big", 500)], 100, [1000, 250])
     }
 
     #[test]
-    fn shares_are_per_address_and_in_total_and_come_back_when_dropped() {
+    fn shares_are_per_address_and_per_pool_and_come_back_when_dropped() {
         let intake = intake();
+        let others = Pool::Others;
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
-        let first = intake.reserve(a, 60).unwrap();
-        let refused = intake.reserve(a, 60).err().unwrap();
+        let first = intake.reserve(a, others, 60).unwrap();
+        let refused = intake.reserve(a, others, 60).err().unwrap();
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(refused.retry_after.is_some());
-        let _b1 = intake.reserve(b, 100).unwrap();
+        let _b1 = intake.reserve(b, others, 100).unwrap();
         let c: IpAddr = "127.0.0.4".parse().unwrap();
-        let _c1 = intake.reserve(c, 90).unwrap();
-        // a: 60, b: 100, c: 90 = 250: the total is spent for a newcomer.
+        let _c1 = intake.reserve(c, others, 90).unwrap();
+        // a: 60, b: 100, c: 90 = 250: that pool is spent for a newcomer, not the nodes' one.
         let d: IpAddr = "127.0.0.5".parse().unwrap();
         assert_eq!(
-            intake.reserve(d, 1).err().unwrap().status,
+            intake.reserve(d, others, 1).err().unwrap().status,
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let _d1 = intake.reserve(d, Pool::Nodes, 100).unwrap();
         drop(first);
-        assert_eq!(intake.held(a), (0, 190));
-        intake.reserve(a, 60).unwrap();
+        assert_eq!(intake.held(a, others), (0, 190));
+        intake.reserve(a, others, 60).unwrap();
         // More than a whole share is refused for good.
+        let e: IpAddr = "127.0.0.6".parse().unwrap();
         assert_eq!(
-            intake.reserve(d, 101).err().unwrap().status,
+            intake.reserve(e, Pool::Nodes, 101).err().unwrap().status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
     }
@@ -349,17 +435,15 @@ mod tests {
         let one: IpAddr = "2001:db8::1".parse().unwrap();
         let two: IpAddr = "2001:db8::2".parse().unwrap();
         let other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
-        let _r = intake.reserve(one, 80).unwrap();
-        assert!(intake.reserve(two, 30).is_err());
-        assert!(intake.reserve(other, 30).is_ok());
+        let _r = intake.reserve(one, Pool::Others, 80).unwrap();
+        assert!(intake.reserve(two, Pool::Others, 30).is_err());
+        assert!(intake.reserve(other, Pool::Others, 30).is_ok());
     }
 
     #[test]
-    fn the_deadline_grows_with_the_declared_size() {
-        assert_eq!(body_deadline(0), BODY_DEADLINE_BASE);
-        assert_eq!(
-            body_deadline(1024 * 1024),
-            BODY_DEADLINE_BASE + Duration::from_secs(64)
-        );
+    fn routes_have_their_own_largest_body() {
+        let intake = intake();
+        assert_eq!(intake.route_max("/big"), 500);
+        assert_eq!(intake.route_max("/login"), UNVERIFIED_DEFAULT_MAX);
     }
 }

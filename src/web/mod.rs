@@ -6,6 +6,7 @@
 //! Handlers adapt HTTP to the pipeline and the stores; they hold no rules of their own. Nothing
 //! here opens sockets: `modes::controller` binds and serves the router.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod commands;
@@ -86,6 +87,22 @@ where
             .map(|q| ApiQuery(q.0))
             .map_err(|e| error::ApiError::bad_request(e.body_text()))
     }
+}
+
+/// The routes whose unverified bodies may be larger than `intake::UNVERIFIED_DEFAULT_MAX`, with
+/// their largest: what `intake` lets in before anyone is verified.
+pub fn unverified_routes(config: &crate::config::ControllerConfig) -> Vec<(&'static str, usize)> {
+    let mut routes = vec![
+        ("/api/v1/ingest", config.ingest.max_body_bytes),
+        (commands::AGENT_REPORTS_PATH, commands::REPORTS_BODY_MAX),
+    ];
+    if let Some(m) = &config.compat.massaffect {
+        routes.push((
+            massaffect::PATH,
+            m.max_body_bytes.unwrap_or(config.ingest.max_body_bytes),
+        ));
+    }
+    routes
 }
 
 /// Builds the router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:

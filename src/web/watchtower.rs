@@ -107,12 +107,14 @@ pub fn router(app: Arc<AppState>, password: &str) -> Router {
             compat.clone(),
             require_password,
         ))
-        // Outermost: the password is checked before any body is read, and no body is read
-        // without a deadline and a share (see `intake`).
+        // The password is checked before any body is read, and no body is read without its
+        // pace and a share (see `intake`).
         .layer(axum::middleware::from_fn_with_state(
             compat.app.intake.clone(),
             super::intake::guard,
         ))
+        // Outermost: the intake's refusals answer as watchTower does, HTTP 200 and `result`.
+        .layer(axum::middleware::map_response(as_watchtower_answer))
         .with_state(compat)
 }
 
@@ -187,6 +189,26 @@ impl From<HeartbeatError> for Refusal {
 }
 
 type Answer = Result<Json<Value>, Refusal>;
+
+/// A refusal made before a handler ran (`intake`: a body too large, too slow, or over its
+/// share) in watchTower's form: HTTP 200, `{"result": <status>, "hint": "…"}`.
+async fn as_watchtower_answer(response: Response) -> Response {
+    if response.status() == axum::http::StatusCode::OK {
+        return response;
+    }
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let hint = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
+    Refusal {
+        result: status,
+        hint,
+    }
+    .into_response()
+}
 
 async fn require_password(
     State(compat): State<Arc<Compat>>,

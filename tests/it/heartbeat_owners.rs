@@ -322,6 +322,20 @@ async fn a_node_owns_a_bounded_number_of_heartbeats() {
         .node_pulse("web1", json!({"service": "q-7", "next_in": "1h"}))
         .await;
     assert_eq!(status, 200, "its own still pulse: {v}");
+    // An operator's cancel makes room.
+    let (status, v) = s
+        .operator(reqwest::Method::DELETE, "/api/v1/heartbeats/q-3", None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s
+        .node_pulse("web1", json!({"service": "in-its-place", "next_in": "1h"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // And pulsing the cancelled one again would make one too many.
+    let (status, v) = s
+        .node_pulse("web1", json!({"service": "q-3", "next_in": "1h"}))
+        .await;
+    assert_eq!(status, 429, "{v}");
     let (status, v) = s
         .node_pulse("web2", json!({"service": "web2-job", "next_in": "1h"}))
         .await;
