@@ -35,15 +35,18 @@ pub fn node_service(node: &str) -> String {
 
 const NODE_PREFIX: &str = "node:";
 
-/// Whether `service` is an agent's own heartbeat, which only its batches pulse and only
-/// `fleet node remove` ends.
+/// Whether `service` is named as an agent's own heartbeat, which only its batches pulse and
+/// only `fleet node remove` ends. In any case: `Node:web1` beside `node:web1` would mislead
+/// as much as a takeover.
 pub fn is_node_service(service: &str) -> bool {
-    service.starts_with(NODE_PREFIX)
+    service
+        .get(..NODE_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(NODE_PREFIX))
 }
 
 /// Who a heartbeat belongs to: whoever made it by its first pulse. Only its owner, or an
 /// operator token, may pulse it (and so move its deadline or change its alert) or cancel it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
     /// A node, by a request signed with its key (or its agent's batches).
     Node(String),
@@ -61,11 +64,6 @@ impl Owner {
             Owner::Operator => "operator".into(),
             Owner::Watchtower => "watchtower".into(),
         }
-    }
-
-    /// Whether this caller may pulse or cancel a heartbeat the store says belongs to `owner`.
-    pub fn may_touch(&self, owner: &str) -> bool {
-        *self == Owner::Operator || self.stored() == owner
     }
 
     /// The stored owner in words, for refusals: `node web1`, `an operator`, `the watchTower
@@ -104,12 +102,7 @@ impl Pulse {
     /// Checks a pulse from outside (the API, `fleet pulse`, the watchTower listener).
     pub fn validate(&self) -> Result<(), InvalidInput> {
         check_service(&self.service)?;
-        // In any case: `Node:web1` beside `node:web1` would mislead as much as take over.
-        if self
-            .service
-            .get(..NODE_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(NODE_PREFIX))
-        {
+        if is_node_service(&self.service) {
             return Err(InvalidInput::new(
                 "service",
                 format!(

@@ -434,17 +434,23 @@ async fn node_quota(
     if by_nodes.is_empty() {
         return Ok(HashMap::new());
     }
+    // Only services not watched yet can make one more: count only their owners.
     let services: Vec<&str> = by_nodes.iter().map(|r| r.pulse.service.as_str()).collect();
-    let mut owners: Vec<String> = by_nodes.iter().map(|r| r.by.stored()).collect();
-    owners.sort();
-    owners.dedup();
-    let (new, mut counts) = durable.new_services_and_counts(&services, &owners).await?;
-    let max = crate::heartbeat::limits::PER_NODE_MAX as i64;
-    let mut refused = HashMap::new();
-    for r in by_nodes
+    let new = durable.unwatched_services(&services).await?;
+    let making: Vec<&Received> = by_nodes
         .into_iter()
         .filter(|r| new.contains(&r.pulse.service))
-    {
+        .collect();
+    if making.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut owners: Vec<String> = making.iter().map(|r| r.by.stored()).collect();
+    owners.sort();
+    owners.dedup();
+    let mut counts = durable.watched_counts(&owners).await?;
+    let max = crate::heartbeat::limits::PER_NODE_MAX as i64;
+    let mut refused = HashMap::new();
+    for r in making {
         let count = counts.entry(r.by.stored()).or_default();
         if *count >= max {
             refused.insert(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bus::wire;
-use crate::model::{Node, NodeName};
+use crate::model::NodeName;
 use crate::pipeline::registry::Registry;
 use crate::store::{Durable, StoreError};
 
@@ -73,7 +73,9 @@ pub enum Covered<'a> {
 /// A node whose headers passed [`NodeAuth::admit`]; its body is not verified yet.
 #[derive(Debug, Clone)]
 pub struct Admitted {
-    pub node: Node,
+    pub node: String,
+    /// The node's key, to check the signature with.
+    key: String,
     pub timestamp_ms: i64,
 }
 
@@ -145,7 +147,8 @@ impl NodeAuth {
             )));
         }
         Ok(Admitted {
-            node: node.clone(),
+            node: claim.node.to_owned(),
+            key: node.key.clone(),
             timestamp_ms,
         })
     }
@@ -158,8 +161,8 @@ impl NodeAuth {
         body: &[u8],
         signature: &str,
     ) -> Result<(), NodeAuthError> {
-        let node = admitted.node.name.as_str();
-        let key = admitted.node.key.as_bytes();
+        let node = admitted.node.as_str();
+        let key = admitted.key.as_bytes();
         let valid = match covered {
             Covered::Batch { instance, seq } => {
                 let headers = wire::BatchHeaders {
@@ -210,7 +213,7 @@ impl NodeAuth {
                     .into(),
             ));
         }
-        Ok(admitted.node.name.as_str().to_owned())
+        Ok(admitted.node)
     }
 
     /// A signed message that waited in a stream (a NATS report): enrolled node and signature,

@@ -317,26 +317,17 @@ impl Durable {
     }
 
     /// Of `services`, those no watched heartbeat has yet (a cancelled one pulsed again counts
-    /// as new); and how many watched heartbeats each of `owners` has. The quota's look, for a
-    /// whole group of pulses.
-    pub async fn new_services_and_counts(
+    /// as new): the quota's first look, one statement per 500 services.
+    pub async fn unwatched_services(
         &self,
         services: &[&str],
-        owners: &[String],
-    ) -> Result<
-        (
-            std::collections::HashSet<String>,
-            std::collections::HashMap<String, i64>,
-        ),
-        StoreError,
-    > {
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
         let mut missing: std::collections::HashSet<String> =
             services.iter().map(|s| (*s).to_owned()).collect();
         for chunk in services.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT service FROM heartbeats WHERE service IN ({}) AND state <> 'cancelled'",
-                placeholders.join(", ")
+                super::durable::placeholders(1, chunk.len())
             );
             let mut query = sqlx::query_scalar::<_, String>(&sql);
             for service in chunk {
@@ -346,17 +337,29 @@ impl Durable {
                 missing.remove(&found);
             }
         }
+        Ok(missing)
+    }
+
+    /// How many watched heartbeats each of `owners` has (absent: none), one statement per
+    /// 500 owners.
+    pub async fn watched_counts(
+        &self,
+        owners: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
         let mut counts = std::collections::HashMap::new();
-        for owner in owners {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM heartbeats WHERE owner = $1 AND state <> 'cancelled'",
-            )
-            .bind(owner)
-            .fetch_one(self.pool())
-            .await?;
-            counts.insert(owner.clone(), n);
+        for chunk in owners.chunks(500) {
+            let sql = format!(
+                "SELECT owner, COUNT(*) FROM heartbeats WHERE owner IN ({}) \
+                 AND state <> 'cancelled' GROUP BY owner",
+                super::durable::placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+            for owner in chunk {
+                query = query.bind(owner);
+            }
+            counts.extend(query.fetch_all(self.pool()).await?);
         }
-        Ok((missing, counts))
+        Ok(counts)
     }
 
     /// Withdraws a service from watching, if `by` owns it (an operator: any). Whether a

@@ -187,8 +187,7 @@ impl HotStore {
         HotStore::Memory(MemoryRing {
             capacity,
             max_node_bytes,
-            rings: Mutex::new(HashMap::new()),
-            node_bytes: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -287,10 +286,15 @@ impl HotStore {
 pub struct MemoryRing {
     capacity: usize,
     max_node_bytes: usize,
-    /// Keyed by (node, collector).
-    rings: Mutex<HashMap<(String, String), Ring>>,
-    /// Bytes each node's rings hold (taken with `rings` locked).
-    node_bytes: Mutex<HashMap<String, usize>>,
+    /// Node → its rings.
+    nodes: Mutex<HashMap<String, NodeRings>>,
+}
+
+/// One node's rings, by collector, and the bytes they hold together.
+#[derive(Default)]
+struct NodeRings {
+    rings: HashMap<String, Ring>,
+    bytes: usize,
 }
 
 /// One ring in memory: newest first, and the `seq` of its newest entry.
@@ -303,58 +307,53 @@ struct Ring {
 impl MemoryRing {
     fn push(&self, node: &str, entries: Vec<(&str, String)>) {
         let now_us = crate::timefmt::now_ms().max(0) as u64 * 1000;
-        let mut rings = self.rings.lock().expect("hot ring lock poisoned");
+        let mut nodes = self.nodes.lock().expect("hot ring lock poisoned");
+        if !nodes.contains_key(node) {
+            nodes.insert(node.to_owned(), NodeRings::default());
+        }
+        let mine = nodes.get_mut(node).expect("inserted above");
         for (collector, entry) in entries {
-            let key = (node.to_owned(), collector.to_owned());
-            if !rings.contains_key(&key)
-                && rings.keys().filter(|(n, _)| n == node).count() >= RINGS_PER_NODE_MAX
-            {
-                tracing::warn!(
-                    node,
-                    collector,
-                    limit = RINGS_PER_NODE_MAX,
-                    "node has too many collectors for the hot ring; record kept durably only"
-                );
-                continue;
+            if !mine.rings.contains_key(collector) {
+                if mine.rings.len() >= RINGS_PER_NODE_MAX {
+                    tracing::warn!(
+                        node,
+                        collector,
+                        limit = RINGS_PER_NODE_MAX,
+                        "node has too many collectors for the hot ring; record kept durably only"
+                    );
+                    continue;
+                }
+                mine.rings.insert(collector.to_owned(), Ring::default());
             }
-            let mut node_bytes = self.node_bytes.lock().expect("hot ring lock poisoned");
-            let bytes = node_bytes.entry(node.to_owned()).or_default();
-            let ring = rings.entry(key).or_default();
+            let ring = mine.rings.get_mut(collector).expect("inserted above");
             ring.last_seq = next_seq(ring.last_seq, now_us);
             let entry = with_seq(&entry, ring.last_seq);
-            *bytes += entry.len();
+            mine.bytes += entry.len();
             ring.entries.push_front(entry);
             // Past the count, and past the node's bytes (this ring keeping its newest), the
             // oldest go.
             while ring.entries.len() > self.capacity
-                || (*bytes > self.max_node_bytes && ring.entries.len() > 1)
+                || (mine.bytes > self.max_node_bytes && ring.entries.len() > 1)
             {
                 let old = ring.entries.pop_back().expect("a ring longer than one");
-                *bytes -= old.len();
+                mine.bytes -= old.len();
             }
         }
     }
 
-    /// Bytes `node`'s rings hold.
-    pub fn node_bytes(&self, node: &str) -> usize {
-        let _rings = self.rings.lock().expect("hot ring lock poisoned");
-        let node_bytes = self.node_bytes.lock().expect("hot ring lock poisoned");
-        node_bytes.get(node).copied().unwrap_or(0)
-    }
-
     fn collectors(&self, node: &str) -> Vec<String> {
-        let rings = self.rings.lock().expect("hot ring lock poisoned");
-        rings
-            .keys()
-            .filter(|(n, _)| n == node)
-            .map(|(_, c)| c.clone())
-            .collect()
+        let nodes = self.nodes.lock().expect("hot ring lock poisoned");
+        nodes
+            .get(node)
+            .map(|mine| mine.rings.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn recent(&self, node: &str, collector: &str, limit: usize) -> Vec<String> {
-        let rings = self.rings.lock().expect("hot ring lock poisoned");
-        rings
-            .get(&(node.to_owned(), collector.to_owned()))
+        let nodes = self.nodes.lock().expect("hot ring lock poisoned");
+        nodes
+            .get(node)
+            .and_then(|mine| mine.rings.get(collector))
             .map(|ring| ring.entries.iter().take(limit).cloned().collect())
             .unwrap_or_default()
     }
@@ -516,14 +515,8 @@ mod tests {
         let HotStore::Memory(ring) = &hot else {
             unreachable!("made in memory")
         };
-        {
-            let rings = ring.rings.lock().unwrap();
-            assert_eq!(
-                rings.keys().filter(|(n, _)| n == "web1").count(),
-                RINGS_PER_NODE_MAX
-            );
-            assert!(rings.contains_key(&("web2".to_owned(), "c0".to_owned())));
-        }
+        assert_eq!(ring.collectors("web1").len(), RINGS_PER_NODE_MAX);
+        assert_eq!(ring.collectors("web2"), vec!["c0".to_owned()]);
         // An existing ring keeps taking records.
         hot.push("web1", &[record("c0", 2)]).await;
         assert_eq!(hot.recent("web1", "c0", 5).await.unwrap().len(), 2);

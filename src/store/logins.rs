@@ -56,11 +56,10 @@ impl Durable {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (2..keys.len() + 2).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT key, failures, last_ms, next_allowed_ms FROM login_failures \
              WHERE last_ms >= $1 AND key IN ({})",
-            placeholders.join(", ")
+            super::durable::placeholders(2, keys.len())
         );
         let mut query = sqlx::query(&sql).bind(forget_before_ms);
         for key in keys {

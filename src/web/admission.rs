@@ -6,16 +6,17 @@
 //!
 //! An acceptor for `axum_server` (before TLS, on the TCP stream); it binds nothing.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::shares::{Share, Shares};
 
 /// Most connections open at once from one peer address (an agent holds about two: many
 /// agents behind one NAT address share it).
@@ -26,7 +27,7 @@ pub const FIRST_BYTE: Duration = Duration::from_secs(10);
 /// The acceptor: counts connections per peer and waits for each one's first byte.
 #[derive(Clone)]
 pub struct Admission {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: Arc<Shares<IpAddr>>,
     per_peer: usize,
 }
 
@@ -40,44 +41,19 @@ impl Default for Admission {
 }
 
 impl Admission {
-    fn enter(&self, peer: IpAddr) -> io::Result<Slot> {
+    fn enter(&self, peer: IpAddr) -> io::Result<Share<IpAddr>> {
         let peer = super::intake::peer_key(peer);
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(peer).or_default();
-        if *n >= self.per_peer {
+        self.open.take(peer, 1, self.per_peer).map_err(|_| {
             tracing::debug!(%peer, limit = self.per_peer, "a connection refused: its address has as many open as it may");
-            return Err(io::Error::other("too many connections from one address"));
-        }
-        *n += 1;
-        Ok(Slot {
-            open: self.open.clone(),
-            peer,
+            io::Error::other("too many connections from one address")
         })
-    }
-}
-
-/// One open connection's place in the count; freed on drop.
-struct Slot {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    peer: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.peer);
-            }
-        }
     }
 }
 
 /// A TCP stream that holds its slot for as long as it lives.
 pub struct Admitted {
     stream: TcpStream,
-    _slot: Slot,
+    _slot: Share<IpAddr>,
 }
 
 impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for Admission {

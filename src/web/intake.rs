@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -38,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
 use super::error::ApiError;
+use super::shares::{Share, Shares};
 use crate::pipeline::Registry;
 
 /// Time every body gets for its first bytes.
@@ -63,7 +64,7 @@ const DRAIN_MAX: usize = 1024 * 1024;
 pub struct BodyTooSlow;
 
 /// Which total an unverified body draws on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pool {
     /// The request names an enrolled node and comes from inside its networks.
     Nodes = 0,
@@ -78,34 +79,14 @@ pub struct Intake {
     /// Path → the largest unverified body that route takes.
     routes: HashMap<String, usize>,
     registry: Arc<Registry>,
-    held: Mutex<Held>,
+    peers: Arc<Shares<IpAddr>>,
+    pools: Arc<Shares<Pool>>,
 }
 
-#[derive(Default)]
-struct Held {
-    totals: [usize; 2],
-    peers: HashMap<IpAddr, usize>,
-}
-
-/// Bytes reserved for one body; returned on drop.
+/// Bytes reserved for one body, from its peer's share and its pool; returned on drop.
 pub struct Reservation {
-    intake: Arc<Intake>,
-    peer: IpAddr,
-    pool: Pool,
-    bytes: usize,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut held = self.intake.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.totals[self.pool as usize] -= self.bytes;
-        if let Some(n) = held.peers.get_mut(&self.peer) {
-            *n -= self.bytes;
-            if *n == 0 {
-                held.peers.remove(&self.peer);
-            }
-        }
-    }
+    _peer: Share<IpAddr>,
+    _pool: Share<Pool>,
 }
 
 /// The share a peer address draws from: IPv4 by address, IPv6 by /64 (one host has many).
@@ -143,7 +124,8 @@ impl Intake {
             totals,
             routes: routes.iter().map(|(p, m)| ((*p).to_owned(), *m)).collect(),
             registry,
-            held: Mutex::new(Held::default()),
+            peers: Arc::default(),
+            pools: Arc::default(),
         })
     }
 
@@ -180,12 +162,7 @@ impl Intake {
     /// Reserves `bytes` for a body from `peer` in `pool`, or says why not (at once: nothing
     /// waits): 413 for more than a whole share, 503 + Retry-After while the share or the pool
     /// is spent.
-    pub fn reserve(
-        self: &Arc<Self>,
-        peer: IpAddr,
-        pool: Pool,
-        bytes: usize,
-    ) -> Result<Reservation, ApiError> {
+    pub fn reserve(&self, peer: IpAddr, pool: Pool, bytes: usize) -> Result<Reservation, ApiError> {
         let peer = peer_key(peer);
         // More than a whole share would never fit: the client must hear 413, not a 503 it
         // would retry for ever.
@@ -198,37 +175,33 @@ impl Intake {
                 ),
             ));
         }
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = held.peers.get(&peer).copied().unwrap_or(0);
-        if mine + bytes > self.per_peer {
-            return Err(busy(format!(
-                "{peer} has {} KiB of request bodies in flight already (at most {} KiB from one address before they are verified); retry shortly",
-                mine / 1024,
-                self.per_peer / 1024
-            )));
-        }
-        if held.totals[pool as usize] + bytes > self.totals[pool as usize] {
-            return Err(busy(
-                "the controller is taking in as many unverified request bodies as it holds; retry shortly",
-            ));
-        }
-        held.totals[pool as usize] += bytes;
-        *held.peers.entry(peer).or_default() += bytes;
+        let peer_share = self
+            .peers
+            .take(peer, bytes, self.per_peer)
+            .map_err(|mine| {
+                busy(format!(
+                    "{peer} has {} KiB of request bodies in flight already (at most {} KiB from one address before they are verified); retry shortly",
+                    mine / 1024,
+                    self.per_peer / 1024
+                ))
+            })?;
+        let pool_share = self
+            .pools
+            .take(pool, bytes, self.totals[pool as usize])
+            .map_err(|_| {
+                busy(
+                    "the controller is taking in as many unverified request bodies as it holds; retry shortly",
+                )
+            })?;
         Ok(Reservation {
-            intake: self.clone(),
-            peer,
-            pool,
-            bytes,
+            _peer: peer_share,
+            _pool: pool_share,
         })
     }
 
     /// Bytes in flight from `peer`'s share and in `pool` (for tests).
     pub fn held(&self, peer: IpAddr, pool: Pool) -> (usize, usize) {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        (
-            held.peers.get(&peer_key(peer)).copied().unwrap_or(0),
-            held.totals[pool as usize],
-        )
+        (self.peers.held(&peer_key(peer)), self.pools.held(&pool))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod heartbeats;
 pub mod ingest;
 pub mod intake;
 pub mod massaffect;
+pub mod shares;
 pub mod stream;
 pub mod ui;
 pub mod watchtower;

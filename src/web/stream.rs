@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use super::auth::Operator;
 use super::error::ApiError;
+use super::shares::{Share, Shares};
 use super::{ApiQuery, AppState};
 use crate::store::events::EventEntry;
 
@@ -159,52 +160,40 @@ pub async fn stream(
 /// cannot take every stream and leave the others none.
 pub struct StreamSlots {
     total: Arc<tokio::sync::Semaphore>,
-    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    per_operator: Arc<Shares<String>>,
 }
 
 impl Default for StreamSlots {
     fn default() -> Self {
         Self {
             total: Arc::new(tokio::sync::Semaphore::new(super::STREAMS_MAX)),
-            held: Default::default(),
+            per_operator: Arc::default(),
         }
     }
 }
 
 /// One open stream; its slot is free again when this is dropped.
 pub struct StreamPermit {
+    _operator: Share<String>,
     _total: tokio::sync::OwnedSemaphorePermit,
-    slots: Arc<StreamSlots>,
-    who: String,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.who) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.who);
-            }
-        }
-    }
 }
 
 /// A stream slot for `who` (an operator: `Operator`'s or `Viewer`'s name), or a refusal that
 /// says when to come back: 429 past the operator's share, 503 when the controller is full.
 pub fn stream_permit(state: &Arc<AppState>, who: &str) -> Result<StreamPermit, ApiError> {
-    let slots = state.streams.clone();
-    let mut held = slots.held.lock().unwrap_or_else(|e| e.into_inner());
-    let mine = held.get(who).copied().unwrap_or(0);
-    if mine >= super::STREAMS_PER_OPERATOR {
-        return Err(ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "{who} has {mine} live streams open, the most one operator may; close one (a tab, a `fleet events --follow`) and try again"
-            ),
-        )
-        .retry_after(Duration::from_secs(10)));
-    }
+    let slots = &state.streams;
+    let operator = slots
+        .per_operator
+        .take(who.to_owned(), 1, super::STREAMS_PER_OPERATOR)
+        .map_err(|mine| {
+            ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{who} has {mine} live streams open, the most one operator may; close one (a tab, a `fleet events --follow`) and try again"
+                ),
+            )
+            .retry_after(Duration::from_secs(10))
+        })?;
     let total = slots.total.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -215,12 +204,9 @@ pub fn stream_permit(state: &Arc<AppState>, who: &str) -> Result<StreamPermit, A
         )
         .retry_after(Duration::from_secs(10))
     })?;
-    *held.entry(who.to_owned()).or_default() += 1;
-    drop(held);
     Ok(StreamPermit {
+        _operator: operator,
         _total: total,
-        slots,
-        who: who.to_owned(),
     })
 }
 

@@ -1,25 +1,39 @@
 //! One enrolled node cannot fill the controller with small requests: a record's document is
 //! bounded in bytes (413 naming the limit), and a node's hot rings are bounded in bytes.
 
-use fleet::model::{BatchBody, Record};
+use fleet::model::{BatchBody, Record, Sample};
 
 use crate::both_backends;
 use crate::harness::{Backend, Batch, Env, InProcess, node};
 
 const KEY: &str = "record-bounds-key-0123456789";
 
-fn body_with_data(seq: u64, bytes: usize) -> Vec<u8> {
-    let body = BatchBody {
+/// A batch body of these records.
+fn body_of(records: Vec<Record>) -> Vec<u8> {
+    serde_json::to_vec(&BatchBody {
         interval_ms: 1000,
         dropped_batches: 0,
-        records: vec![Record {
-            collector: "blob".into(),
-            ts: fleet::timefmt::now_ms(),
-            data: serde_json::json!({ "seq": seq, "pad": "a".repeat(bytes) }),
-            samples: Vec::new(),
-        }],
-    };
-    serde_json::to_vec(&body).unwrap()
+        records,
+    })
+    .unwrap()
+}
+
+/// A record of `collector` at this moment.
+fn record(collector: &str, data: serde_json::Value, samples: Vec<Sample>) -> Record {
+    Record {
+        collector: collector.into(),
+        ts: fleet::timefmt::now_ms(),
+        data,
+        samples,
+    }
+}
+
+fn body_with_data(seq: u64, bytes: usize) -> Vec<u8> {
+    body_of(vec![record(
+        "blob",
+        serde_json::json!({ "seq": seq, "pad": "a".repeat(bytes) }),
+        Vec::new(),
+    )])
 }
 
 both_backends!(a_large_record_is_refused_and_a_nodes_rings_stay_within_their_bytes);
@@ -93,23 +107,19 @@ async fn many_samples_or_many_collectors_do_not_grow_a_nodes_rings(backend: Back
     let labels: std::collections::BTreeMap<String, String> = (0..16)
         .map(|i| (format!("l{i}"), "v".repeat(200)))
         .collect();
-    let body = BatchBody {
-        interval_ms: 1000,
-        dropped_batches: 0,
-        records: vec![Record {
-            collector: "wide".into(),
-            ts: fleet::timefmt::now_ms(),
-            data: serde_json::json!({ "note": "small document" }),
-            samples: (0..500)
-                .map(|i| {
-                    let mut s = fleet::model::Sample::new("wide.metric", i as f64);
-                    s.labels = labels.clone();
-                    s
-                })
-                .collect(),
-        }],
-    };
-    let mut batch = Batch::new("web1", KEY, 1).body(serde_json::to_vec(&body).unwrap());
+    let samples = (0..500)
+        .map(|i| {
+            let mut s = Sample::new("wide.metric", i as f64);
+            s.labels = labels.clone();
+            s
+        })
+        .collect();
+    let body = body_of(vec![record(
+        "wide",
+        serde_json::json!({ "note": "small document" }),
+        samples,
+    )]);
+    let mut batch = Batch::new("web1", KEY, 1).body(body);
     batch.gzip = true;
     let (status, v) = client.send(&batch).await;
     assert_eq!(status, 200, "{v}");
@@ -122,20 +132,19 @@ async fn many_samples_or_many_collectors_do_not_grow_a_nodes_rings(backend: Back
     let mut seq = 10;
     for chunk in (0..300).collect::<Vec<_>>().chunks(30) {
         seq += 1;
-        let body = BatchBody {
-            interval_ms: 1000,
-            dropped_batches: 0,
-            records: chunk
+        let body = body_of(
+            chunk
                 .iter()
-                .map(|i| Record {
-                    collector: format!("c{i}"),
-                    ts: fleet::timefmt::now_ms(),
-                    data: serde_json::json!({ "pad": "b".repeat(50 * 1024) }),
-                    samples: Vec::new(),
+                .map(|i| {
+                    record(
+                        &format!("c{i}"),
+                        serde_json::json!({ "pad": "b".repeat(50 * 1024) }),
+                        Vec::new(),
+                    )
                 })
                 .collect(),
-        };
-        let mut batch = Batch::new("web1", KEY, seq).body(serde_json::to_vec(&body).unwrap());
+        );
+        let mut batch = Batch::new("web1", KEY, seq).body(body);
         batch.gzip = true;
         let (status, v) = client.send(&batch).await;
         assert_eq!(status, 200, "{v}");

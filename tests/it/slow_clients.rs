@@ -89,17 +89,24 @@ async fn slow_headers(
     Fate::Open
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_bodies_from_another_address_do_not_starve_a_reporting_node() {
+/// A controller on the embedded store with `web1` enrolled from anywhere (so its allow list
+/// protects nothing), and its address.
+async fn start() -> (Env, InProcess, std::net::SocketAddr) {
     let env = Env::new(Backend::Embedded).await;
     let mut config = env.controller_config();
     config.nodes = vec![node("web1", KEY, &[])];
     let controller = InProcess::start(config).await;
-    let addr: std::net::SocketAddr = controller
+    let addr = controller
         .url
         .trim_start_matches("http://")
         .parse()
         .unwrap();
+    (env, controller, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_from_another_address_do_not_starve_a_reporting_node() {
+    let (_env, controller, addr) = start().await;
     let host = addr.to_string();
 
     let hold = Duration::from_secs(16);
@@ -308,15 +315,7 @@ async fn silent_tls_handshakes_and_withheld_watchtower_bodies_are_cut_off() {
 /// hears the answer) is refused at once, before anything is reserved or read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_size_over_the_route_is_refused_at_once() {
-    let env = Env::new(Backend::Embedded).await;
-    let mut config = env.controller_config();
-    config.nodes = vec![node("web1", KEY, &[])];
-    let controller = InProcess::start(config).await;
-    let addr: std::net::SocketAddr = controller
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let (_env, controller, addr) = start().await;
     let now = fleet::timefmt::now_ms();
     for (i, (path, extra, declared)) in [
         (
@@ -350,15 +349,7 @@ async fn a_declared_size_over_the_route_is_refused_at_once() {
 /// most 512 open: the rest are closed at once, while another address is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_and_one_address_holds_a_bounded_number() {
-    let env = Env::new(Backend::Embedded).await;
-    let mut config = env.controller_config();
-    config.nodes = vec![node("web1", KEY, &[])];
-    let controller = InProcess::start(config).await;
-    let addr: std::net::SocketAddr = controller
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let (_env, controller, addr) = start().await;
     let limit = fleet::web::admission::CONNECTIONS_PER_PEER;
     let mut silent = Vec::new();
     for _ in 0..limit + 20 {
