@@ -581,6 +581,49 @@ pub fn build(
     c
 }
 
+/// A command as the controller keeps it and what became of it (the API's view of a command).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub node: String,
+    pub kind: Kind,
+    pub method: Method,
+    pub args: Vec<String>,
+    pub parallel: bool,
+    pub state: CommandState,
+    pub attempts: i64,
+    pub retries: i64,
+    pub timeout_ms: i64,
+    pub not_after: String,
+    pub sent_by: String,
+    pub via: String,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub result: Option<CommandResult>,
+}
+
+impl CommandRecord {
+    /// Settled: nothing more will happen unless the node answers late. NACK kinds are settled
+    /// once the node has them.
+    pub fn settled(&self) -> bool {
+        self.state.is_terminal()
+            || (!self.kind.wants_result() && self.state != CommandState::Queued)
+    }
+}
+
+/// A command as submitted (`POST /api/v1/commands`, `fleet send`): the signed envelope and
+/// how often to redeliver it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    pub command: Command,
+    /// Redeliveries when no answer comes within the timeout.
+    #[serde(default)]
+    pub retries: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,20 +18,27 @@
 //! - [`files`]: data dirs and files made private whatever the umask, and refused when they are not.
 //! - [`termsafe`]: others' text (command output, event messages) made safe to print to a person.
 
+pub mod agent;
+pub mod backoff;
 pub mod bus;
+pub mod client;
 pub mod collectors;
 pub mod command;
 pub mod config;
 pub mod executor;
 pub mod files;
 pub mod heartbeat;
+pub mod http_client;
 pub mod model;
 pub mod modes;
 pub mod pipeline;
+pub mod process;
 pub mod store;
 pub mod termsafe;
 pub mod timefmt;
+
 pub mod web;
+pub mod wire;
 
 /// Installs ring as the process-wide rustls crypto provider. Call it first thing: rustls has no
 /// default when (as here) only ring is compiled in.

@@ -66,7 +66,7 @@ enum Command {
     /// Control characters in messages (escape sequences, carriage returns, line breaks) are
     /// shown as `\x1b`, `\r`, `\n` …, never passed to the terminal; --json escapes them as JSON
     /// does.
-    Events(Box<fleet::modes::pulse::EventsArgs>),
+    Events(Box<fleet::modes::events::EventsArgs>),
     /// Operator signing keys.
     Operator {
         #[command(subcommand)]
@@ -255,18 +255,18 @@ enum OperatorCommand {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Simulate agents sending batches; print throughput, latency, and loss read back from the store.
-    Ingest(fleet::modes::bench::IngestBenchArgs),
+    Ingest(fleet::modes::bench::ingest::IngestBenchArgs),
     /// Round trips of commands over the NATS or HTTP bus (latency, throughput, fan-out) beside
     /// the raw NATS, HTTP and fsync floors of this machine.
-    Commands(fleet::modes::bench_commands::CommandsBenchArgs),
+    Commands(fleet::modes::bench::commands::CommandsBenchArgs),
     /// Pulses per second accepted, and how late missed deadlines are noticed among many
     /// watched services.
-    Heartbeats(fleet::modes::bench_heartbeats::HeartbeatsBenchArgs),
+    Heartbeats(fleet::modes::bench::heartbeats::HeartbeatsBenchArgs),
     /// Render times of the dashboard's pages from a seeded store (the overview of many nodes,
     /// a node's charts over days of history) beside /healthz.
-    Dashboard(fleet::modes::bench_dashboard::DashboardBenchArgs),
+    Dashboard(fleet::modes::bench::dashboard::DashboardBenchArgs),
     /// How fast the log tail parses an nginx access log, and what an agent following one costs.
-    Logs(fleet::modes::bench_logs::LogsBenchArgs),
+    Logs(fleet::modes::bench::logs::LogsBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -356,7 +356,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Send(args) => return fleet::modes::send::run(*args).await,
         Command::Pulse(args) => return fleet::modes::pulse::pulse(*args).await,
         Command::Run(args) => return fleet::modes::pulse::run(*args).await,
-        Command::Events(args) => return fleet::modes::pulse::events(*args).await,
+        Command::Events(args) => return fleet::modes::events::run(*args).await,
         Command::Operator {
             command: OperatorCommand::Keygen { out, force },
         } => {
@@ -459,19 +459,19 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Bench {
             command: BenchCommand::Ingest(args),
-        } => fleet::modes::bench::ingest(args).await?,
+        } => fleet::modes::bench::ingest::ingest(args).await?,
         Command::Bench {
             command: BenchCommand::Commands(args),
-        } => fleet::modes::bench_commands::commands(args).await?,
+        } => fleet::modes::bench::commands::commands(args).await?,
         Command::Bench {
             command: BenchCommand::Heartbeats(args),
-        } => fleet::modes::bench_heartbeats::heartbeats(args).await?,
+        } => fleet::modes::bench::heartbeats::heartbeats(args).await?,
         Command::Bench {
             command: BenchCommand::Dashboard(args),
-        } => fleet::modes::bench_dashboard::dashboard(args).await?,
+        } => fleet::modes::bench::dashboard::dashboard(args).await?,
         Command::Bench {
             command: BenchCommand::Logs(args),
-        } => fleet::modes::bench_logs::logs(args).await?,
+        } => fleet::modes::bench::logs::logs(args).await?,
     }
     Ok(0)
 }

@@ -3,6 +3,8 @@
 //!
 //! Pure functions; no I/O beyond reading the clock.
 
+pub use crate::config::parse_duration; // TEMP until the config split lands
+
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Now, in milliseconds since the Unix epoch.

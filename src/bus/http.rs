@@ -1,15 +1,16 @@
-//! The agent's HTTP sender: frames a spooled batch (see [`super::wire`]), signs it at send time
-//! and posts it to `POST /api/v1/ingest`, classifying the answer so the agent knows whether to
-//! remove, discard or retry the batch.
+//! The HTTP backend of the bus: batches posted to `POST /api/v1/ingest` (framed and sealed by
+//! [`crate::wire`] at send time, the answer classified so the agent knows whether to remove,
+//! discard or retry the batch), pulses and events posted signed with the node key, and the
+//! command long-poll and reports.
 //!
-//! It never touches the spool itself; `modes::agent` decides what to do with each outcome.
+//! It never touches the spool itself; the agent runtime decides what to do with each outcome.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::wire;
+use crate::wire;
 
 /// What happened to one send.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,69 +24,42 @@ pub enum SendOutcome {
     Retry(String),
 }
 
-/// Sends batches for one node.
-pub struct HttpSender {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    node: String,
-    key: String,
+/// A node's traffic over HTTP to the controller.
+pub struct HttpBus {
+    node: NodeClient,
+    ingest: reqwest::Url,
     interval_ms: u64,
+    poll_timeout: Duration,
 }
 
-/// The agent's HTTP client: `timeout` per request unless a request sets its own, and
-/// `ca_cert` (PEM) instead of the system roots when given.
-pub fn agent_client(ca_cert: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .pool_max_idle_per_host(2)
-        .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
-    builder = trusting(builder, ca_cert)?;
-    builder.build().context("cannot build the HTTP client")
-}
-
-/// `builder` verifying servers against the PEM CA at `ca_cert` instead of the system roots,
-/// when one is given (the agent's controller, a checked site).
-pub fn trusting(
-    builder: reqwest::ClientBuilder,
-    ca_cert: Option<&Path>,
-) -> anyhow::Result<reqwest::ClientBuilder> {
-    let Some(path) = ca_cert else {
-        return Ok(builder);
-    };
-    let pem = std::fs::read(path)
-        .with_context(|| format!("cannot read CA certificate {}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-    Ok(builder.tls_certs_only(certs))
-}
-
-impl HttpSender {
-    /// `ca_cert`: verify the controller against this PEM CA instead of the system roots.
+impl HttpBus {
+    /// `ca_cert`: verify the controller against this PEM CA instead of the system roots;
+    /// `interval`: the collection interval the batches declare; `poll_timeout`: how long one
+    /// command long-poll waits.
     pub fn new(
         controller: &str,
         node: &str,
         key: &str,
-        interval: Duration,
         ca_cert: Option<&Path>,
-        timeout: Duration,
+        request_timeout: Duration,
+        interval: Duration,
+        poll_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let base = reqwest::Url::parse(controller)
-            .with_context(|| format!("controller URL {controller:?} is not a URL"))?;
-        let url = base
+        let node = NodeClient::new(controller, node, key, ca_cert, request_timeout)?;
+        let ingest = node
+            .base
             .join("api/v1/ingest")
             .with_context(|| format!("cannot build the ingest URL from {controller:?}"))?;
         Ok(Self {
-            client: agent_client(ca_cert, timeout)?,
-            url,
-            node: node.to_owned(),
-            key: key.to_owned(),
+            node,
+            ingest,
             interval_ms: interval.as_millis() as u64,
+            poll_timeout,
         })
     }
 
     /// Signs and sends one batch.
-    pub async fn send(
+    pub async fn send_batch(
         &self,
         instance: &str,
         seq: u64,
@@ -93,10 +67,17 @@ impl HttpSender {
         records_json: &[u8],
     ) -> SendOutcome {
         let body = wire::frame(self.interval_ms, records_json, dropped_batches);
-        let sealed = wire::Sealed::new(self.key.as_bytes(), &self.node, instance, seq, &body);
+        let sealed = wire::Sealed::new(
+            self.node.key.as_bytes(),
+            &self.node.node,
+            instance,
+            seq,
+            &body,
+        );
         let mut request = self
+            .node
             .client
-            .post(self.url.clone())
+            .post(self.ingest.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         for (name, value) in sealed.headers() {
             request = request.header(name, value);
@@ -109,7 +90,37 @@ impl HttpSender {
         if status.is_success() {
             return SendOutcome::Acknowledged;
         }
-        SendOutcome::of_refusal(status.as_u16(), error_text(response).await)
+        SendOutcome::of_refusal(
+            status.as_u16(),
+            crate::http_client::error_text(response).await,
+        )
+    }
+
+    /// Posts a pulse or an event (`path`: `wire::HEARTBEATS_PATH`, `wire::EVENTS_PATH`)
+    /// signed with the node key; the controller's JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, super::BusError> {
+        let bytes = serde_json::to_vec(body).expect("JSON serialises");
+        let request = self
+            .node
+            .signed(reqwest::Method::POST, path, "", bytes)
+            .map_err(|e| super::BusError::Unreachable(format!("{e:#}")))?;
+        let response = request.send().await.map_err(|e| {
+            super::BusError::Unreachable(format!("cannot reach the controller: {e}"))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(super::BusError::Refused {
+                status: status.as_u16(),
+                message: crate::http_client::error_text(response).await,
+            });
+        }
+        response.json().await.map_err(|e| {
+            super::BusError::Unreachable(format!("the controller's answer is not JSON: {e}"))
+        })
     }
 }
 
@@ -124,9 +135,8 @@ impl SendOutcome {
     }
 }
 
-/// Requests to the controller signed with a node's key (`fleet-agent-v1`, docs/commands.md):
-/// what the agent polls and reports with, and what `fleet pulse` uses on a node.
-pub struct NodeClient {
+/// Requests to the controller signed with a node's key (`fleet-agent-v1`, docs/commands.md).
+struct NodeClient {
     client: reqwest::Client,
     base: reqwest::Url,
     node: String,
@@ -134,7 +144,7 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    pub fn new(
+    fn new(
         controller: &str,
         node: &str,
         key: &str,
@@ -142,7 +152,7 @@ impl NodeClient {
         request_timeout: Duration,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            client: agent_client(ca_cert, request_timeout)?,
+            client: crate::http_client::controller_client(ca_cert, request_timeout)?,
             base: reqwest::Url::parse(controller)
                 .with_context(|| format!("controller URL {controller:?} is not a URL"))?,
             node: node.to_owned(),
@@ -151,7 +161,7 @@ impl NodeClient {
     }
 
     /// A request to `path` (with `query`) carrying `body`, signed.
-    pub fn signed(
+    fn signed(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -181,49 +191,15 @@ impl NodeClient {
 
 /// The agent's end of the HTTP command bus: long-polls `GET /api/v1/agent/commands` and posts
 /// reports to `POST /api/v1/agent/reports`, both signed with the node key.
-pub struct HttpCommandSource {
-    client: NodeClient,
-    poll_timeout: Duration,
-}
-
-impl HttpCommandSource {
-    pub fn new(
-        controller: &str,
-        node: &str,
-        key: &str,
-        ca_cert: Option<&Path>,
-        request_timeout: Duration,
-        poll_timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: NodeClient::new(controller, node, key, ca_cert, request_timeout)?,
-            poll_timeout,
-        })
-    }
-}
-
-/// `<status>: <the answer's "error", or its text>`.
-pub async fn error_text(response: reqwest::Response) -> String {
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or(text);
-    format!("{status}: {message}")
-}
-
-impl super::commands::CommandSource for HttpCommandSource {
-    type Receipt = ();
-
-    async fn fetch(&self) -> anyhow::Result<Vec<(crate::command::Command, ())>> {
+impl HttpBus {
+    pub async fn fetch(&self) -> anyhow::Result<Vec<crate::command::Command>> {
         #[derive(serde::Deserialize)]
         struct Polled {
             commands: Vec<crate::command::Command>,
         }
-        let path = crate::web::commands::AGENT_POLL_PATH;
+        let path = wire::AGENT_POLL_PATH;
         let response = self
-            .client
+            .node
             .signed(
                 reqwest::Method::GET,
                 path,
@@ -237,22 +213,22 @@ impl super::commands::CommandSource for HttpCommandSource {
         if !response.status().is_success() {
             anyhow::bail!(
                 "the controller refused the poll: {}",
-                error_text(response).await
+                crate::http_client::error_text(response).await
             );
         }
         let polled: Polled = response
             .json()
             .await
             .context("the controller's answer to a poll is not the expected JSON")?;
-        Ok(polled.commands.into_iter().map(|c| (c, ())).collect())
+        Ok(polled.commands)
     }
 
-    async fn report(&self, reports: &[crate::command::CommandReport]) -> anyhow::Result<()> {
+    pub async fn report(&self, reports: &[crate::command::CommandReport]) -> anyhow::Result<()> {
         let body = serde_json::to_vec(&serde_json::json!({ "reports": reports }))
             .expect("reports serialise");
-        let path = crate::web::commands::AGENT_REPORTS_PATH;
+        let path = wire::AGENT_REPORTS_PATH;
         let response = self
-            .client
+            .node
             .signed(reqwest::Method::POST, path, "", body)?
             .send()
             .await
@@ -260,11 +236,9 @@ impl super::commands::CommandSource for HttpCommandSource {
         if !response.status().is_success() {
             anyhow::bail!(
                 "the controller refused a report: {}",
-                error_text(response).await
+                crate::http_client::error_text(response).await
             );
         }
         Ok(())
     }
-
-    async fn settle(&self, _receipt: ()) {}
 }

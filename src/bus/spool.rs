@@ -70,7 +70,7 @@ impl Spool {
         crate::files::create_dir(&spool_dir)?;
         let instance_path = data_dir.join("instance");
         let instance = match fs::read_to_string(&instance_path) {
-            Ok(text) if crate::bus::wire::valid_instance(text.trim()) => text.trim().to_owned(),
+            Ok(text) if crate::wire::valid_instance(text.trim()) => text.trim().to_owned(),
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

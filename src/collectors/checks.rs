@@ -56,7 +56,7 @@ impl Check {
                 .redirect(reqwest::redirect::Policy::none())
                 .tls_info(true)
                 .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
-            crate::bus::http::trusting(builder, config.ca_cert.as_deref())?
+            crate::http_client::trusting(builder, config.ca_cert.as_deref())?
                 .build()
                 .context("cannot build the HTTP client")
         };

@@ -192,7 +192,7 @@ impl Plugin {
         let started = std::time::Instant::now();
         let never = CancellationToken::new();
         let (state, result) =
-            crate::executor::run::run_argv(&self.argv, self.timeout, self.max_output, &never).await;
+            crate::process::run_argv(&self.argv, self.timeout, self.max_output, &never).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let (status, output) = match state {
             CommandState::Succeeded | CommandState::Failed if result.error.is_none() => (

@@ -167,7 +167,8 @@ pub async fn start(
         status: config.status.clone(),
         commands: commands.clone(),
         node_auth: node_auth.clone(),
-        heartbeats,
+        heartbeats: heartbeats.clone(),
+        events: crate::pipeline::Events::new(durable.clone()),
         shutdown: shutdown.clone(),
         streams: Arc::default(),
         intake: web::intake::Intake::new(registry.clone(), &web::unverified_routes(&config)),
@@ -181,14 +182,16 @@ pub async fn start(
     // Tasks that feed the ingest pipeline: they must end before its writer can.
     let feeders = tokio_util::task::TaskTracker::new();
     if let Some(nats) = nats {
-        let (queue, ingest, auth, stop) = (
-            commands.clone(),
-            ingest.clone(),
-            node_auth.clone(),
-            shutdown.clone(),
-        );
+        let pipeline = crate::bus::nats::controller::Pipeline {
+            queue: commands.clone(),
+            ingest: ingest.clone(),
+            auth: node_auth.clone(),
+            heartbeats: heartbeats.clone(),
+            events: crate::pipeline::Events::new(durable.clone()),
+        };
+        let stop = shutdown.clone();
         feeders.spawn(async move {
-            if let Err(err) = nats.run(queue, ingest, auth, stop).await {
+            if let Err(err) = nats.run(pipeline, stop).await {
                 tracing::error!(cause = %format!("{err:#}"), "the NATS bus stopped");
             }
         });

@@ -1,96 +1,85 @@
 //! `fleet pulse SERVICE --next-in 10m` and `fleet run --heartbeat SERVICE --next-in 1d -- CMD…`
-//! for shell scripts and cron, and `fleet events [--follow]` for the terminal. Clients of the
-//! controller's API only: as an operator (token) or, on a node, signed with the node key.
+//! for shell scripts and cron. As an operator (token) through the controller's API, or on a node
+//! signed with the node key over the bus: HTTP to the controller, or NATS with `--nats-url`.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::bus::http::NodeClient;
-use crate::config::parse_duration;
+use super::ControllerClient;
+use crate::bus::{Bus, BusError};
+use crate::client::Api;
 use crate::heartbeat;
-use crate::modes::send::Api;
-use crate::termsafe::{self, Shape};
+use crate::timefmt::parse_duration;
 
-/// How a client reaches the controller and says who it is.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ControllerClient {
-    /// Controller base URL.
-    #[arg(long, env = "FLEET_CONTROLLER")]
-    pub controller: Option<String>,
-    /// Operator API token.
-    #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
-    /// On a node, without a token: sign as this node (with --node-key).
-    #[arg(long = "as-node", env = "FLEET_NODE")]
-    pub as_node: Option<String>,
-    /// The node's key (as `fleet node add` printed it).
-    #[arg(long, env = "FLEET_NODE_KEY", hide_env_values = true)]
-    pub node_key: Option<String>,
-    /// PEM CA certificate to verify the controller with.
-    #[arg(long, env = "FLEET_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-}
-
-enum Caller {
+/// Who pulses, and which way.
+enum Pulser {
+    /// An operator, through the API.
     Operator(Api),
-    Node(NodeClient),
+    /// A node, signed with its key, over the bus (HTTP or NATS).
+    Node(Box<Bus>),
 }
 
-impl ControllerClient {
-    fn connect(&self) -> anyhow::Result<Caller> {
-        let controller = self
-            .controller
-            .as_deref()
-            .context("no controller: pass --controller URL or set FLEET_CONTROLLER")?;
-        match (&self.api_token, &self.as_node, &self.node_key) {
-            (Some(token), _, _) => Ok(Caller::Operator(Api::connect(
-                controller,
+impl Pulser {
+    async fn connect(client: &ControllerClient) -> anyhow::Result<Self> {
+        match (&client.api_token, &client.as_node, &client.node_key) {
+            (Some(token), _, _) if client.nats.url.is_none() => Ok(Pulser::Operator(Api::connect(
+                client.controller()?,
                 token,
-                self.ca_cert.as_deref(),
+                client.ca_cert.as_deref(),
             )?)),
-            (None, Some(node), Some(key)) => Ok(Caller::Node(NodeClient::new(
-                controller,
-                node,
-                key,
-                self.ca_cert.as_deref(),
-                Duration::from_secs(30),
-            )?)),
+            (_, Some(node), Some(key)) => Ok(Pulser::Node(Box::new(match &client.nats.url {
+                Some(_) => {
+                    Bus::nats(
+                        &client.nats.config(client.ca_cert.as_deref()),
+                        node,
+                        key,
+                        PULSE_INTERVAL,
+                    )
+                    .await?
+                }
+                None => Bus::http(
+                    client.controller()?,
+                    node,
+                    key,
+                    client.ca_cert.as_deref(),
+                    std::time::Duration::from_secs(30),
+                    PULSE_INTERVAL,
+                    PULSE_INTERVAL,
+                )?,
+            }))),
+            (Some(_), _, _) => bail!(
+                "over NATS a pulse is signed by its node: set FLEET_NODE and FLEET_NODE_KEY (an operator token works over HTTP only)"
+            ),
             _ => bail!(
                 "no credentials: set FLEET_API_TOKEN (an operator token), or on a node FLEET_NODE and FLEET_NODE_KEY"
             ),
         }
     }
+
+    async fn pulse(&self, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        match self {
+            Pulser::Operator(api) => api.post("api/v1/heartbeats", body).await,
+            Pulser::Node(bus) => bus.pulse(body).await.map_err(refused),
+        }
+    }
+
+    async fn event(&self, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        match self {
+            Pulser::Operator(api) => api.post("api/v1/events", body).await,
+            Pulser::Node(bus) => bus.event(body).await.map_err(refused),
+        }
+    }
 }
 
-impl Caller {
-    async fn post(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        match self {
-            Caller::Operator(api) => api.post(path, body).await,
-            Caller::Node(client) => {
-                let bytes = serde_json::to_vec(body).expect("JSON serialises");
-                // The signature covers the absolute path, as the controller sees it.
-                let path = format!("/{}", path.trim_start_matches('/'));
-                let response = crate::modes::send::accepted(client.signed(
-                    reqwest::Method::POST,
-                    &path,
-                    "",
-                    bytes,
-                )?)
-                .await?;
-                response
-                    .json()
-                    .await
-                    .context("the controller's answer is not JSON")
-            }
-        }
+/// The interval a CLI bus declares: it sends no batches, so any will do.
+const PULSE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn refused(err: BusError) -> anyhow::Error {
+    match err {
+        BusError::Refused { message, .. } => anyhow::anyhow!("the controller answered {message}"),
+        BusError::Unreachable(why) => anyhow::anyhow!(why),
     }
 }
 
@@ -135,9 +124,9 @@ fn pulse_body(service: &str, spec: &PulseSpec) -> anyhow::Result<serde_json::Val
 
 /// `fleet pulse`: one pulse; prints the service's state and when it is next expected.
 pub async fn pulse(args: PulseArgs) -> anyhow::Result<u8> {
-    let caller = args.spec.client.connect()?;
-    let answer = caller
-        .post("api/v1/heartbeats", &pulse_body(&args.service, &args.spec)?)
+    let pulser = Pulser::connect(&args.spec.client).await?;
+    let answer = pulser
+        .pulse(&pulse_body(&args.service, &args.spec)?)
         .await?;
     let beat = &answer["heartbeat"];
     println!(
@@ -171,7 +160,7 @@ const TAIL_BYTES: usize = 4096;
 /// records an error event with the exit status and the tail of the output. Exits as the command
 /// did.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let caller = args.pulse.client.connect()?;
+    let pulser = Pulser::connect(&args.pulse.client).await?;
     let program = &args.command[0];
     let mut child = std::process::Command::new(program)
         .args(&args.command[1..])
@@ -217,11 +206,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         128 + status.signal().unwrap_or(0)
     });
     if status.success() {
-        caller
-            .post(
-                "api/v1/heartbeats",
-                &pulse_body(&args.heartbeat, &args.pulse)?,
-            )
+        pulser
+            .pulse(&pulse_body(&args.heartbeat, &args.pulse)?)
             .await
             .context("the command succeeded but the pulse was not recorded")?;
         return Ok(0);
@@ -233,171 +219,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         args.command.join(" ")
     );
     crate::command::cut(&mut message, heartbeat::limits::MESSAGE_MAX / 2);
-    caller
-        .post(
-            "api/v1/events",
-            &serde_json::json!({
+    pulser
+        .event(&serde_json::json!({
                 "service": args.heartbeat,
                 "level": "error",
                 "message": message,
                 "fields": { "exit_code": code, "output_tail": tail, "command": args.command },
-            }),
-        )
+        }))
         .await
         .context("the command failed and the failure could not be recorded")?;
     Ok(u8::try_from(code).unwrap_or(1).max(1))
-}
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct EventsArgs {
-    /// Only this service.
-    #[arg(long)]
-    pub service: Option<String>,
-    /// Only this node.
-    #[arg(long)]
-    pub node: Option<String>,
-    /// At least this level (0–7 or debug, info, notice, warning, error, critical, alert, emergency).
-    #[arg(long)]
-    pub level: Option<String>,
-    /// Since (RFC 3339 or relative, e.g. -1h).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Until (RFC 3339 or relative).
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Messages containing this text (any case).
-    #[arg(long, short = 'q')]
-    pub query: Option<String>,
-    /// How many of the newest to show.
-    #[arg(long, default_value_t = 50)]
-    pub limit: u32,
-    /// Then keep printing new ones as they come.
-    #[arg(long, short = 'f')]
-    pub follow: bool,
-    /// Print each as a line of JSON.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub client: ControllerClient,
-}
-
-/// `fleet events`: the newest entries oldest first, like a log; with --follow, then new ones as
-/// they are written (resuming after a dropped connection without gaps or repeats).
-pub async fn events(args: EventsArgs) -> anyhow::Result<u8> {
-    let controller = args
-        .client
-        .controller
-        .as_deref()
-        .context("no controller: pass --controller URL or set FLEET_CONTROLLER")?;
-    let token = args
-        .client
-        .api_token
-        .as_deref()
-        .context("reading events takes an operator token: set FLEET_API_TOKEN")?;
-    if args.follow && args.to.is_some() {
-        bail!("--to and --follow do not go together: following has no end");
-    }
-    let api = Api::connect(controller, token, args.client.ca_cert.as_deref())?;
-    let limit = args.limit.clamp(1, 1000).to_string();
-    let page = api
-        .get(&format!(
-            "api/v1/events?{}",
-            query_string(&[
-                ("service", args.service.as_deref()),
-                ("node", args.node.as_deref()),
-                ("level", args.level.as_deref()),
-                ("from", args.from.as_deref()),
-                ("to", args.to.as_deref()),
-                ("q", args.query.as_deref()),
-                ("limit", Some(&limit)),
-            ])
-        ))
-        .await?;
-    let mut entries: Vec<crate::store::events::EventEntry> =
-        serde_json::from_value(page["events"].clone())
-            .context("the controller's answer is not a list of events")?;
-    entries.reverse();
-    let mut out = std::io::stdout().lock();
-    // Followed from the newest entry there was when the page was read, printed or not.
-    let mut last_id = page["latest_id"].as_i64().unwrap_or(0);
-    for entry in &entries {
-        print_event(&mut out, entry, args.json)?;
-        last_id = last_id.max(entry.id);
-    }
-    drop(out);
-    if !args.follow {
-        return Ok(0);
-    }
-    let path = format!(
-        "api/v1/stream?{}",
-        query_string(&[
-            ("kinds", Some("events")),
-            ("service", args.service.as_deref()),
-            ("node", args.node.as_deref()),
-            ("level", args.level.as_deref()),
-            ("q", args.query.as_deref()),
-        ])
-    );
-    loop {
-        match api
-            .follow(&path, Some(last_id), |entry| {
-                let mut out = std::io::stdout().lock();
-                print_event(&mut out, &entry, args.json)?;
-                last_id = entry.id;
-                Ok(())
-            })
-            .await
-        {
-            Ok(()) => {}
-            Err(err) => eprintln!("fleet events: {err:#}; reconnecting"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// `a=1&b=2`, escaped, leaving out the absent ones.
-fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
-    let mut url = reqwest::Url::parse("http://query.invalid/").expect("a literal URL");
-    {
-        let mut query = url.query_pairs_mut();
-        for (key, value) in pairs {
-            if let Some(v) = value {
-                query.append_pair(key, v);
-            }
-        }
-    }
-    url.query().unwrap_or_default().to_owned()
-}
-
-fn print_event(
-    out: &mut impl Write,
-    e: &crate::store::events::EventEntry,
-    json: bool,
-) -> anyhow::Result<()> {
-    // Messages and services are anyone's text (apps, nodes, watchTower clients): shown, never
-    // obeyed by the terminal, in either format and whatever stdout is.
-    if json {
-        writeln!(out, "{}", termsafe::json(serde_json::to_string(e)?))?;
-    } else {
-        let level = heartbeat::LEVELS
-            .get(e.level as usize)
-            .copied()
-            .unwrap_or("?")
-            .to_uppercase();
-        let source = match (&e.node, &e.service) {
-            (Some(n), Some(s)) => format!("{n}/{s}"),
-            (Some(n), None) => n.clone(),
-            (None, Some(s)) => s.clone(),
-            (None, None) => "-".into(),
-        };
-        writeln!(
-            out,
-            "{}  {level:<9} {}  {}",
-            e.ts,
-            termsafe::visible(&source, Shape::OneLine),
-            termsafe::visible(&e.message, Shape::OneLine)
-        )?;
-    }
-    out.flush()?;
-    Ok(())
 }

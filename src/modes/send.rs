@@ -1,7 +1,7 @@
 //! `fleet send`: builds commands (from flags or a steward message file), signs them with the
 //! operator key, submits them through the controller's API (or straight onto NATS), waits for
 //! the results and prints them. Also `--status ID` and `--cancel ID`, and `fleet operator
-//! keygen`. Wiring and presentation only: signing is `command`, the queue is the controller's.
+//! keygen`. Wiring and presentation only (the API client is `client`): signing is `command`, the queue is the controller's.
 //! What nodes said is printed through `termsafe`: a command's output raw into a pipe or a file,
 //! with its control characters made visible on a terminal; summaries always made visible.
 
@@ -14,11 +14,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::client::Api;
+use crate::command::{CommandRecord, Submission};
 use crate::command::{CommandState, Kind, Method, OperatorKey, build};
-use crate::config::parse_duration;
-use crate::pipeline::commands::Submission;
-use crate::store::commands::CommandRecord;
 use crate::termsafe::{self, Shape};
+use crate::timefmt::parse_duration;
 
 /// Exit status when the wait ended before every command was settled (EX_TEMPFAIL).
 pub const EXIT_PENDING: u8 = 75;
@@ -92,24 +92,8 @@ pub struct SendArgs {
     /// PEM CA certificate to verify the controller (or a tls:// NATS server) with.
     #[arg(long, env = "FLEET_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-    /// Talk to NATS directly instead of the controller's API.
-    #[arg(long, env = "FLEET_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// First token of NATS subjects.
-    #[arg(long, env = "FLEET_NATS_PREFIX", default_value = "fleet")]
-    pub nats_prefix: String,
-    /// NATS user (with --nats-password).
-    #[arg(long, env = "FLEET_NATS_USER")]
-    pub nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "FLEET_NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-    /// NATS token.
-    #[arg(long, env = "FLEET_NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-    /// NATS nkey seed (SU…).
-    #[arg(long, env = "FLEET_NATS_NKEY", hide_env_values = true)]
-    pub nats_nkey: Option<String>,
+    #[command(flatten)]
+    pub nats: super::NatsArgs,
     /// The command (CLICommand: program and arguments) or the event's text.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -119,7 +103,7 @@ pub struct SendArgs {
 pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     if let Some(id) = &args.status {
-        let api = Api::new(&args)?;
+        let api = api(&args)?;
         let value = api.get(&format!("api/v1/commands/{id}")).await?;
         if args.json {
             writeln!(
@@ -202,13 +186,13 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
     });
     let ids: Vec<String> = submissions.iter().map(|s| s.command.id.clone()).collect();
 
-    let records = if args.nats_url.is_some() {
+    let records = if args.nats.url.is_some() {
         nats_sender(&args)
             .await?
             .send_and_wait(&submissions, (!args.no_wait).then_some(wait))
             .await?
     } else {
-        let api = Api::new(&args)?;
+        let api = api(&args)?;
         api.post(
             "api/v1/commands",
             &serde_json::json!({ "commands": submissions }),
@@ -230,17 +214,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
 }
 
 async fn nats_sender(args: &SendArgs) -> anyhow::Result<crate::bus::nats::Sender> {
-    crate::bus::nats::Sender::connect(&crate::config::NatsConfig {
-        url: args.nats_url.clone(),
-        prefix: args.nats_prefix.clone(),
-        ca_cert: args.ca_cert.clone(),
-        user: args.nats_user.clone(),
-        password: args.nats_password.clone(),
-        token: args.nats_token.clone(),
-        nkey: args.nats_nkey.clone(),
-        ..Default::default()
-    })
-    .await
+    crate::bus::nats::Sender::connect(&args.nats.config(args.ca_cert.as_deref())).await
 }
 
 /// How long a node has to carry out a `Cancel` (it waits up to 5 s for the command it stops).
@@ -253,7 +227,7 @@ async fn cancel(args: &SendArgs, id: &str, out: &mut impl Write) -> anyhow::Resu
     let wait = args
         .wait
         .unwrap_or(CANCEL_TIMEOUT + Duration::from_secs(15));
-    if args.nats_url.is_some() {
+    if args.nats.url.is_some() {
         let node = args.node.as_deref().context(
             "with --nats-url, name the command's node: `fleet send --nats-url URL --node NODE --cancel ID`",
         )?;
@@ -265,7 +239,7 @@ async fn cancel(args: &SendArgs, id: &str, out: &mut impl Write) -> anyhow::Resu
             .await?;
         return report(out, &[submission.command.id], &records, args.json);
     }
-    let api = Api::new(args)?;
+    let api = api(args)?;
     let target = api.record(id).await?;
     if target.state.is_terminal() {
         writeln!(out, "{id}: already {}; nothing to cancel", target.state)?;
@@ -353,11 +327,9 @@ fn report(
 ) -> anyhow::Result<u8> {
     let by_id: BTreeMap<&str, &CommandRecord> =
         records.iter().map(|r| (r.id.as_str(), r)).collect();
-    let pending = ids.iter().filter(|id| {
-        by_id
-            .get(id.as_str())
-            .is_none_or(|r| !crate::pipeline::commands::settled(r))
-    });
+    let pending = ids
+        .iter()
+        .filter(|id| by_id.get(id.as_str()).is_none_or(|r| !r.settled()));
     let pending_count = pending.count();
     if json {
         writeln!(
@@ -584,7 +556,7 @@ async fn targets(args: &SendArgs) -> anyhow::Result<Vec<String>> {
     if !args.all && args.label.is_empty() {
         bail!("no target: pass --node NAME, --nodes a,b,c, --all or --label key=value");
     }
-    let api = Api::new(args).context("--all and --label look nodes up through the controller")?;
+    let api = api(args).context("--all and --label look nodes up through the controller")?;
     let value = api.get("api/v1/nodes").await?;
     let nodes = value["nodes"].as_array().cloned().unwrap_or_default();
     Ok(nodes
@@ -600,155 +572,16 @@ async fn targets(args: &SendArgs) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// The controller's API, as an operator.
-pub struct Api {
-    client: reqwest::Client,
-    base: reqwest::Url,
-    token: String,
-}
-
-impl Api {
-    fn new(args: &SendArgs) -> anyhow::Result<Self> {
-        let controller = args.controller.as_deref().context(
-            "no controller: pass --controller URL or set FLEET_CONTROLLER (or use --nats-url)",
-        )?;
-        let token = args
-            .api_token
-            .clone()
-            .context("no operator token: pass --api-token or set FLEET_API_TOKEN")?;
-        Self::connect(controller, &token, args.ca_cert.as_deref())
-    }
-
-    pub fn connect(controller: &str, token: &str, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
-        let token = token.to_owned();
-        let mut base = reqwest::Url::parse(controller)
-            .with_context(|| format!("controller URL {controller:?} is not a URL"))?;
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        Ok(Self {
-            client: crate::bus::http::agent_client(ca_cert, Duration::from_secs(90))?,
-            base,
-            token,
-        })
-    }
-
-    async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let response = accepted(request.bearer_auth(&self.token)).await?;
-        response
-            .json()
-            .await
-            .context("the controller's answer is not JSON")
-    }
-
-    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        self.call(self.client.get(self.base.join(path)?)).await
-    }
-
-    /// One command's record.
-    pub async fn record(&self, id: &str) -> anyhow::Result<CommandRecord> {
-        let value = self.get(&format!("api/v1/commands/{id}")).await?;
-        serde_json::from_value(value).context("the controller's answer is not a command")
-    }
-
-    pub async fn post(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        self.call(self.client.post(self.base.join(path)?).json(body))
-            .await
-    }
-
-    /// Reads the Server-Sent Events at `path` (resuming after `last_id`) and hands each entry
-    /// to `on_entry`; returns when the stream ends or goes silent past its keep-alives.
-    pub async fn follow(
-        &self,
-        path: &str,
-        last_id: Option<i64>,
-        mut on_entry: impl FnMut(crate::store::events::EventEntry) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let mut request = self
-            .client
-            .get(self.base.join(path)?)
-            .bearer_auth(&self.token)
-            .header("accept", "text/event-stream")
-            // The stream is meant to last; silence is watched below instead.
-            .timeout(Duration::from_secs(365 * 24 * 3600));
-        if let Some(id) = last_id {
-            request = request.header("last-event-id", id.to_string());
-        }
-        let mut response = accepted(request).await?;
-        let mut buffer: Vec<u8> = Vec::new();
-        loop {
-            // Keep-alives come every 15 s: three missed means the connection is gone.
-            let chunk = tokio::time::timeout(Duration::from_secs(45), response.chunk())
-                .await
-                .context("the event stream went silent")?
-                .context("the event stream broke")?;
-            let Some(chunk) = chunk else {
-                return Ok(());
-            };
-            buffer.extend_from_slice(&chunk);
-            if buffer.len() > 4 * 1024 * 1024 {
-                bail!("an event in the stream is larger than 4 MiB");
-            }
-            // One event per blank-line-separated block; only `data:` lines matter here.
-            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = buffer.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&block);
-                let data: String = text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if data.is_empty() {
-                    continue;
-                }
-                let entry = serde_json::from_str(&data)
-                    .with_context(|| format!("an event in the stream is not an entry: {data}"))?;
-                on_entry(entry)?;
-            }
-        }
-    }
-
-    /// Long-polls until every id is settled or `wait` passes.
-    pub async fn wait(&self, ids: &[String], wait: Duration) -> anyhow::Result<Vec<CommandRecord>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let step = left.min(Duration::from_secs(25));
-            let value = self
-                .post(
-                    "api/v1/commands/wait",
-                    &serde_json::json!({ "ids": ids, "wait": format!("{}ms", step.as_millis()) }),
-                )
-                .await?;
-            let records: Vec<CommandRecord> = serde_json::from_value(value["commands"].clone())
-                .context("the controller's answer is not a list of commands")?;
-            let done = records.iter().all(crate::pipeline::commands::settled);
-            if done || tokio::time::Instant::now() >= deadline {
-                return Ok(records);
-            }
-        }
-    }
-}
-
-/// Sends a request to the controller; a refusal becomes an error carrying its reason.
-pub async fn accepted(request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-    let response = request
-        .send()
-        .await
-        .context("cannot reach the controller")?;
-    if !response.status().is_success() {
-        bail!(
-            "the controller answered {}",
-            crate::bus::http::error_text(response).await
-        );
-    }
-    Ok(response)
+/// The controller's API as the operator `args` name.
+fn api(args: &SendArgs) -> anyhow::Result<Api> {
+    let controller = args.controller.as_deref().context(
+        "no controller: pass --controller URL or set FLEET_CONTROLLER (or use --nats-url)",
+    )?;
+    let token = args
+        .api_token
+        .clone()
+        .context("no operator token: pass --api-token or set FLEET_API_TOKEN")?;
+    Api::connect(controller, &token, args.ca_cert.as_deref())
 }
 
 /// `fleet operator keygen`: writes a new key file (mode 0600) and `FILE.pub`, and returns the

@@ -19,7 +19,7 @@ use crate::command::{self, CENTRAL, Command, CommandReport, CommandResult, Comma
 use crate::config::CommandQueueConfig;
 use crate::pipeline::node_auth::NodeAuthError;
 use crate::pipeline::registry::Registry;
-use crate::store::commands::{Applied, ApplyOutcome, CommandRecord, NewCommand};
+use crate::store::commands::{Applied, CommandRecord, NewCommand};
 use crate::store::events::NewEvent;
 use crate::store::{Durable, StoreError};
 
@@ -50,15 +50,8 @@ pub trait Dispatch: Send + Sync {
     ) -> futures::future::BoxFuture<'a, Vec<String>>;
 }
 
-/// One command of a submission.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Submission {
-    pub command: Command,
-    /// Redeliveries when no answer comes within the timeout.
-    #[serde(default)]
-    pub retries: u32,
-}
+pub use crate::command::Submission;
+pub use crate::store::commands::ApplyOutcome;
 
 /// How often a held poll looks at a shared (PostgreSQL) queue for commands another controller
 /// stored.
@@ -80,10 +73,12 @@ pub struct CommandQueue {
 impl From<NodeAuthError> for CommandError {
     fn from(e: NodeAuthError) -> Self {
         match e {
-            NodeAuthError::BadRequest(m) => CommandError::BadRequest(m),
-            NodeAuthError::Unauthorized(m) => CommandError::Unauthorized(m),
-            NodeAuthError::Forbidden(m) => CommandError::Forbidden(m),
             NodeAuthError::Unavailable(e) => CommandError::Store(e),
+            e => match e.status() {
+                400 => CommandError::BadRequest(e.to_string()),
+                403 => CommandError::Forbidden(e.to_string()),
+                _ => CommandError::Unauthorized(e.to_string()),
+            },
         }
     }
 }
@@ -428,7 +423,7 @@ impl CommandQueue {
         }
         let mut unsettled: std::collections::HashSet<String> = records
             .values()
-            .filter(|r| !settled(r))
+            .filter(|r| !r.settled())
             .map(|r| r.id.clone())
             .collect();
         let mut last_full = tokio::time::Instant::now();
@@ -466,7 +461,7 @@ impl CommandQueue {
                 continue;
             }
             for record in self.durable.commands_by_ids(&changed).await? {
-                if settled(&record) {
+                if record.settled() {
                     unsettled.remove(&record.id);
                 }
                 records.insert(record.id.clone(), record);
@@ -561,10 +556,4 @@ fn event_of(applied: &Applied, report: &CommandReport) -> Option<NewEvent> {
             "error",
         ))
     }
-}
-
-/// Settled: nothing more will happen unless the node answers late. NACK kinds are settled once
-/// the node has them.
-pub fn settled(r: &CommandRecord) -> bool {
-    r.state.is_terminal() || (!r.kind.wants_result() && r.state != CommandState::Queued)
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::heartbeat::{Owner, Pulse};
+use serde::Deserialize;
+
+use crate::heartbeat::{AlertRoute, Owner, Pulse};
 use crate::model::InvalidInput;
 use crate::store::Durable;
 use crate::store::durable::Fault;
@@ -53,6 +55,20 @@ pub enum HeartbeatError {
     Unavailable(String),
 }
 
+impl HeartbeatError {
+    /// The status this refusal is answered with, over HTTP and in NATS replies.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeartbeatError::Invalid(_) => 400,
+            HeartbeatError::Forbidden(_) => 403,
+            HeartbeatError::NotFound(_) => 404,
+            HeartbeatError::TooMany(_) => 429,
+            HeartbeatError::Store(fault) => super::fault_status(*fault),
+            HeartbeatError::Unavailable(_) => 503,
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for HeartbeatError {
     fn from(err: crate::store::StoreError) -> Self {
         tracing::warn!(cause = %err, "a heartbeat request failed in the store");
@@ -66,6 +82,25 @@ fn not_owner(service: &str, owner: &str) -> HeartbeatError {
         "the heartbeat {service:?} belongs to {}: only it, or an operator token, may pulse or cancel it; choose another service name",
         Owner::describe(owner)
     ))
+}
+
+/// The body of a pulse (`POST /api/v1/heartbeats`, NATS `<prefix>.<node>.Heartbeat`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PulseRequest {
+    pub service: String,
+    pub next_in: serde_json::Value,
+    pub grace: Option<serde_json::Value>,
+    pub node: Option<String>,
+    pub alert: Option<AlertRoute>,
+}
+
+/// What the sender of a pulse is answered once it is stored (HTTP and NATS alike).
+pub fn pulse_answer(outcome: &PulseOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "recovered": outcome.recovered,
+        "heartbeat": outcome.heartbeat,
+    })
 }
 
 struct Job {
@@ -143,6 +178,27 @@ impl Heartbeats {
             Ok(answer) => answer,
             Err(_) => Err(shutting_down()),
         }
+    }
+
+    /// A pulse sent by `who` (a node pulses for itself only); answered once stored.
+    pub async fn pulse_request(
+        &self,
+        who: &super::Requester,
+        request: PulseRequest,
+    ) -> Result<PulseOutcome, HeartbeatError> {
+        let pulse = Pulse {
+            service: request.service,
+            node: who
+                .speaks_for(request.node)
+                .map_err(HeartbeatError::Forbidden)?,
+            next_in_ms: crate::heartbeat::span_ms("next_in", &request.next_in)?,
+            grace_ms: match &request.grace {
+                Some(g) => crate::heartbeat::span_ms("grace", g)?,
+                None => 0,
+            },
+            alert: request.alert,
+        };
+        self.pulse(pulse, who.owner()).await
     }
 
     /// A batch from `node` was stored: its own heartbeat (`node:<name>`) pulses, with the

@@ -4,7 +4,7 @@
 //! Every path a batch can come in by (HTTP, NATS) calls [`Ingest::ingest`]; the MassAffect
 //! route, which verifies its own protocol, calls [`Ingest::ingest_verified`]. Both end in the
 //! same private `store` (writer, hot ring, node pulse): there is no second path. This module knows the wire format through
-//! `bus::wire` but nothing about HTTP: errors are typed and the web layer maps them to statuses.
+//! `wire` but nothing about HTTP: errors are typed and the web layer maps them to statuses.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::wire::{self, BatchHeaders};
 use crate::config::{IngestConfig, RetentionConfig};
 use crate::model::{BatchBody, NodeName, Record};
 use crate::pipeline::node_auth::{Claim, Clock, Covered, NodeAuth, NodeAuthError};
 use crate::store::durable::{Fault, LedgerKey, SeriesCache};
 use crate::store::{Durable, HotStore, IngestBatch, IngestOutcome, StoreError};
+use crate::wire::{self, BatchHeaders};
 
 /// A batch as it arrived, before anything was checked.
 #[derive(Debug)]
@@ -69,12 +69,12 @@ pub enum IngestError {
 
 impl From<NodeAuthError> for IngestError {
     fn from(e: NodeAuthError) -> Self {
-        match e {
-            NodeAuthError::BadRequest(m) => IngestError::BadRequest(m),
-            NodeAuthError::Unauthorized(m) => IngestError::Unauthorized(m),
-            NodeAuthError::Forbidden(m) => IngestError::Forbidden(m),
+        match e.status() {
+            400 => IngestError::BadRequest(e.to_string()),
+            403 => IngestError::Forbidden(e.to_string()),
             // The database's text is for the log (NodeAuthError's own sentence is ours).
-            e @ NodeAuthError::Unavailable(_) => IngestError::Unavailable(e.to_string()),
+            503 => IngestError::Unavailable(e.to_string()),
+            _ => IngestError::Unauthorized(e.to_string()),
         }
     }
 }

@@ -12,32 +12,67 @@
 //!   remembered in the store until its timestamp leaves the window, so the same request is
 //!   taken once, by every controller on the database.
 //!
-//! Knows the wire format through `bus::wire`, never HTTP: errors are typed, `web/` maps them.
+//! Knows the wire format through `wire`, never HTTP: errors are typed, `web/` maps them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::wire;
 use crate::model::NodeName;
 use crate::pipeline::registry::Registry;
 use crate::store::{Durable, StoreError};
+use crate::wire;
 
-/// Why a node's request was refused.
+/// Why a node's request was refused: one kind per reason, so a caller can tell an unknown
+/// node from a bad signature. [`NodeAuthError::status`] is the answer's status on either bus.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeAuthError {
-    /// 400: a header is malformed in a way no valid client sends (a node name with spaces).
+    /// The request names no node.
+    #[error("missing header {}", wire::HEADER_NODE)]
+    MissingNode,
+    /// A node name no valid client sends (spaces, too long).
     #[error("{0}")]
-    BadRequest(String),
-    /// 401: no such node, a timestamp outside the window, a bad signature, a replay.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// 403: the node may not connect from this address.
-    #[error("{0}")]
-    Forbidden(String),
-    /// 503: the store could not remember the request.
+    MalformedNode(String),
+    #[error("node {0} is not enrolled; enroll it with `fleet node add {0}`")]
+    UnknownNode(String),
+    /// The node may not connect from this address.
+    #[error("node {node} may not connect from {from}")]
+    WrongNetwork { node: String, from: IpAddr },
+    /// The timestamp is not canonical decimal milliseconds.
+    #[error(
+        "header {} must be milliseconds since the Unix epoch",
+        wire::HEADER_TIMESTAMP
+    )]
+    MalformedTimestamp,
+    #[error(
+        "the request's timestamp is {off_s} s away from the controller's clock (at most {allowed_s} s allowed): check the node's clock (NTP)"
+    )]
+    OutsideWindow { off_s: i64, allowed_s: i64 },
+    #[error("bad signature: the node key does not match the one enrolled")]
+    BadSignature,
+    #[error("this signed request was already received: a request is taken once (a replay?)")]
+    Replayed,
+    /// The store could not remember the request.
     #[error("the controller cannot check the request now, retry later")]
     Unavailable(#[source] StoreError),
+}
+
+impl NodeAuthError {
+    /// The status this refusal is answered with, over HTTP and in NATS replies: 400 for a
+    /// malformed name, 403 for a wrong network, 503 when the store is down, 401 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            NodeAuthError::MalformedNode(_) => 400,
+            NodeAuthError::WrongNetwork { .. } => 403,
+            NodeAuthError::Unavailable(_) => 503,
+            NodeAuthError::MissingNode
+            | NodeAuthError::UnknownNode(_)
+            | NodeAuthError::MalformedTimestamp
+            | NodeAuthError::OutsideWindow { .. }
+            | NodeAuthError::BadSignature
+            | NodeAuthError::Replayed => 401,
+        }
+    }
 }
 
 /// What a signed request's headers claim, before anything is verified.
@@ -103,26 +138,20 @@ impl NodeAuth {
         now_ms: i64,
     ) -> Result<Admitted, NodeAuthError> {
         if claim.node.is_empty() {
-            return Err(NodeAuthError::Unauthorized(format!(
-                "missing header {}",
-                wire::HEADER_NODE
-            )));
+            return Err(NodeAuthError::MissingNode);
         }
-        NodeName::parse(claim.node).map_err(|e| NodeAuthError::BadRequest(e.to_string()))?;
+        NodeName::parse(claim.node).map_err(|e| NodeAuthError::MalformedNode(e.to_string()))?;
         let snapshot = self.registry.snapshot();
-        let node = snapshot.node(claim.node).ok_or_else(|| {
-            NodeAuthError::Unauthorized(format!(
-                "node {} is not enrolled; enroll it with `fleet node add {}`",
-                claim.node, claim.node
-            ))
-        })?;
+        let node = snapshot
+            .node(claim.node)
+            .ok_or_else(|| NodeAuthError::UnknownNode(claim.node.to_owned()))?;
         if let Some(source) = claim.source
             && !node.allows(source)
         {
-            return Err(NodeAuthError::Forbidden(format!(
-                "node {} may not connect from {source}",
-                claim.node
-            )));
+            return Err(NodeAuthError::WrongNetwork {
+                node: claim.node.to_owned(),
+                from: source,
+            });
         }
         // Canonical decimal only: the signature covers the number as printed, so `007` or `+7`
         // would verify differently from what the client signed.
@@ -131,20 +160,14 @@ impl NodeAuth {
             .parse()
             .ok()
             .filter(|t: &i64| t.to_string() == claim.timestamp)
-            .ok_or_else(|| {
-                NodeAuthError::Unauthorized(format!(
-                    "header {} must be milliseconds since the Unix epoch",
-                    wire::HEADER_TIMESTAMP
-                ))
-            })?;
+            .ok_or(NodeAuthError::MalformedTimestamp)?;
         let skew = self.clock_skew.as_millis() as i64;
         // abs_diff: a hostile timestamp like i64::MIN must not overflow.
         if clock == Clock::Now && timestamp_ms.abs_diff(now_ms) > skew as u64 {
-            return Err(NodeAuthError::Unauthorized(format!(
-                "the request's timestamp is {} s away from the controller's clock (at most {} s allowed): check the node's clock (NTP)",
-                timestamp_ms.saturating_sub(now_ms) / 1000,
-                skew / 1000
-            )));
+            return Err(NodeAuthError::OutsideWindow {
+                off_s: timestamp_ms.saturating_sub(now_ms) / 1000,
+                allowed_s: skew / 1000,
+            });
         }
         Ok(Admitted {
             node: claim.node.to_owned(),
@@ -180,9 +203,7 @@ impl NodeAuth {
         if valid {
             Ok(())
         } else {
-            Err(NodeAuthError::Unauthorized(
-                "bad signature: the node key does not match the one enrolled".into(),
-            ))
+            Err(NodeAuthError::BadSignature)
         }
     }
 
@@ -208,10 +229,7 @@ impl NodeAuth {
             .await
             .map_err(NodeAuthError::Unavailable)?;
         if !fresh {
-            return Err(NodeAuthError::Unauthorized(
-                "this signed request was already received: a request is taken once (a replay?)"
-                    .into(),
-            ));
+            return Err(NodeAuthError::Replayed);
         }
         Ok(admitted.node)
     }

@@ -11,7 +11,7 @@ use sqlx::any::AnyRow;
 
 use super::durable::{Durable, StoreError};
 use super::events::NewEvent;
-use crate::command::{Command, CommandReport, CommandResult, CommandState, Kind, Method};
+use crate::command::{Command, CommandReport, CommandState, Method};
 
 /// How long a handed-out command may go without word from its node before a poll sends it
 /// again (the answer to the first poll may have been lost).
@@ -27,28 +27,7 @@ pub struct NewCommand {
     pub via: &'static str,
 }
 
-/// A stored command and what became of it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct CommandRecord {
-    pub id: String,
-    pub node: String,
-    pub kind: Kind,
-    pub method: Method,
-    pub args: Vec<String>,
-    pub parallel: bool,
-    pub state: CommandState,
-    pub attempts: i64,
-    pub retries: i64,
-    pub timeout_ms: i64,
-    pub not_after: String,
-    pub sent_by: String,
-    pub via: String,
-    pub created_at: String,
-    pub delivered_at: Option<String>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub result: Option<CommandResult>,
-}
+pub use crate::command::CommandRecord;
 
 /// One line of a command's audit trail.
 #[derive(Debug, Clone, Serialize)]

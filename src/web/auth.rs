@@ -12,8 +12,9 @@ use axum::response::Response;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::bus::wire;
+use crate::pipeline::Requester;
 use crate::pipeline::node_auth::Claim;
+use crate::wire;
 
 /// Refuses a request without a valid operator token.
 pub async fn require_operator(
@@ -63,27 +64,20 @@ pub fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiEr
     }
 }
 
-/// Who sent a request that operators and nodes may both make.
-#[derive(Debug, Clone)]
-pub enum Caller {
-    Operator(Operator),
-    Node(String),
-}
-
 /// A node when the request is signed (`X-Fleet-Signature`), else an operator by token.
-pub async fn caller(
+pub async fn requester(
     state: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
     what: &str,
     body: &[u8],
-) -> Result<Caller, ApiError> {
+) -> Result<Requester, ApiError> {
     if headers.contains_key(wire::HEADER_SIGNATURE) {
         agent(state, headers, peer, what, body)
             .await
-            .map(Caller::Node)
+            .map(Requester::Node)
     } else {
-        operator(state, headers).map(Caller::Operator)
+        operator(state, headers).map(|Operator(label)| Requester::Operator(label))
     }
 }
 

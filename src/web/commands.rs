@@ -201,8 +201,7 @@ pub async fn errors(
 
 // ---- the agent side of the HTTP bus ---------------------------------------------------------
 
-pub const AGENT_POLL_PATH: &str = "/api/v1/agent/commands";
-pub const AGENT_REPORTS_PATH: &str = "/api/v1/agent/reports";
+pub use crate::wire::{AGENT_POLL_PATH, AGENT_REPORTS_PATH};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

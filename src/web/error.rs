@@ -82,14 +82,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The HTTP status of a store [`Fault`].
+/// The HTTP status of a store [`Fault`] (`pipeline::fault_status`).
 pub fn fault_status(fault: Fault) -> StatusCode {
-    match fault {
-        Fault::Data => StatusCode::BAD_REQUEST,
-        Fault::Conflict => StatusCode::CONFLICT,
-        Fault::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Fault::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(crate::pipeline::fault_status(fault))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl From<IngestError> for ApiError {
@@ -124,6 +120,17 @@ impl From<crate::pipeline::heartbeats::HeartbeatError> for ApiError {
     }
 }
 
+impl From<crate::pipeline::events::EventError> for ApiError {
+    fn from(err: crate::pipeline::events::EventError) -> Self {
+        use crate::pipeline::events::EventError;
+        match err {
+            EventError::Invalid(e) => e.into(),
+            EventError::Forbidden(e) => Self::new(StatusCode::FORBIDDEN, e),
+            EventError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::pipeline::CommandError> for ApiError {
     fn from(err: crate::pipeline::CommandError) -> Self {
         use crate::pipeline::CommandError;
@@ -141,15 +148,11 @@ impl From<crate::pipeline::CommandError> for ApiError {
 impl From<crate::pipeline::node_auth::NodeAuthError> for ApiError {
     fn from(err: crate::pipeline::node_auth::NodeAuthError) -> Self {
         use crate::pipeline::node_auth::NodeAuthError;
-        let status = match err {
-            NodeAuthError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            NodeAuthError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            NodeAuthError::Forbidden(_) => StatusCode::FORBIDDEN,
-            NodeAuthError::Unavailable(ref cause) => {
-                tracing::warn!(%cause, "cannot remember a node's request");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        };
+        if let NodeAuthError::Unavailable(ref cause) = err {
+            tracing::warn!(%cause, "cannot remember a node's request");
+        }
+        let status =
+            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self::new(status, err.to_string())
     }
 }

@@ -2,7 +2,8 @@
 //! /api/v1/heartbeats/{service}`, `POST/GET /api/v1/events`, `GET /api/v1/alerts`.
 //!
 //! Pulses and events come from operators (token) or nodes (signed; a node's entries always
-//! carry its own name). Parsing and limits are `crate::heartbeat`'s; this only adapts HTTP.
+//! carry its own name). The rules are the pipeline's (`pipeline::heartbeats`,
+//! `pipeline::events`); this only adapts HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,28 +14,29 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use super::auth::{Caller, Operator, caller};
+use super::auth::{Operator, requester};
 use super::error::{ApiError, json_body};
 use super::{ApiQuery, AppState};
-use crate::heartbeat::{self, AlertRoute, Owner, Pulse};
-use crate::store::events::{EventQuery, NewEvent};
+use crate::heartbeat::{self, Owner};
+use crate::pipeline::events::EventRequest;
+use crate::pipeline::heartbeats::{PulseRequest, pulse_answer};
+use crate::store::events::EventQuery;
 
-pub const HEARTBEATS_PATH: &str = "/api/v1/heartbeats";
-pub const EVENTS_PATH: &str = "/api/v1/events";
+pub use crate::wire::{EVENTS_PATH, HEARTBEATS_PATH};
 /// Largest body of a pulse or an event: a valid one is at most a few tens of KiB (an event's
 /// message and fields are 16 KiB each).
 pub const BODY_MAX: usize = 64 * 1024;
 
 /// Reads a pulse's or an event's body once the headers say who sends it: an operator token,
 /// or a node whose headers pass (`NodeAuth::admit`); nobody else has a byte read. The
-/// signature over the body is checked after (`caller`).
+/// signature over the body is checked after (`requester`).
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
     peer: SocketAddr,
     body: Body,
 ) -> Result<Bytes, ApiError> {
-    if headers.contains_key(crate::bus::wire::HEADER_SIGNATURE) {
+    if headers.contains_key(crate::wire::HEADER_SIGNATURE) {
         state.node_auth.admit(
             &super::auth::node_claim(headers, peer),
             crate::pipeline::node_auth::Clock::Now,
@@ -47,16 +49,6 @@ async fn read_body(
     super::ingest::read_bounded(body, BODY_MAX).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PulseBody {
-    service: String,
-    next_in: serde_json::Value,
-    grace: Option<serde_json::Value>,
-    node: Option<String>,
-    alert: Option<AlertRoute>,
-}
-
 /// `POST /api/v1/heartbeats`: a pulse. Answered once it is stored.
 pub async fn pulse(
     State(state): State<Arc<AppState>>,
@@ -65,7 +57,7 @@ pub async fn pulse(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = read_body(&state, &headers, peer, body).await?;
-    let who = caller(
+    let who = requester(
         &state,
         &headers,
         peer,
@@ -73,38 +65,9 @@ pub async fn pulse(
         &body,
     )
     .await?;
-    let body: PulseBody = json_body(&body)?;
-    let pulse = Pulse {
-        service: body.service,
-        node: own_node(&who, body.node)?,
-        next_in_ms: heartbeat::span_ms("next_in", &body.next_in)?,
-        grace_ms: match &body.grace {
-            Some(g) => heartbeat::span_ms("grace", g)?,
-            None => 0,
-        },
-        alert: body.alert,
-    };
-    let by = match &who {
-        Caller::Node(node) => Owner::Node(node.clone()),
-        Caller::Operator(_) => Owner::Operator,
-    };
-    let outcome = state.heartbeats.pulse(pulse, by).await?;
-    Ok(Json(serde_json::json!({
-        "recovered": outcome.recovered,
-        "heartbeat": outcome.heartbeat,
-    })))
-}
-
-/// A node speaks for itself only; an operator may name any node (or none).
-fn own_node(who: &Caller, named: Option<String>) -> Result<Option<String>, ApiError> {
-    match (who, named) {
-        (Caller::Node(me), Some(named)) if &named != me => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("node {me} cannot speak for node {named}"),
-        )),
-        (Caller::Node(me), _) => Ok(Some(me.clone())),
-        (Caller::Operator(_), named) => Ok(named),
-    }
+    let request: PulseRequest = json_body(&body)?;
+    let outcome = state.heartbeats.pulse_request(&who, request).await?;
+    Ok(Json(pulse_answer(&outcome)))
 }
 
 #[derive(Deserialize)]
@@ -169,16 +132,6 @@ pub async fn cancel(
     Ok(Json(serde_json::json!({ "heartbeat": current })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventBody {
-    service: Option<String>,
-    node: Option<String>,
-    level: Option<serde_json::Value>,
-    message: String,
-    fields: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
 /// `POST /api/v1/events`: an entry for the event log.
 pub async fn add_event(
     State(state): State<Arc<AppState>>,
@@ -187,7 +140,7 @@ pub async fn add_event(
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let body = read_body(&state, &headers, peer, body).await?;
-    let who = caller(
+    let who = requester(
         &state,
         &headers,
         peer,
@@ -195,52 +148,9 @@ pub async fn add_event(
         &body,
     )
     .await?;
-    let body: EventBody = json_body(&body)?;
-    let event = NewEvent {
-        node: own_node(&who, body.node)?,
-        service: body.service,
-        level: match &body.level {
-            Some(level) => heartbeat::parse_level(level)?,
-            None => 1,
-        },
-        message: body.message,
-        fields: serde_json::Value::Object(body.fields.unwrap_or_default()),
-        category: "event",
-    };
-    check_event(&event)?;
-    let id = state
-        .durable
-        .add_event(&event, crate::timefmt::now_ms())
-        .await?;
+    let request: EventRequest = json_body(&body)?;
+    let id = state.events.add_request(&who, request).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
-}
-
-/// The rules every new event meets, whichever door it came in by.
-pub fn check_event(event: &NewEvent) -> Result<(), crate::model::InvalidInput> {
-    use crate::model::InvalidInput;
-    if event.service.is_none() && event.node.is_none() {
-        return Err(InvalidInput::new(
-            "service",
-            "an event needs a service or a node",
-        ));
-    }
-    if let Some(service) = &event.service {
-        heartbeat::check_service(service)?;
-    }
-    if let Some(node) = &event.node {
-        crate::model::NodeName::parse(node).map_err(|e| InvalidInput::new("node", e.problem))?;
-    }
-    heartbeat::check_message(&event.message)?;
-    if event.fields.to_string().len() > heartbeat::limits::FIELDS_MAX {
-        return Err(InvalidInput::new(
-            "fields",
-            format!(
-                "are more than {} bytes as JSON",
-                heartbeat::limits::FIELDS_MAX
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::bus::wire;
 use crate::pipeline::node_auth::Clock;
 use crate::pipeline::{IngestError, IngestReply, RawBatch};
+use crate::wire;
 
 fn header_text(headers: &HeaderMap, name: &str) -> String {
     headers

@@ -143,7 +143,7 @@ impl Intake {
     /// spend the nodes' pool.
     pub fn pool(&self, headers: &axum::http::HeaderMap, peer: IpAddr) -> Pool {
         let named = headers
-            .get(crate::bus::wire::HEADER_NODE)
+            .get(crate::wire::HEADER_NODE)
             .and_then(|v| v.to_str().ok());
         match named {
             Some(name)

@@ -34,9 +34,9 @@ use sha2::Sha256;
 use super::AppState;
 use super::error::ApiError;
 use super::ingest::{is_gzip, read_bounded, refuse_declared_over};
-use crate::bus::wire;
 use crate::config::MassaffectConfig;
 use crate::model::{BatchBody, NodeName, Record, Sample, limits, metric};
+use crate::wire;
 
 /// The route's path, as MassAffect agents post to it.
 pub const PATH: &str = "/collect";

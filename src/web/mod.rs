@@ -49,6 +49,7 @@ pub struct AppState {
     /// Checks requests signed with a node key.
     pub node_auth: Arc<NodeAuth>,
     pub heartbeats: Arc<Heartbeats>,
+    pub events: crate::pipeline::Events,
     /// Long-lived responses (event streams) end when this fires.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Bodies in flight before they are verified, per peer and in total; every body's deadline.

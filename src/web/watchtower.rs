@@ -5,7 +5,7 @@
 //! An adapter only: every request becomes a native pulse, cancel, event or query on the same
 //! [`AppState`] the API uses, so both doors see one set of heartbeats and one event log. It must
 //! never hold heartbeat or event rules of its own (those are `crate::heartbeat`'s, the
-//! pipeline's and [`super::heartbeats::check_event`]'s), and never answer with anything but
+//! pipeline's: `pipeline::heartbeats`, `pipeline::events`), and never answer with anything but
 //! HTTP 200: watchTower clients read the real status from the body's `result`.
 
 use std::collections::HashMap;
@@ -188,6 +188,20 @@ impl From<HeartbeatError> for Refusal {
     }
 }
 
+impl From<crate::pipeline::events::EventError> for Refusal {
+    fn from(err: crate::pipeline::events::EventError) -> Self {
+        use crate::pipeline::events::EventError;
+        match err {
+            EventError::Invalid(invalid) => invalid.into(),
+            EventError::Forbidden(why) => Self {
+                result: 403,
+                hint: Some(why),
+            },
+            EventError::Store(err) => err.into(),
+        }
+    }
+}
+
 type Answer = Result<Json<Value>, Refusal>;
 
 /// A refusal made before a handler ran (`intake`: a body too large, too slow, or over its
@@ -354,12 +368,7 @@ async fn add_event(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: 
         fields: Value::Object(extra),
         category: "event",
     };
-    super::heartbeats::check_event(&event)?;
-    compat
-        .app
-        .durable
-        .add_event(&event, crate::timefmt::now_ms())
-        .await?;
+    compat.app.events.add(&event).await?;
     Ok(Json(json!({ "result": 200, "action": "event" })))
 }
 

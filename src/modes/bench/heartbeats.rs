@@ -58,7 +58,7 @@ pub async fn heartbeats(args: HeartbeatsBenchArgs) -> anyhow::Result<()> {
         api_tokens: vec![token.clone()],
         ..ControllerConfig::default()
     };
-    let controller = super::controller::start(config, shutdown.clone()).await?;
+    let controller = crate::modes::controller::start(config, shutdown.clone()).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
@@ -180,7 +180,7 @@ pub async fn heartbeats(args: HeartbeatsBenchArgs) -> anyhow::Result<()> {
             "{false_downs} services that kept pulsing were reported down (did the pulses keep up? see the rate)"
         );
     }
-    let (p50, p99, max) = super::bench_commands::summary(lags);
+    let (p50, p99, max) = super::commands::summary(lags);
     let rate = rates.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
         "detection missed deadlines noticed p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms after the deadline, with {} services watched and {live} pulsing meanwhile ({:.0} pulses/s at the slowest round)",

@@ -224,7 +224,7 @@ async fn agent_run(args: &LogsBenchArgs, dir: &Path) -> anyhow::Result<()> {
         }],
         ..ControllerConfig::default()
     };
-    let controller = super::controller::start(config, shutdown.clone()).await?;
+    let controller = crate::modes::controller::start(config, shutdown.clone()).await?;
     let log = dir.join("fed.access.log");
     std::fs::write(&log, "")?;
     let agent_toml = dir.join("agent.toml");

@@ -2,7 +2,7 @@
 //! controller process it starts itself, or one given by `--controller`), then loss is checked by
 //! reading every (node, seq) back from the durable store, not by counting acknowledgements.
 //!
-//! Wiring and measuring only: batches are framed and signed by `bus::wire`, exactly as the agent
+//! Wiring and measuring only: batches are framed and signed by `wire`, exactly as the agent
 //! does.
 
 use std::path::PathBuf;
@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::Mutex;
 
-use crate::bus::wire::{self, BatchHeaders};
 use crate::config;
 use crate::model::{BatchBody, Node, NodeName, NodeSource, Record, Sample};
 use crate::store::Durable;
+use crate::wire::{self, BatchHeaders};
 
 /// Flags of `fleet bench ingest`.
 #[derive(clap::Args, Debug, Clone)]

@@ -73,6 +73,16 @@ pub fn verify(key: &[u8], headers: &BatchHeaders, body: &[u8], signature_hex: &s
     mac.verify_slice(&signature).is_ok()
 }
 
+/// Where an agent long-polls for its commands over the HTTP bus (a signed `GET`).
+pub const AGENT_POLL_PATH: &str = "/api/v1/agent/commands";
+/// Where an agent posts its command reports over the HTTP bus (a signed `POST`).
+pub const AGENT_REPORTS_PATH: &str = "/api/v1/agent/reports";
+
+/// Where pulses are posted (by an operator, or signed by a node).
+pub const HEARTBEATS_PATH: &str = "/api/v1/heartbeats";
+/// Where events are posted (by an operator, or signed by a node).
+pub const EVENTS_PATH: &str = "/api/v1/events";
+
 /// The domain separator of signed agent requests and NATS reports (anything an agent sends
 /// that is not a batch).
 pub const AGENT_SIGNATURE_SCHEME: &str = "fleet-agent-v1";

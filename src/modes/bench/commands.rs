@@ -7,6 +7,7 @@
 //! `--database-url`), simulated nodes that are the agent's own executor (journal fsynced) and
 //! bus code, and the sender `fleet send` uses. Wiring and measuring only.
 
+use crate::bus::Bus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,7 @@ pub(super) fn summary(mut samples: Vec<Duration>) -> (f64, f64, f64) {
 /// Whoever sends: the NATS sender of `fleet send --nats-url`, or the controller's API.
 enum Sender {
     Nats(crate::bus::nats::Sender),
-    Http(super::send::Api),
+    Http(crate::client::Api),
 }
 
 impl Sender {
@@ -151,7 +152,7 @@ pub async fn commands(args: CommandsBenchArgs) -> anyhow::Result<()> {
         },
         ..ControllerConfig::default()
     };
-    let controller = super::controller::start(config, shutdown.clone()).await?;
+    let controller = crate::modes::controller::start(config, shutdown.clone()).await?;
     let operator = OperatorKey::generate();
 
     // Enroll and connect every simulated node before anything is measured.
@@ -188,7 +189,7 @@ pub async fn commands(args: CommandsBenchArgs) -> anyhow::Result<()> {
         None => tempfile::tempdir_in(dir.path()).context("cannot make the nodes' directory")?,
     };
     let nodes_stop = CancellationToken::new();
-    let mut shared_js = Vec::new();
+    let mut shared_clients = Vec::new();
     for (i, (name, key)) in names.iter().zip(&keys).enumerate() {
         let executor = Arc::new(Executor::open(
             name,
@@ -200,28 +201,38 @@ pub async fn commands(args: CommandsBenchArgs) -> anyhow::Result<()> {
                 // One connection per 100 simulated nodes, as a real fleet would spread them.
                 if i % 100 == 0 {
                     let client = crate::bus::nats::connect(&nats, "fleet-bench-nodes").await?;
-                    shared_js.push(async_nats::jetstream::new(client));
+                    shared_clients.push(client);
                 }
-                let js = shared_js.last().expect("a connection was made").clone();
-                let source =
-                    Arc::new(crate::bus::nats::NatsCommandSource::on(js, &nats, name, key).await?);
-                tokio::spawn(crate::bus::commands::run(
-                    source,
+                let client = shared_clients
+                    .last()
+                    .expect("a connection was made")
+                    .clone();
+                let bus = Bus::Nats(Box::new(crate::bus::nats::NatsBus::on(
+                    client,
+                    &nats,
+                    name,
+                    key,
+                    Duration::from_secs(10),
+                )?));
+                bus.prepare_commands().await?;
+                tokio::spawn(crate::agent::commands::run(
+                    Arc::new(bus),
                     executor,
                     nodes_stop.clone(),
                 ));
             }
             BusKind::Http => {
-                let source = Arc::new(crate::bus::http::HttpCommandSource::new(
+                let bus = Bus::http(
                     &controller.url,
                     name,
                     key,
                     None,
                     Duration::from_secs(30),
+                    Duration::from_secs(10),
                     Duration::from_secs(20),
-                )?);
-                tokio::spawn(crate::bus::commands::run(
-                    source,
+                )?;
+                tokio::spawn(crate::agent::commands::run(
+                    Arc::new(bus),
                     executor,
                     nodes_stop.clone(),
                 ));
@@ -230,7 +241,7 @@ pub async fn commands(args: CommandsBenchArgs) -> anyhow::Result<()> {
     }
     let sender = match args.bus {
         BusKind::Nats => Sender::Nats(crate::bus::nats::Sender::connect(&nats).await?),
-        BusKind::Http => Sender::Http(super::send::Api::connect(&controller.url, &token, None)?),
+        BusKind::Http => Sender::Http(crate::client::Api::connect(&controller.url, &token, None)?),
     };
     let bench_nodes = &names[..args.nodes];
     println!(
@@ -408,7 +419,7 @@ async fn raw_nats_floor(
 }
 
 async fn http_floor(url: &str, count: usize) -> anyhow::Result<(f64, f64)> {
-    let client = crate::bus::http::agent_client(None, Duration::from_secs(5))?;
+    let client = crate::http_client::controller_client(None, Duration::from_secs(5))?;
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();

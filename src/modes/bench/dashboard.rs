@@ -146,7 +146,7 @@ pub async fn dashboard(args: DashboardBenchArgs) -> anyhow::Result<()> {
         nodes,
         ..ControllerConfig::default()
     };
-    let controller = super::controller::start(config, shutdown.clone()).await?;
+    let controller = crate::modes::controller::start(config, shutdown.clone()).await?;
     let store = controller.durable.clone();
 
     // The charted node's history, oldest first, in groups as ingest writes them.
