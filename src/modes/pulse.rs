@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::bus::http::NodeClient;
-use crate::config::parse_duration;
 use crate::heartbeat;
 use crate::modes::send::Api;
 use crate::termsafe::{self, Shape};
+use crate::timefmt::parse_duration;
 
 /// How a client reaches the controller and says who it is.
 #[derive(clap::Args, Debug, Clone)]

@@ -15,10 +15,10 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::command::{CommandState, Kind, Method, OperatorKey, build};
-use crate::config::parse_duration;
 use crate::pipeline::commands::Submission;
 use crate::store::commands::CommandRecord;
 use crate::termsafe::{self, Shape};
+use crate::timefmt::parse_duration;
 
 /// Exit status when the wait ended before every command was settled (EX_TEMPFAIL).
 pub const EXIT_PENDING: u8 = 75;
