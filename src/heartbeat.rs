@@ -270,7 +270,7 @@ pub fn span_ms(field: &str, value: &serde_json::Value) -> Result<i64, InvalidInp
                 return span_ms(field, &serde_json::json!(seconds));
             }
             let span =
-                crate::config::parse_duration(text).map_err(|e| InvalidInput::new(field, e))?;
+                crate::timefmt::parse_duration(text).map_err(|e| InvalidInput::new(field, e))?;
             i64::try_from(span.as_millis()).map_err(|_| InvalidInput::new(field, "is too large"))?
         }
         _ => {

@@ -157,7 +157,7 @@ struct AgentArgs {
     #[arg(long, env = "FLEET_NODE_KEY", hide_env_values = true)]
     key: Option<String>,
     /// How often to collect, e.g. 10s [default: 10s].
-    #[arg(long, env = "FLEET_INTERVAL", value_parser = config::parse_duration)]
+    #[arg(long, env = "FLEET_INTERVAL", value_parser = fleet::timefmt::parse_duration)]
     interval: Option<Duration>,
     /// Where the spool, sequence number and instance id live [default: ./fleet-agent-data].
     #[arg(long, env = "FLEET_AGENT_DATA_DIR")]

@@ -1,9 +1,7 @@
 //! Times in and out: milliseconds since the Unix epoch inside, RFC 3339 at the edges, and the
-//! relative forms operators type (`-1h`, `now`).
+//! forms operators type (`-1h`, `now`, durations like `10s` or `14d`).
 //!
 //! Pure functions; no I/O beyond reading the clock.
-
-pub use crate::config::parse_duration; // TEMP until the config split lands
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -26,6 +24,13 @@ pub fn span(ms: i64) -> String {
         return format!("{ms}ms");
     }
     humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+}
+
+/// Parses a duration such as `10s`, `5m`, `14d`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|err| {
+        format!("{text:?} is not a duration ({err}); write it like \"10s\", \"5m\" or \"14d\"")
+    })
 }
 
 /// Parses a time given by a user: RFC 3339 (`2026-11-22T01:00:00Z`, any offset), `now`, or a
@@ -72,5 +77,14 @@ mod tests {
     #[test]
     fn formats_utc_with_millis() {
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn durations_read_like_an_operator_writes_them() {
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            std::time::Duration::from_secs(14 * 86_400)
+        );
+        assert!(parse_duration("soon").is_err());
     }
 }

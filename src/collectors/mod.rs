@@ -13,7 +13,8 @@
 //! tick's batches with the collectors' records. Sources only measure: they must never send,
 //! spool or sign anything (that is `bus/`), and every wait they do has a timeout.
 //!
-//! Adding a host collector touches its own file and one line in [`CollectorKind`].
+//! Adding a host collector touches its own file, one line in [`CollectorKind`] (config's list of
+//! the built-in kinds) and one in [`build_collector`].
 
 pub mod access_log;
 pub mod app_socket;
@@ -27,8 +28,7 @@ pub mod system;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::CollectorKind;
 use crate::model::{Record, Sample};
 
 /// What one run of a source produced, before it is stamped with its name and time.
@@ -250,36 +250,14 @@ pub fn record_size(record: &Record) -> usize {
     counter.0
 }
 
-/// The built-in collectors. `autoload` ones run unless the config disables them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CollectorKind {
-    System,
-    Disk,
-    Network,
-    Processes,
-}
-
-impl CollectorKind {
-    pub const ALL: [CollectorKind; 4] = [
-        CollectorKind::System,
-        CollectorKind::Disk,
-        CollectorKind::Network,
-        CollectorKind::Processes,
-    ];
-
-    /// Whether this collector runs when the config does not mention it.
-    pub fn autoload(self) -> bool {
-        true
-    }
-
-    pub fn build(self) -> Box<dyn Collector> {
-        match self {
-            CollectorKind::System => Box::new(system::SystemCollector::new()),
-            CollectorKind::Disk => Box::new(disk::DiskCollector::new()),
-            CollectorKind::Network => Box::new(network::NetworkCollector::new()),
-            CollectorKind::Processes => Box::new(processes::ProcessesCollector::new()),
-        }
+/// The collector that implements a built-in kind (the kinds themselves are config's plain list,
+/// `config::CollectorKind`).
+pub fn build_collector(kind: CollectorKind) -> Box<dyn Collector> {
+    match kind {
+        CollectorKind::System => Box::new(system::SystemCollector::new()),
+        CollectorKind::Disk => Box::new(disk::DiskCollector::new()),
+        CollectorKind::Network => Box::new(network::NetworkCollector::new()),
+        CollectorKind::Processes => Box::new(processes::ProcessesCollector::new()),
     }
 }
 
@@ -335,7 +313,7 @@ pub fn build(config: &crate::config::AgentConfig) -> Sources {
         collectors: config
             .enabled_collectors()
             .into_iter()
-            .map(|(kind, interval)| Scheduled::new(kind.build(), interval))
+            .map(|(kind, interval)| Scheduled::new(build_collector(kind), interval))
             .collect(),
         probes: Vec::new(),
         broken: Vec::new(),

@@ -58,7 +58,7 @@ pub struct WaitQuery {
 fn parse_wait(text: Option<&str>) -> Result<Duration, ApiError> {
     match text {
         None => Ok(Duration::ZERO),
-        Some(t) => crate::config::parse_duration(t)
+        Some(t) => crate::timefmt::parse_duration(t)
             .map_err(|e| ApiError::bad_request(format!("wait: {e}"))),
     }
 }

@@ -198,9 +198,8 @@ impl Rig {
         signed_as: &str,
         body: &str,
     ) -> reqwest::Response {
-        let ts = fleet::bus::wire::request_timestamp_ms();
-        let sig =
-            fleet::bus::wire::sign_agent(key.as_bytes(), node, signed_as, ts, body.as_bytes());
+        let ts = fleet::wire::request_timestamp_ms();
+        let sig = fleet::wire::sign_agent(key.as_bytes(), node, signed_as, ts, body.as_bytes());
         self.client()
             .request(method, format!("{}{path_and_query}", self.controller.url()))
             .header("x-fleet-node", node)

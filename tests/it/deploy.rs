@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet::collectors::CollectorKind;
-use fleet::config::{AgentConfig, ControllerConfig, load_toml};
+use fleet::config::{AgentConfig, CollectorKind, ControllerConfig, load_toml};
 
 fn deploy_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

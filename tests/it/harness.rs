@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet::bus::wire::{self, BatchHeaders};
 use fleet::config::{ControllerConfig, StaticNode};
 use fleet::model::{BatchBody, NodeName, Record, Sample};
 use fleet::store::Durable;
+use fleet::wire::{self, BatchHeaders};
 use tokio_util::sync::CancellationToken;
 
 pub const FLEET: &str = env!("CARGO_BIN_EXE_fleet");

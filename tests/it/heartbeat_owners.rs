@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleet::bus::wire;
 use fleet::config::WatchtowerConfig;
+use fleet::wire;
 use serde_json::{Value, json};
 
 use crate::both_backends;

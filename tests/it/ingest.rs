@@ -140,9 +140,9 @@ async fn refused_batches_change_nothing(backend: Backend) {
 
     // A body that is not the one signed.
     let mut swapped = Batch::new("web1", KEY, 1);
-    swapped.signature = Some(fleet::bus::wire::sign(
+    swapped.signature = Some(fleet::wire::sign(
         KEY.as_bytes(),
-        &fleet::bus::wire::BatchHeaders {
+        &fleet::wire::BatchHeaders {
             node: "web1".into(),
             instance: swapped.instance.clone(),
             seq: 1,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fleet::bus::wire;
+use fleet::wire;
 
 use crate::both_backends;
 use crate::harness::{Backend, Env, InProcess, node};

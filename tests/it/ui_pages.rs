@@ -765,9 +765,9 @@ async fn agent_request(
     body: &str,
 ) -> Value {
     let path = path_and_query.split('?').next().unwrap();
-    let ts = fleet::bus::wire::request_timestamp_ms();
+    let ts = fleet::wire::request_timestamp_ms();
     let signed_as = format!("{method} {path}");
-    let sig = fleet::bus::wire::sign_agent(key.as_bytes(), node, &signed_as, ts, body.as_bytes());
+    let sig = fleet::wire::sign_agent(key.as_bytes(), node, &signed_as, ts, body.as_bytes());
     let response = ui
         .http
         .request(

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ControllerConfig, StaticNode, parse_duration};
+use crate::config::{ControllerConfig, StaticNode};
 use crate::model::{BatchBody, NodeName, Record, Sample};
 use crate::store::durable::{IngestBatch, LedgerKey, SeriesCache};
+use crate::timefmt::parse_duration;
 
 /// Flags of `fleet bench dashboard`.
 #[derive(clap::Args, Debug, Clone)]

@@ -13,7 +13,8 @@ use anyhow::Context;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ControllerConfig, parse_duration};
+use crate::config::ControllerConfig;
+use crate::timefmt::parse_duration;
 
 /// Flags of `fleet bench heartbeats`.
 #[derive(clap::Args, Debug, Clone)]

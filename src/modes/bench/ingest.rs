@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::Mutex;
 
-use crate::config;
 use crate::model::{BatchBody, Node, NodeName, NodeSource, Record, Sample};
 use crate::store::Durable;
 use crate::wire::{self, BatchHeaders};
@@ -25,10 +24,10 @@ pub struct IngestBenchArgs {
     #[arg(long, default_value_t = 100)]
     pub agents: usize,
     /// Each agent sends one batch per interval, e.g. 1s or 100ms.
-    #[arg(long, default_value = "1s", value_parser = config::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::timefmt::parse_duration)]
     pub interval: Duration,
     /// How long to send, e.g. 30s (at most 1h).
-    #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::timefmt::parse_duration)]
     pub duration: Duration,
     /// Samples per batch.
     #[arg(long, default_value_t = 50)]
