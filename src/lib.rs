@@ -19,6 +19,7 @@
 //! - [`termsafe`]: others' text (command output, event messages) made safe to print to a person.
 
 pub mod agent;
+pub mod argv_pattern;
 pub mod backoff;
 pub mod bus;
 pub mod client;

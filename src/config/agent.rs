@@ -6,6 +6,8 @@
 //! Plain data read from the config file, checked by `validate`; it must never start, open or
 //! connect to anything (that is `modes/agent` and `collectors/`).
 
+use crate::argv_pattern::Pattern;
+use crate::command::{Method, parse_public_key};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,7 +90,7 @@ pub struct AgentCommandsConfig {
     pub trusted_keys: Vec<String>,
     /// Methods this node accepts.
     pub methods: Vec<String>,
-    /// Argv patterns `CLICommand` may run (see `executor::policy`). Empty: none.
+    /// Argv patterns `CLICommand` may run (see `argv_pattern`). Empty: none.
     pub allow: Vec<String>,
     /// Run any argv. Like Zabbix's `system.run`: only for nodes where that is wanted.
     pub allow_any: bool,
@@ -131,6 +133,27 @@ pub struct CollectorConfig {
     /// Its own interval instead of the agent's.
     #[serde(deserialize_with = "de_opt_duration")]
     pub interval: Option<Duration>,
+}
+
+impl AgentCommandsConfig {
+    /// The trusted keys, methods and allow-list checked, the methods and patterns parsed: the
+    /// one reading of `[commands]`, for the config's validation and the executor's policy.
+    pub fn parsed(&self) -> Result<(Vec<Method>, Vec<Pattern>), String> {
+        for key in &self.trusted_keys {
+            parse_public_key(key).map_err(|e| format!("commands.trusted_keys: {e}"))?;
+        }
+        let methods = self
+            .methods
+            .iter()
+            .map(|m| Method::parse(m).map_err(|e| format!("commands.methods: {}", e.problem)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let allow = self
+            .allow
+            .iter()
+            .map(|p| Pattern::parse(p).map_err(|e| format!("commands.allow: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((methods, allow))
+    }
 }
 
 impl AgentConfig {
@@ -199,7 +222,7 @@ impl AgentConfig {
                 crate::command::limits::OUTPUT_MAX_BYTES
             );
         }
-        crate::executor::Policy::from_config(&self.commands).map_err(anyhow::Error::msg)?;
+        self.commands.parsed().map_err(anyhow::Error::msg)?;
         self.validate_sources()
     }
 
