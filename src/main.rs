@@ -336,7 +336,7 @@ fn shutdown_on_signals() -> CancellationToken {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(term) => term,
                 Err(err) => {
-                    tracing::error!(cause = %err, "cannot listen for SIGTERM");
+                    tracing::error!(cause = %format!("{err:#}"), "cannot listen for SIGTERM");
                     return;
                 }
             };

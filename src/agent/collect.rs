@@ -153,7 +153,7 @@ fn tick_once(
     }) {
         Ok(()) => true,
         Err(err) => {
-            tracing::error!(collector = %record.collector, cause = %err, "a source made a record the controller would refuse; it is dropped");
+            tracing::error!(collector = %record.collector, cause = %format!("{err:#}"), "a source made a record the controller would refuse; it is dropped");
             false
         }
     });
@@ -177,7 +177,7 @@ fn tick_once(
         let appended = spool.lock().expect("spool lock poisoned").append(&batch);
         if let Err(err) = appended {
             // A full or broken disk: the batch is lost, and that must be loud.
-            tracing::error!(cause = %err, "cannot spool a batch; it is lost");
+            tracing::error!(cause = %format!("{err:#}"), "cannot spool a batch; it is lost");
             all_spooled = false;
         }
     }

@@ -40,7 +40,7 @@ pub async fn send_loop(
                 }
             }
             Err(err) => {
-                tracing::error!(cause = %err, "cannot read the spool");
+                tracing::error!(cause = %format!("{err:#}"), "cannot read the spool");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(RETRY.max()) => continue,
@@ -66,7 +66,7 @@ pub async fn send_loop(
                 }
             };
             if let Err(err) = done {
-                tracing::error!(seq, cause = %err, "cannot remove a delivered batch from the spool; it will be sent again (the controller ignores the replay)");
+                tracing::error!(seq, cause = %format!("{err:#}"), "cannot remove a delivered batch from the spool; it will be sent again (the controller ignores the replay)");
             }
             retry
         };

@@ -225,7 +225,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::warn!(cause = %err, "app socket accept failed");
+                    tracing::warn!(cause = %format!("{err:#}"), "app socket accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -311,7 +311,7 @@ fn read_sys_block() -> Option<HashSet<String>> {
                 .collect(),
         ),
         Err(err) => {
-            tracing::debug!(cause = %err, "cannot list /sys/block");
+            tracing::debug!(cause = %format!("{err:#}"), "cannot list /sys/block");
             None
         }
     }
@@ -322,7 +322,7 @@ fn statfs(mount_point: &str) -> Option<FsStats> {
         Ok(st) => Some(FsStats::from_statvfs(&st)),
         Err(err) => {
             // Permission, a stale NFS handle, a mount gone since the table was read: skip it.
-            tracing::debug!(mount = mount_point, cause = %err, "statvfs failed");
+            tracing::debug!(mount = mount_point, cause = %format!("{err:#}"), "statvfs failed");
             None
         }
     }

@@ -228,7 +228,7 @@ impl LogTail {
                         .collect::<HashMap<_, _>>(),
                 ),
                 Err(err) => {
-                    tracing::warn!(log = %config.name, state = %state_path.display(), cause = %err,
+                    tracing::warn!(log = %config.name, state = %state_path.display(), cause = %format!("{err:#}"),
                         "the log tail's state file is unreadable; starting from the files' ends");
                     None
                 }
@@ -533,7 +533,7 @@ impl Collector for LogTail {
                 Ok((0, true)) => self.finish(&path, f, &mut counts),
                 Ok(_) => self.retired.push((path, f)),
                 Err(err) => {
-                    tracing::warn!(file = %path.display(), cause = %err, "cannot read a rotated log file");
+                    tracing::warn!(file = %path.display(), cause = %format!("{err:#}"), "cannot read a rotated log file");
                     self.finish(&path, f, &mut counts);
                 }
             }
@@ -547,12 +547,12 @@ impl Collector for LogTail {
                 // Cut under us (copytruncate): everything there now is new.
                 counts.truncations += 1;
                 if let Err(err) = f.rewind((0, false)) {
-                    tracing::warn!(file = %path.display(), cause = %err, "cannot read a truncated log file again");
+                    tracing::warn!(file = %path.display(), cause = %format!("{err:#}"), "cannot read a truncated log file again");
                 }
                 f.head.clear();
             }
             if let Err(err) = self.drain(&path, &mut f, &mut counts, &mut budget) {
-                tracing::warn!(file = %path.display(), cause = %err, "cannot read a log file");
+                tracing::warn!(file = %path.display(), cause = %format!("{err:#}"), "cannot read a log file");
             }
             f.refresh_head();
             let rotated = std::fs::metadata(&path)
@@ -586,13 +586,13 @@ impl Collector for LogTail {
             match self.open(&path) {
                 Ok(mut f) => {
                     if let Err(err) = self.drain(&path, &mut f, &mut counts, &mut budget) {
-                        tracing::warn!(file = %path.display(), cause = %err, "cannot read a log file");
+                        tracing::warn!(file = %path.display(), cause = %format!("{err:#}"), "cannot read a log file");
                     }
                     f.refresh_head();
                     self.files.insert(path, f);
                 }
                 Err(err) => {
-                    tracing::debug!(file = %path.display(), cause = %err, "cannot open a log file")
+                    tracing::debug!(file = %path.display(), cause = %format!("{err:#}"), "cannot open a log file")
                 }
             }
         }
@@ -600,7 +600,7 @@ impl Collector for LogTail {
             self.find_rotated_while_down();
             for (path, mut f) in std::mem::take(&mut self.retired) {
                 if let Err(err) = self.drain(&path, &mut f, &mut counts, &mut budget) {
-                    tracing::warn!(file = %path.display(), cause = %err, "cannot read a rotated log file");
+                    tracing::warn!(file = %path.display(), cause = %format!("{err:#}"), "cannot read a rotated log file");
                 }
                 self.retired.push((path, f));
             }
@@ -655,7 +655,7 @@ impl Collector for LogTail {
     fn committed(&mut self) {
         let state = self.state();
         if let Err(err) = write_atomically(&self.state_path, &state) {
-            tracing::error!(state = %self.state_path.display(), cause = %err,
+            tracing::error!(state = %self.state_path.display(), cause = %format!("{err:#}"),
                 "cannot save the log tail's positions; a restart may read lines again");
         }
         self.committed = state
@@ -682,7 +682,7 @@ impl Collector for LogTail {
         {
             let back = committed.get(&f.inode()).copied().unwrap_or(f.opened_at);
             if let Err(err) = f.rewind(back) {
-                tracing::warn!(file = %path.display(), cause = %err, "cannot go back in a log file");
+                tracing::warn!(file = %path.display(), cause = %format!("{err:#}"), "cannot go back in a log file");
             }
         }
     }

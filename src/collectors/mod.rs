@@ -110,7 +110,7 @@ pub async fn run_probe(
                     tracing::warn!(probe = probe.name(), cause = %full, "probe result not kept");
                 }
             }
-            Err(err) => tracing::warn!(probe = probe.name(), cause = %err, "probe failed"),
+            Err(err) => tracing::warn!(probe = probe.name(), cause = %format!("{err:#}"), "probe failed"),
         }
     }
 }
@@ -301,7 +301,7 @@ impl Sources {
 
     fn broken(&mut self, source: String, err: anyhow::Error) {
         let error = format!("{err:#}");
-        tracing::error!(%source, cause = %error, "source cannot start; the others run without it (fix it and restart the agent)");
+        tracing::error!(%source, cause = %format!("{error:#}"), "source cannot start; the others run without it (fix it and restart the agent)");
         self.broken.push((source, error));
     }
 }
@@ -378,7 +378,7 @@ impl Scheduled {
         match run {
             Ok(Ok(collected)) => Some(collected.into_records(self.collector.name(), ts_ms)),
             Ok(Err(err)) => {
-                tracing::warn!(collector = self.collector.name(), cause = %err, "collector failed");
+                tracing::warn!(collector = self.collector.name(), cause = %format!("{err:#}"), "collector failed");
                 None
             }
             Err(_) => {

@@ -174,7 +174,7 @@ impl Executor {
         if let Err(err) = recorded {
             // Not on disk, so not started: the sender sees the failure; a redelivery may try
             // again.
-            tracing::error!(id = %command.id, cause = %err, "cannot record a command's start; not running it");
+            tracing::error!(id = %command.id, cause = %format!("{err:#}"), "cannot record a command's start; not running it");
             return CommandReport {
                 id: command.id.clone(),
                 state: CommandState::Failed,
@@ -329,7 +329,7 @@ impl Executor {
         if let Err(err) = written {
             // The start is on disk, so a redelivery reports "interrupted" rather than running
             // it again.
-            tracing::error!(%id, cause = %err, "cannot record a command's result");
+            tracing::error!(%id, cause = %format!("{err:#}"), "cannot record a command's result");
         }
         report
     }
@@ -342,7 +342,7 @@ impl Executor {
             .expect("journal lock poisoned")
             .acknowledge(id)
         {
-            tracing::warn!(%id, cause = %err, "cannot note an acknowledged result; it may be sent again");
+            tracing::warn!(%id, cause = %format!("{err:#}"), "cannot note an acknowledged result; it may be sent again");
         }
     }
 }

@@ -91,7 +91,7 @@ pub async fn start(
                 config.hot.max_node_bytes,
             )?;
             if let Err(err) = hot.ping().await {
-                tracing::warn!(cause = %err, "Redis does not answer yet; the hot ring is skipped until it does");
+                tracing::warn!(cause = %format!("{err:#}"), "Redis does not answer yet; the hot ring is skipped until it does");
             }
             hot
         }
@@ -379,7 +379,7 @@ fn save_token(config: &ControllerConfig, token: &str) -> Option<PathBuf> {
     match written {
         Ok(()) => Some(path),
         Err(err) => {
-            tracing::warn!(cause = %err, path = %path.display(), "cannot save the operator token");
+            tracing::warn!(cause = %format!("{err:#}"), path = %path.display(), "cannot save the operator token");
             None
         }
     }
@@ -398,7 +398,7 @@ async fn refresh_registry(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {
                 if let Err(err) = registry.refresh(&durable).await {
-                    tracing::warn!(cause = %err, "cannot re-read enrolled nodes; keeping the last known list");
+                    tracing::warn!(cause = %format!("{err:#}"), "cannot re-read enrolled nodes; keeping the last known list");
                 }
             }
         }
@@ -422,13 +422,13 @@ async fn sweep_retention(
                 match durable.purge(samples_before, records_before).await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(samples = deleted, "retention sweep deleted old samples"),
-                    Err(err) => tracing::warn!(cause = %err, "retention sweep failed; retrying next time"),
+                    Err(err) => tracing::warn!(cause = %format!("{err:#}"), "retention sweep failed; retrying next time"),
                 }
                 let events_before = now - retention.events.as_millis() as i64;
                 match durable.purge_events(events_before).await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(events = deleted, "retention sweep deleted old events"),
-                    Err(err) => tracing::warn!(cause = %err, "event retention failed; retrying next time"),
+                    Err(err) => tracing::warn!(cause = %format!("{err:#}"), "event retention failed; retrying next time"),
                 }
             }
         }

@@ -234,7 +234,7 @@ impl CommandQueue {
                 if n.command.node == CENTRAL
                     && let Err(err) = self.run_central(&n.command).await
                 {
-                    tracing::warn!(id = %n.command.id, cause = %err, "cannot run a command for the controller");
+                    tracing::warn!(id = %n.command.id, cause = %format!("{err:#}"), "cannot run a command for the controller");
                 }
             }
             for id in fresh {
@@ -259,7 +259,7 @@ impl CommandQueue {
             .mark_published(&published, crate::timefmt::now_ms())
             .await
         {
-            tracing::warn!(cause = %err, "cannot mark commands as published; they will be published again (the stream drops the duplicates)");
+            tracing::warn!(cause = %format!("{err:#}"), "cannot mark commands as published; they will be published again (the stream drops the duplicates)");
         }
     }
 
@@ -500,12 +500,12 @@ impl CommandQueue {
                         let _ = self.changes.send(s.id);
                     }
                 }
-                Err(err) => tracing::warn!(cause = %err, "command sweep failed; retrying"),
+                Err(err) => tracing::warn!(cause = %format!("{err:#}"), "command sweep failed; retrying"),
             }
             if self.dispatch.is_some() {
                 match self.durable.unpublished_commands(1000).await {
                     Ok(commands) => self.publish(&commands).await,
-                    Err(err) => tracing::warn!(cause = %err, "cannot read unpublished commands"),
+                    Err(err) => tracing::warn!(cause = %format!("{err:#}"), "cannot read unpublished commands"),
                 }
             }
         }

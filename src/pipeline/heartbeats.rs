@@ -71,7 +71,7 @@ impl HeartbeatError {
 
 impl From<crate::store::StoreError> for HeartbeatError {
     fn from(err: crate::store::StoreError) -> Self {
-        tracing::warn!(cause = %err, "a heartbeat request failed in the store");
+        tracing::warn!(cause = %format!("{err:#}"), "a heartbeat request failed in the store");
         HeartbeatError::Store(err.fault())
     }
 }
@@ -142,9 +142,9 @@ impl Heartbeats {
             notify: Notify::new(),
             planned_ms: AtomicI64::new(i64::MAX),
         });
-        let (looks, looks_rx) = mpsc::channel(1);
-        let writer = tokio::spawn(write_loop(durable.clone(), rx, looks_rx, wake.clone()));
-        let monitor = tokio::spawn(monitor_loop(durable.clone(), looks, wake, shutdown));
+        let (claims, claims_rx) = mpsc::channel(1);
+        let writer = tokio::spawn(write_loop(durable.clone(), rx, claims_rx, wake.clone()));
+        let monitor = tokio::spawn(monitor_loop(durable.clone(), claims, wake, shutdown));
         let tasks = tokio::spawn(async move {
             let _ = monitor.await;
             let _ = writer.await;
@@ -265,8 +265,9 @@ fn shutting_down() -> HeartbeatError {
     HeartbeatError::Unavailable("the controller is shutting down".into())
 }
 
-/// The monitor's request for a look: claim what has passed; the answer is when to look next.
-type Look = oneshot::Sender<i64>;
+/// The monitor's request to the writer task: claim the deadlines that have passed, and answer
+/// when the next one is due.
+type ClaimRequest = oneshot::Sender<i64>;
 
 /// Writes queued pulses in groups: whatever arrived while the previous group was committing.
 /// The monitor's looks run here too, after what is already queued (a pulse that arrived before
@@ -276,14 +277,14 @@ type Look = oneshot::Sender<i64>;
 async fn write_loop(
     durable: Durable,
     mut rx: mpsc::Receiver<Job>,
-    mut looks: mpsc::Receiver<Look>,
+    mut claims: mpsc::Receiver<ClaimRequest>,
     wake: Arc<Wake>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(GROUP_MAX);
     loop {
         let first = tokio::select! {
             biased;
-            Some(reply) = looks.recv() => {
+            Some(reply) = claims.recv() => {
                 while let Ok(job) = rx.try_recv() {
                     jobs.push(job);
                     if jobs.len() == GROUP_MAX {
@@ -291,7 +292,7 @@ async fn write_loop(
                     }
                 }
                 write_group(&durable, &mut jobs, &wake).await;
-                let _ = reply.send(look(&durable, &wake).await);
+                let _ = reply.send(claim_and_plan(&durable, &wake).await);
                 continue;
             }
             first = rx.recv() => match first {
@@ -382,7 +383,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                     .fold(earliest, i64::min);
             }
             Err(err) => {
-                tracing::warn!(cause = %err, pulses = automatic.len(), "cannot store agents' pulses; their next batches pulse again");
+                tracing::warn!(cause = %format!("{err:#}"), pulses = automatic.len(), "cannot store agents' pulses; their next batches pulse again");
             }
         }
     }
@@ -401,7 +402,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                 .collect()
         }
         Err(err) => {
-            tracing::warn!(cause = %err, "cannot count nodes' heartbeats; the quota is not applied to this group");
+            tracing::warn!(cause = %format!("{err:#}"), "cannot count nodes' heartbeats; the quota is not applied to this group");
             asked
         }
     };
@@ -410,7 +411,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
     let mut faults: HashMap<&str, Fault> = HashMap::new();
     let written = match durable.pulse(&asked, now_ms, true).await {
         Err(err) if err.is_caused_by_data() && asked.len() > 1 => {
-            tracing::warn!(cause = %err, pulses = asked.len(), "the store refused a group of pulses; storing them one by one");
+            tracing::warn!(cause = %format!("{err:#}"), pulses = asked.len(), "the store refused a group of pulses; storing them one by one");
             let mut results = crate::store::heartbeats::PulseResults::default();
             for one in &asked {
                 match durable.pulse(std::slice::from_ref(one), now_ms, true).await {
@@ -419,7 +420,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                         results.refused.extend(alone.refused);
                     }
                     Err(err) => {
-                        tracing::warn!(cause = %err, service = %one.pulse.service, "the store refused a pulse");
+                        tracing::warn!(cause = %format!("{err:#}"), service = %one.pulse.service, "the store refused a pulse");
                         faults.insert(one.pulse.service.as_str(), err.fault());
                     }
                 }
@@ -466,7 +467,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
             }
         }
         Err(err) => {
-            tracing::warn!(cause = %err, pulses = asked.len(), "cannot store pulses");
+            tracing::warn!(cause = %format!("{err:#}"), pulses = asked.len(), "cannot store pulses");
             for job in jobs.drain(..) {
                 if let Some(reply) = job.reply {
                     let _ = reply.send(Err(HeartbeatError::Store(err.fault())));
@@ -526,7 +527,7 @@ async fn node_quota(
 /// Sleeps until the earliest deadline (or [`RESYNC`]), claims what has passed, and again.
 async fn monitor_loop(
     durable: Durable,
-    looks: mpsc::Sender<Look>,
+    claims: mpsc::Sender<ClaimRequest>,
     wake: Arc<Wake>,
     shutdown: CancellationToken,
 ) {
@@ -547,18 +548,18 @@ async fn monitor_loop(
             NODE_RESTART_GRACE.as_secs()
         ),
         Err(err) => {
-            tracing::warn!(cause = %err, "cannot give overdue nodes their grace; they may be reported down and up again")
+            tracing::warn!(cause = %format!("{err:#}"), "cannot give overdue nodes their grace; they may be reported down and up again")
         }
     }
     loop {
         let (reply, answer) = oneshot::channel();
-        let until = match looks.send(reply).await {
+        let until = match claims.send(reply).await {
             Ok(()) => match answer.await {
                 Ok(until) => until,
-                Err(_) => look(&durable, &wake).await,
+                Err(_) => claim_and_plan(&durable, &wake).await,
             },
             // The writer has stopped (no pulses can come any more): look directly.
-            Err(_) => look(&durable, &wake).await,
+            Err(_) => claim_and_plan(&durable, &wake).await,
         };
         let now = crate::timefmt::now_ms();
         let sleep = Duration::from_millis((until - now).max(0) as u64);
@@ -572,14 +573,14 @@ async fn monitor_loop(
 
 /// Claims every passed deadline, and plans the next look: at the next deadline, or within
 /// [`RESYNC`].
-async fn look(durable: &Durable, wake: &Wake) -> i64 {
+async fn claim_and_plan(durable: &Durable, wake: &Wake) -> i64 {
     let looked = claim(durable).await;
     let now = crate::timefmt::now_ms();
     let until = match looked {
         Ok(Some(next)) => next.min(now + RESYNC.as_millis() as i64),
         Ok(None) => now + RESYNC.as_millis() as i64,
         Err(err) => {
-            tracing::warn!(cause = %err, "cannot check heartbeat deadlines; retrying in 1 s");
+            tracing::warn!(cause = %format!("{err:#}"), "cannot check heartbeat deadlines; retrying in 1 s");
             now + 1000
         }
     };

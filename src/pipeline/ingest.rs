@@ -408,14 +408,14 @@ pub async fn write_group(
     match write_with_retry(durable, batches, keep, cache).await {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(err) if err.is_caused_by_data() && batches.len() > 1 => {
-            tracing::warn!(cause = %err, batches = batches.len(), "the store refused a group's data; writing its batches one by one");
+            tracing::warn!(cause = %format!("{err:#}"), batches = batches.len(), "the store refused a group's data; writing its batches one by one");
             let mut results = Vec::with_capacity(batches.len());
             for batch in batches {
                 let one = std::slice::from_ref(batch);
                 results.push(match durable.write_batches(one, keep, cache).await {
                     Ok(outcomes) => Ok(outcomes[0]),
                     Err(err) => {
-                        tracing::warn!(cause = %err, node = %batch.node, "the store refused a batch");
+                        tracing::warn!(cause = %format!("{err:#}"), node = %batch.node, "the store refused a batch");
                         Err(err.fault())
                     }
                 });
@@ -423,7 +423,7 @@ pub async fn write_group(
             results
         }
         Err(err) => {
-            tracing::warn!(cause = %err, batches = batches.len(), "group write failed");
+            tracing::warn!(cause = %format!("{err:#}"), batches = batches.len(), "group write failed");
             vec![Err(err.fault()); batches.len()]
         }
     }
@@ -442,7 +442,7 @@ async fn write_with_retry(
         Ok(outcomes) => Ok(outcomes),
         Err(err) if err.is_caused_by_data() => Err(err),
         Err(err) => {
-            tracing::warn!(cause = %err, batches = batches.len(), "group write failed; retrying once");
+            tracing::warn!(cause = %format!("{err:#}"), batches = batches.len(), "group write failed; retrying once");
             tokio::time::sleep(Duration::from_millis(50)).await;
             durable.write_batches(batches, keep, cache).await
         }

@@ -260,7 +260,7 @@ impl NodeAuth {
             // signature one window past its own expiry, so no controller takes a replay.
             let before = crate::timefmt::now_ms() - self.clock_skew.as_millis() as i64;
             if let Err(err) = self.durable.forget_expired_requests(before).await {
-                tracing::warn!(cause = %err, "cannot forget expired request signatures; retrying");
+                tracing::warn!(cause = %format!("{err:#}"), "cannot forget expired request signatures; retrying");
             }
         }
     }

@@ -261,7 +261,7 @@ pub async fn node_recent(
         .recent(&name, &collector, limit)
         .await
         .map_err(|e| {
-            tracing::warn!(cause = %e, "cannot read the hot ring");
+            tracing::warn!(cause = %format!("{e:#}"), "cannot read the hot ring");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.public_message())
         })?;
     for record in &mut records {
@@ -292,14 +292,14 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     let durable = match durable {
         Ok(()) => "ok",
         Err(err) => {
-            tracing::warn!(cause = %err, "readiness: the durable store does not answer");
+            tracing::warn!(cause = %format!("{err:#}"), "readiness: the durable store does not answer");
             err.fault().public_message()
         }
     };
     let hot = match hot {
         Ok(()) => "ok",
         Err(err) => {
-            tracing::warn!(cause = %err, "readiness: the hot store does not answer");
+            tracing::warn!(cause = %format!("{err:#}"), "readiness: the hot store does not answer");
             err.public_message()
         }
     };

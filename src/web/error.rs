@@ -77,7 +77,7 @@ impl From<StoreError> for ApiError {
     /// forever); the client reads our sentence, the log gets the database's.
     fn from(err: StoreError) -> Self {
         let fault = err.fault();
-        tracing::warn!(cause = %err, ?fault, "a request failed in the store");
+        tracing::warn!(cause = %format!("{err:#}"), ?fault, "a request failed in the store");
         Self::new(fault_status(fault), err.public_message())
     }
 }

@@ -280,7 +280,7 @@ impl Follower {
                 n
             }
             Err(err) => {
-                tracing::warn!(cause = %err, "cannot read events for a follower");
+                tracing::warn!(cause = %format!("{err:#}"), "cannot read events for a follower");
                 tokio::time::sleep(POLL * 4).await;
                 0
             }

@@ -164,7 +164,7 @@ impl From<InvalidInput> for Refusal {
 impl From<StoreError> for Refusal {
     /// Our sentence for the error's fault; the database's text goes to the log only.
     fn from(err: StoreError) -> Self {
-        tracing::warn!(cause = %err, "a watchTower request failed in the store");
+        tracing::warn!(cause = %format!("{err:#}"), "a watchTower request failed in the store");
         Self::hint(err.public_message())
     }
 }

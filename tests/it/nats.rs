@@ -347,3 +347,136 @@ async fn the_streams_admit_a_consumer_for_every_node() {
         assert!(limit >= 100_000, "{name} admits only {limit} consumers");
     }
 }
+
+/// Runs the CLI as node `node` signing with `key`, over NATS under the rig's prefix only (no
+/// controller URL, no token): (exit code, stdout, stderr).
+fn fleet_over_nats(rig: &Rig, node: &str, key: &str, args: &[&str]) -> (i32, String, String) {
+    let (url, prefix, _) = rig.nats.clone().expect("a NATS rig");
+    let output = std::process::Command::new(crate::harness::FLEET)
+        .args(args)
+        .args(["--nats-url", &url, "--nats-prefix", &prefix])
+        .env_remove("FLEET_CONTROLLER")
+        .env_remove("FLEET_API_TOKEN")
+        .env("FLEET_NODE", node)
+        .env("FLEET_NODE_KEY", key)
+        .output()
+        .expect("run fleet");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One bus: `fleet pulse` and `fleet run --heartbeat` on a node that reaches only NATS. The
+/// pulse and the failure event arrive signed by the node, through the same pipeline as over
+/// HTTP; a node cannot speak for another, and a signed request is taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulses_and_events_travel_over_nats_too() {
+    let rig = Rig::with_bus(Backend::Embedded, true).await;
+    let key = enroll(&rig.env, "edge.1");
+    let other_key = enroll(&rig.env, "edge.2");
+    // The enrolments reach the controller at its next registry refresh.
+    eventually(Duration::from_secs(15), "the nodes enrolled", || async {
+        let v = rig.api_get("/api/v1/nodes").await;
+        (v["nodes"].as_array().is_some_and(|n| n.len() >= 2)).then_some(())
+    })
+    .await;
+
+    let (code, out, err) = eventually(Duration::from_secs(15), "a pulse over NATS", || async {
+        let run = fleet_over_nats(&rig, "edge.1", &key, &["pulse", "backup", "--next-in", "1d"]);
+        (run.0 == 0).then_some(run)
+    })
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("backup: new; down unless it pulses again by "),
+        "{out}"
+    );
+    let beat = rig.api_get("/api/v1/heartbeats/backup").await;
+    assert_eq!(beat["node"], "edge.1", "{beat}");
+    assert_eq!(beat["next_in_ms"], 86_400_000u64);
+
+    // The heartbeat is edge.1's: edge.2 may not pulse it.
+    let (code, _, err) = fleet_over_nats(
+        &rig,
+        "edge.2",
+        &other_key,
+        &["pulse", "backup", "--next-in", "1d"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("403") && err.contains("belongs to"), "{err}");
+    // A wrong key is refused as such.
+    let (code, _, err) = fleet_over_nats(
+        &rig,
+        "edge.1",
+        &other_key,
+        &["pulse", "backup", "--next-in", "1d"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("401") && err.contains("bad signature"), "{err}");
+
+    // `fleet run`: a failure becomes an error event from the node.
+    let (code, _, err) = fleet_over_nats(
+        &rig,
+        "edge.1",
+        &key,
+        &[
+            "run",
+            "--heartbeat",
+            "nightly",
+            "--next-in",
+            "1d",
+            "--",
+            "sh",
+            "-c",
+            "echo disk full >&2; exit 3",
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    let events = rig.api_get("/api/v1/events?service=nightly").await;
+    let events = events["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["node"], "edge.1");
+    assert_eq!(events[0]["fields"]["exit_code"], 3);
+
+    // Straight onto the subjects: a request signed by edge.1 on edge.2's subject is refused,
+    // and the same signed request twice is taken once.
+    let (url, prefix, _) = rig.nats.clone().unwrap();
+    let client = async_nats::connect(&url).await.unwrap();
+    let body = br#"{"service":"raw","next_in":"1h"}"#.to_vec();
+    let signed = |subject: &str| {
+        let ts = fleet::wire::request_timestamp_ms();
+        let signature = fleet::wire::sign_agent(key.as_bytes(), "edge.1", subject, ts, &body);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(fleet::wire::HEADER_NODE, "edge.1");
+        headers.insert(fleet::wire::HEADER_TIMESTAMP, ts.to_string().as_str());
+        headers.insert(fleet::wire::HEADER_SIGNATURE, signature.as_str());
+        headers
+    };
+    let ask = |subject: String, headers: async_nats::HeaderMap| {
+        let client = client.clone();
+        let body = body.clone();
+        async move {
+            let answer = client
+                .request_with_headers(subject, headers, body.into())
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&answer.payload).unwrap()
+        }
+    };
+    let theirs = format!("{prefix}.edge~2.Heartbeat");
+    let answer = ask(theirs.clone(), signed(&theirs)).await;
+    assert_eq!(answer["status"], 403, "{answer}");
+    let mine = format!("{prefix}.edge~1.Heartbeat");
+    let headers = signed(&mine);
+    let answer = ask(mine.clone(), headers.clone()).await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["body"]["heartbeat"]["node"], "edge.1", "{answer}");
+    let answer = ask(mine, headers).await;
+    assert_eq!(answer["status"], 401, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("already received"),
+        "{answer}"
+    );
+}

@@ -209,7 +209,7 @@ impl NatsBus {
             match serde_json::from_slice::<Command>(&message.payload) {
                 Ok(c) => out.push((c, message)),
                 Err(err) => {
-                    tracing::warn!(cause = %err, subject = %message.subject, "not a command; dropped");
+                    tracing::warn!(cause = %format!("{err:#}"), subject = %message.subject, "not a command; dropped");
                     let _ = message.ack_with(jetstream::AckKind::Term).await;
                 }
             }
@@ -226,7 +226,7 @@ impl NatsBus {
 
     pub async fn settle(&self, message: jetstream::Message) {
         if let Err(err) = message.ack().await {
-            tracing::debug!(cause = %err, "cannot ack a command; it will be redelivered and answered from the journal");
+            tracing::debug!(cause = %format!("{err:#}"), "cannot ack a command; it will be redelivered and answered from the journal");
         }
     }
 

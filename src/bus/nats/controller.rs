@@ -193,7 +193,7 @@ async fn next_batch(
                 batch.push(m);
                 break;
             }
-            Err(err) => tracing::warn!(cause = %err, "NATS consumer"),
+            Err(err) => tracing::warn!(cause = %format!("{err:#}"), "NATS consumer"),
         }
     }
     // Linger a moment for more: under load, one transaction for many messages instead of one
@@ -220,7 +220,7 @@ async fn consume_audit(
             .filter_map(|m| match serde_json::from_slice::<Command>(&m.payload) {
                 Ok(c) => Some(c),
                 Err(err) => {
-                    tracing::warn!(cause = %err, subject = %m.subject, "a message on the command stream is not a command; ignored");
+                    tracing::warn!(cause = %format!("{err:#}"), subject = %m.subject, "a message on the command stream is not a command; ignored");
                     None
                 }
             })
@@ -228,7 +228,7 @@ async fn consume_audit(
         let retry = match queue.record_seen(commands).await {
             Ok(()) => false,
             Err(err) => {
-                tracing::warn!(cause = %err, "cannot record commands from NATS; they will be redelivered");
+                tracing::warn!(cause = %format!("{err:#}"), "cannot record commands from NATS; they will be redelivered");
                 true
             }
         };
@@ -525,7 +525,7 @@ async fn answer_request(
             .await
             .map_err(|e| match &e {
                 EventError::Store(err) => {
-                    tracing::warn!(cause = %err, "an event from NATS failed in the store");
+                    tracing::warn!(cause = %format!("{err:#}"), "an event from NATS failed in the store");
                     Refusal::new(e.status(), err.public_message())
                 }
                 _ => Refusal::new(e.status(), &e),

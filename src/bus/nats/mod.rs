@@ -210,7 +210,7 @@ pub async fn ensure_streams(
             // so node number 1,001 can still get its consumer.
             config.max_consumers = MAX_CONSUMERS;
             if let Err(err) = js.update_stream(config).await {
-                tracing::warn!(stream = %name, error = %err, "cannot lift the stream's consumer limit; nodes beyond it will not get commands over NATS");
+                tracing::warn!(stream = %name, error = %format!("{err:#}"), "cannot lift the stream's consumer limit; nodes beyond it will not get commands over NATS");
             }
         }
     }
@@ -232,7 +232,7 @@ pub(super) async fn publish_commands(
         match js.send_publish(subjects.command(c), publish).await {
             Ok(ack) => pending.push((c.id.clone(), ack)),
             Err(err) => {
-                tracing::warn!(id = %c.id, cause = %err, "cannot publish a command to NATS")
+                tracing::warn!(id = %c.id, cause = %format!("{err:#}"), "cannot publish a command to NATS")
             }
         }
     }
@@ -240,7 +240,7 @@ pub(super) async fn publish_commands(
     for (id, ack) in pending {
         match ack.await {
             Ok(_) => acked.push(id),
-            Err(err) => tracing::warn!(%id, cause = %err, "NATS did not store a command"),
+            Err(err) => tracing::warn!(%id, cause = %format!("{err:#}"), "NATS did not store a command"),
         }
     }
     acked

@@ -143,7 +143,7 @@ async fn checkpoint_loop(pool: AnyPool) {
             if pool.is_closed() {
                 return;
             }
-            tracing::warn!(cause = %err, "SQLite checkpoint failed; retrying in 1 s");
+            tracing::warn!(cause = %format!("{err:#}"), "SQLite checkpoint failed; retrying in 1 s");
         }
     }
 }

@@ -189,7 +189,7 @@ async fn login(
             return busy;
         }
         Err(err) => {
-            tracing::error!(cause = %err, "the login limits cannot be read or written");
+            tracing::error!(cause = %format!("{err:#}"), "the login limits cannot be read or written");
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Logins cannot be checked right now (the controller cannot reach its database); try again shortly.",

@@ -328,7 +328,7 @@ async fn tail_collectors(
 
 /// What the page says when the hot ring cannot be read: our sentence; Redis's is logged.
 fn hot_failed(err: crate::store::hot::HotError) -> String {
-    tracing::warn!(cause = %err, "cannot read the hot ring for a node page");
+    tracing::warn!(cause = %format!("{err:#}"), "cannot read the hot ring for a node page");
     err.public_message().to_owned()
 }
 
