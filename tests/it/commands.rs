@@ -227,6 +227,26 @@ impl Rig {
         .unwrap()
     }
 
+    /// Waits until the controller's registry (re-read every `registry_refresh`, 2 s) holds each
+    /// of `nodes`, just enrolled with `fleet node add`: `GET /api/v1/nodes/<node>` answers 200
+    /// from the same snapshot that admits the node's signed requests.
+    pub async fn wait_enrolled(&self, nodes: &[&str]) {
+        for node in nodes {
+            let url = format!("{}/api/v1/nodes/{node}", self.controller.url());
+            eventually(
+                Duration::from_secs(15),
+                &format!("node {node} to reach the controller's registry (GET {url} → 200)"),
+                || async {
+                    let response = self.client().get(&url).bearer_auth(TOKEN).send().await;
+                    response
+                        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
     pub async fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
         eventually(
             Duration::from_secs(30),
@@ -798,7 +818,7 @@ async fn fan_out_by_label_and_steward_files_and_events_to_central() {
         let config = rig.agent_config(name, &["sh -c **"], "");
         agents.push(rig.start_agent(name, &key, &config, 1));
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    rig.wait_enrolled(&["w1", "w2", "d1"]).await;
 
     // --label: the web nodes only, one row each; all succeeded, so exit 0.
     let (code, out, err) = rig.send(&["--label", "role=web", "--method", "SayHello"]);
@@ -968,7 +988,7 @@ async fn a_malformed_report_fails_its_command_and_spares_the_rest() {
     let bad = rig.command("raw", Method::Echo, &["b"]);
     let (status, _) = rig.submit(&[good.clone(), bad.clone()]).await;
     assert_eq!(status, 201);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    rig.wait_enrolled(&["raw"]).await;
     let body = serde_json::json!({ "reports": [
         { "id": good.command.id, "state": "succeeded", "result": { "exit_code": 0, "stdout": "a" } },
         { "id": bad.command.id, "state": "expired" },
@@ -1016,7 +1036,7 @@ async fn a_lost_poll_answer_is_sent_again() {
         &["sh", "-c", &format!("echo once >> {}", marker.display())],
     );
     rig.submit(std::slice::from_ref(&cmd)).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    rig.wait_enrolled(&["lossy"]).await;
     let taken = rig.agent_poll("lossy", &key).await;
     assert_eq!(taken["commands"][0]["id"], cmd.command.id.as_str());
     // The agent never saw that answer; it starts and polls.

@@ -2,6 +2,7 @@
 //! `fleet` processes. See harness.rs for how each test isolates itself.
 
 mod api;
+mod architecture;
 mod bench;
 mod browser;
 mod commands;

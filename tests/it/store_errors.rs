@@ -359,7 +359,7 @@ async fn a_node_report_with_nuls_keeps_its_output_and_escapes_its_error(backend:
     let (status, _) = rig.submit(std::slice::from_ref(&cmd)).await;
     assert_eq!(status, 201);
     // The node's enrollment reaches the controller's registry within its refresh (2 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    rig.wait_enrolled(&["raw"]).await;
     let id = cmd.command.id.as_str();
     let body = serde_json::json!({ "reports": [{
         "id": id, "state": "failed",
