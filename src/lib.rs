@@ -2,21 +2,24 @@
 //!
 //! # Layout
 //!
-//! - [`model`]: the data model (nodes, records, samples, vitals) and its limits; no I/O.
-//! - [`config`]: every mode's configuration as plain data; TOML, environment, flags.
-//! - [`collectors`]: what the agent measures, one file per collector.
-//! - [`command`]: the command model: the signed envelope, kinds, methods, states, results.
-//! - [`executor`]: the node's side of a command: policy, the exactly-once journal, running it.
-//! - [`heartbeat`]: heartbeats and events as values: pulses, states, levels, limits.
-//! - [`bus`]: how data and commands move: the signed wire format, the agent's spool, the HTTP
-//!   and NATS backends.
-//! - [`pipeline`]: the one path data takes in the controller: verify → decode → store.
-//! - [`store`]: the durable store (SQLite | PostgreSQL) and the hot ring (memory | Redis).
-//! - [`web`]: the axum router: ingest, the read API, auth.
+//! Layers, bottom to top (ARCHITECTURE.md; `tests/it/architecture.rs` keeps them true): a
+//! module imports only from layers below its own.
+//!
+//! - values: [`model`] (nodes, records, samples and their limits), [`command`] (the signed
+//!   command envelope and its record), [`argv_pattern`] (the allow-list's patterns),
+//!   [`heartbeat`] (pulses, states, levels), [`timefmt`], [`termsafe`], [`files`] (private data
+//!   dirs), [`http_client`] (clients made one way), [`backoff`], [`process`] (bounded children);
+//! - [`config`]: every mode's configuration as values;
+//! - [`wire`]: the signed batch and request format both transports share;
+//! - [`store`]: the durable store (SQLite | PostgreSQL) and the hot ring (memory | Redis);
+//! - [`pipeline`]: the controller's one path: verify → decode → store; commands, heartbeats,
+//!   events;
+//! - adapters: [`web`] (the HTTP API, the dashboard, the watchTower listener), [`bus`] (a node's
+//!   traffic over HTTP or NATS, and the controller's NATS side), [`collectors`] (what the agent
+//!   measures), [`executor`] (the node's side of a command), [`client`] (the operator's API
+//!   client);
+//! - [`agent`]: the agent runtime;
 //! - [`modes`]: one module per subcommand; wiring only.
-//! - [`timefmt`]: times in and out (RFC 3339, relative forms).
-//! - [`files`]: data dirs and files made private whatever the umask, and refused when they are not.
-//! - [`termsafe`]: others' text (command output, event messages) made safe to print to a person.
 
 pub mod agent;
 pub mod argv_pattern;

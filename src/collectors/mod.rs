@@ -110,7 +110,9 @@ pub async fn run_probe(
                     tracing::warn!(probe = probe.name(), cause = %full, "probe result not kept");
                 }
             }
-            Err(err) => tracing::warn!(probe = probe.name(), cause = %format!("{err:#}"), "probe failed"),
+            Err(err) => {
+                tracing::warn!(probe = probe.name(), cause = %format!("{err:#}"), "probe failed")
+            }
         }
     }
 }

@@ -500,12 +500,16 @@ impl CommandQueue {
                         let _ = self.changes.send(s.id);
                     }
                 }
-                Err(err) => tracing::warn!(cause = %format!("{err:#}"), "command sweep failed; retrying"),
+                Err(err) => {
+                    tracing::warn!(cause = %format!("{err:#}"), "command sweep failed; retrying")
+                }
             }
             if self.dispatch.is_some() {
                 match self.durable.unpublished_commands(1000).await {
                     Ok(commands) => self.publish(&commands).await,
-                    Err(err) => tracing::warn!(cause = %format!("{err:#}"), "cannot read unpublished commands"),
+                    Err(err) => {
+                        tracing::warn!(cause = %format!("{err:#}"), "cannot read unpublished commands")
+                    }
                 }
             }
         }

@@ -25,8 +25,9 @@ struct Layer {
 /// The layers, bottom to top. To move a module, move it here and in ARCHITECTURE.md, in the same
 /// commit as the code that makes it true.
 const LAYERS: &[Layer] = &[
-    // Values and small self-contained helpers: the data model, the command model, heartbeats,
-    // times, text made safe to print, private files, TLS setup, backoff, child processes. They
+    // Values and small self-contained helpers: the data model, the command model, the
+    // allow-list's argv patterns, heartbeats, times, text made safe to print, private files,
+    // HTTP clients made one way, backoff, bounded child processes. They
     // know nothing of fleet above them, so everything may use them; they may use each other
     // (the model's names in a command, say) as long as no two need each other.
     Layer {
@@ -38,7 +39,8 @@ const LAYERS: &[Layer] = &[
             "timefmt",
             "termsafe",
             "files",
-            "tls",
+            "argv_pattern",
+            "http_client",
             "backoff",
             "process",
         ],
@@ -80,7 +82,7 @@ const LAYERS: &[Layer] = &[
         modules: &["web", "bus", "collectors", "executor", "client"],
         within: false,
     },
-    // The agent's runtime: ties the agent-side adapters (collectors, executor, bus, client).
+    // The agent's runtime: ties the agent-side adapters (collectors, executor, bus).
     Layer {
         name: "runtimes",
         modules: &["agent"],

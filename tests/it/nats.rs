@@ -377,14 +377,15 @@ async fn pulses_and_events_travel_over_nats_too() {
     let key = enroll(&rig.env, "edge.1");
     let other_key = enroll(&rig.env, "edge.2");
     // The enrolments reach the controller at its next registry refresh.
-    eventually(Duration::from_secs(15), "the nodes enrolled", || async {
-        let v = rig.api_get("/api/v1/nodes").await;
-        (v["nodes"].as_array().is_some_and(|n| n.len() >= 2)).then_some(())
-    })
-    .await;
+    rig.wait_enrolled(&["edge.1", "edge.2"]).await;
 
     let (code, out, err) = eventually(Duration::from_secs(15), "a pulse over NATS", || async {
-        let run = fleet_over_nats(&rig, "edge.1", &key, &["pulse", "backup", "--next-in", "1d"]);
+        let run = fleet_over_nats(
+            &rig,
+            "edge.1",
+            &key,
+            &["pulse", "backup", "--next-in", "1d"],
+        );
         (run.0 == 0).then_some(run)
     })
     .await;
@@ -414,7 +415,10 @@ async fn pulses_and_events_travel_over_nats_too() {
         &["pulse", "backup", "--next-in", "1d"],
     );
     assert_ne!(code, 0);
-    assert!(err.contains("401") && err.contains("bad signature"), "{err}");
+    assert!(
+        err.contains("401") && err.contains("bad signature"),
+        "{err}"
+    );
 
     // `fleet run`: a failure becomes an error event from the node.
     let (code, _, err) = fleet_over_nats(
@@ -476,7 +480,10 @@ async fn pulses_and_events_travel_over_nats_too() {
     let answer = ask(mine, headers).await;
     assert_eq!(answer["status"], 401, "{answer}");
     assert!(
-        answer["error"].as_str().unwrap().contains("already received"),
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("already received"),
         "{answer}"
     );
 }

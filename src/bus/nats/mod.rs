@@ -240,7 +240,9 @@ pub(super) async fn publish_commands(
     for (id, ack) in pending {
         match ack.await {
             Ok(_) => acked.push(id),
-            Err(err) => tracing::warn!(%id, cause = %format!("{err:#}"), "NATS did not store a command"),
+            Err(err) => {
+                tracing::warn!(%id, cause = %format!("{err:#}"), "NATS did not store a command")
+            }
         }
     }
     acked
