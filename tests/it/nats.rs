@@ -354,7 +354,8 @@ fn fleet_over_nats(rig: &Rig, node: &str, key: &str, args: &[&str]) -> (i32, Str
     let (url, prefix, _) = rig.nats.clone().expect("a NATS rig");
     let output = std::process::Command::new(crate::harness::FLEET)
         .args(args)
-        .args(["--nats-url", &url, "--nats-prefix", &prefix])
+        .env("FLEET_NATS_URL", &url)
+        .env("FLEET_NATS_PREFIX", &prefix)
         .env_remove("FLEET_CONTROLLER")
         .env_remove("FLEET_API_TOKEN")
         .env("FLEET_NODE", node)
