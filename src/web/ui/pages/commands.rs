@@ -31,10 +31,8 @@ fn output_tail(text: &str) -> String {
     if text.len() <= OUTPUT_SHOWN {
         return text.to_owned();
     }
-    let mut cut = text.len() - OUTPUT_SHOWN;
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
+    // The cut moves forward to a character boundary: never more than OUTPUT_SHOWN bytes shown.
+    let cut = text.ceil_char_boundary(text.len() - OUTPUT_SHOWN);
     format!(
         "… {} bytes before this (GET /api/v1/commands/{{id}} has them)\n{}",
         cut,
