@@ -376,7 +376,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
             println!(
                 "{}",
-                fleet::modes::token::password_entry(&name, std::io::stdin().lock())?
+                fleet::modes::operator::password_entry(&name, std::io::stdin().lock())?
             );
         }
         Command::Controller(args) => run_controller(args).await?,

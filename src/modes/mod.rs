@@ -9,6 +9,7 @@ pub mod bench_heartbeats;
 pub mod bench_logs;
 pub mod controller;
 pub mod node;
+pub mod operator;
 pub mod pulse;
 pub mod send;
 pub mod token;
