@@ -460,11 +460,7 @@ pub fn cut(text: &mut String, max: usize) -> bool {
     if text.len() <= max {
         return false;
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
+    text.truncate(text.floor_char_boundary(max));
     true
 }
 

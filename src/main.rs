@@ -360,7 +360,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Operator {
             command: OperatorCommand::Keygen { out, force },
         } => {
-            let public = fleet::modes::send::keygen(&out, force)?;
+            let public = fleet::modes::operator::keygen(&out, force)?;
             println!("{public}");
             eprintln!(
                 "secret key in {} (keep it safe); public key in {}.pub: list it in each node's [commands] trusted_keys",
@@ -376,7 +376,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             }
             println!(
                 "{}",
-                fleet::modes::token::password_entry(&name, std::io::stdin().lock())?
+                fleet::modes::operator::password_entry(&name, std::io::stdin().lock())?
             );
         }
         Command::Controller(args) => run_controller(args).await?,

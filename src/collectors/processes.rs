@@ -74,11 +74,9 @@ pub(crate) fn parse_pid_stat(text: &str) -> Option<PidStat<'_>> {
 pub(crate) fn display_cmdline(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw).replace('\0', " ");
     let trimmed = text.trim();
-    let mut end = trimmed.len().min(CMDLINE_MAX);
-    while !trimmed.is_char_boundary(end) {
-        end -= 1;
-    }
-    trimmed[..end].trim_end().to_owned()
+    trimmed[..trimmed.floor_char_boundary(CMDLINE_MAX)]
+        .trim_end()
+        .to_owned()
 }
 
 /// CPU percentage of one process from two readings of its CPU time.

@@ -153,7 +153,7 @@ pub async fn start(
     let ingest = Arc::new(ingest);
     let dashboard_key = match &config.ui.signing_key {
         Some(path) => Some(Arc::new(
-            crate::modes::send::load_signing_key(Some(path))
+            crate::modes::operator::load_signing_key(Some(path))
                 .context("[ui] signing_key: the dashboard's command key")?,
         )),
         None => None,

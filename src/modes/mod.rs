@@ -6,6 +6,7 @@ pub mod bench;
 pub mod controller;
 pub mod events;
 pub mod node;
+pub mod operator;
 pub mod pulse;
 pub mod send;
 pub mod token;

@@ -1,7 +1,8 @@
 //! `fleet send`: builds commands (from flags or a steward message file), signs them with the
 //! operator key, submits them through the controller's API (or straight onto NATS), waits for
-//! the results and prints them. Also `--status ID` and `--cancel ID`, and `fleet operator
-//! keygen`. Wiring and presentation only (the API client is `client`): signing is `command`, the queue is the controller's.
+//! the results and prints them. Also `--status ID` and `--cancel ID`. Wiring and presentation
+//! only: signing is `command`, the API client `client`, the key file `operator`, the queue the
+//! controller's.
 //! What nodes said is printed through `termsafe`: a command's output raw into a pipe or a file,
 //! with its control characters made visible on a terminal; summaries always made visible.
 
@@ -14,9 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use super::operator::load_signing_key;
 use crate::client::Api;
-use crate::command::{CommandRecord, Submission};
-use crate::command::{CommandState, Kind, Method, OperatorKey, build};
+use crate::command::{CommandRecord, CommandState, Kind, Method, OperatorKey, Submission, build};
 use crate::termsafe::{self, Shape};
 use crate::timefmt::parse_duration;
 
@@ -470,16 +471,6 @@ fn print_one(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the operator key file.
-pub fn load_signing_key(path: Option<&Path>) -> anyhow::Result<OperatorKey> {
-    let path = path.context(
-        "no operator key: pass --signing-key FILE or set FLEET_SIGNING_KEY (make one with `fleet operator keygen`)",
-    )?;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the operator key {}", path.display()))?;
-    OperatorKey::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
 /// One message of a steward message file.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -582,33 +573,4 @@ fn api(args: &SendArgs) -> anyhow::Result<Api> {
         .clone()
         .context("no operator token: pass --api-token or set FLEET_API_TOKEN")?;
     Api::connect(controller, &token, args.ca_cert.as_deref())
-}
-
-/// `fleet operator keygen`: writes a new key file (mode 0600) and `FILE.pub`, and returns the
-/// public key to list in nodes' `[commands] trusted_keys`.
-pub fn keygen(path: &Path, force: bool) -> anyhow::Result<String> {
-    let key = OperatorKey::generate();
-    let mut file = crate::files::options()
-        .write(true)
-        .create(true)
-        .create_new(!force)
-        .truncate(true)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create {} (it may exist already: pass --force to replace it)",
-                path.display()
-            )
-        })?;
-    // A file replaced with --force keeps its mode unless narrowed: a new secret in an old
-    // world-readable file would be no secret.
-    crate::files::narrow(&file)
-        .with_context(|| format!("cannot make {} private", path.display()))?;
-    file.write_all(key.secret_text().as_bytes())?;
-    file.sync_all()?;
-    let public = key.public();
-    let pub_path = PathBuf::from(format!("{}.pub", path.display()));
-    std::fs::write(&pub_path, format!("{public}\n"))
-        .with_context(|| format!("cannot write {}", pub_path.display()))?;
-    Ok(public)
 }

@@ -1,5 +1,4 @@
-//! `fleet token create`: a new operator token, stored hashed in the controller's durable store;
-//! `fleet operator password`: a dashboard login for the config.
+//! `fleet token create`: a new operator token, stored hashed in the controller's durable store.
 
 use crate::config::ControllerConfig;
 use crate::pipeline::registry::{new_token, token_hash};
@@ -13,59 +12,4 @@ pub async fn create(config: &ControllerConfig, label: &str) -> anyhow::Result<St
         .await?;
     store.close().await;
     Ok(token)
-}
-
-/// Most bytes of a password.
-const PASSWORD_MAX: usize = 1024;
-
-/// The `[ui] users` entry for `name` with the password on the first line of `input`.
-pub fn password_entry(name: &str, mut input: impl std::io::BufRead) -> anyhow::Result<String> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.len() > 64
-        || name.contains(['"', '\\'])
-        || name.chars().any(char::is_control)
-    {
-        anyhow::bail!(
-            "the name must be 1 to 64 characters, without quotes, backslashes or control characters"
-        );
-    }
-    let mut line = String::new();
-    input.read_line(&mut line)?;
-    let password = line.trim_end_matches(['\n', '\r']);
-    if password.len() < 8 {
-        anyhow::bail!("the password is shorter than 8 characters; pipe a longer one in");
-    }
-    if password.len() > PASSWORD_MAX {
-        anyhow::bail!("the password is longer than {PASSWORD_MAX} bytes");
-    }
-    let hash = crate::web::ui::session::hash_password(password);
-    Ok(format!(
-        "# under [ui] in the controller's config:\nusers = [{{ name = \"{name}\", password_hash = \"{hash}\" }}]"
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_password_entry_holds_a_hash_that_checks_the_password() {
-        let entry = password_entry("alice", "correct horse battery\n".as_bytes()).unwrap();
-        assert!(!entry.contains("correct horse"), "{entry}");
-        let config: crate::config::UiConfig =
-            toml::from_str(entry.lines().nth(1).unwrap()).expect("the entry is TOML for [ui]");
-        config.validate().unwrap();
-        let phc = &config.users[0].password_hash;
-        assert!(crate::web::ui::session::password_matches(
-            phc,
-            "correct horse battery"
-        ));
-        assert!(!crate::web::ui::session::password_matches(
-            phc,
-            "correct horse"
-        ));
-        assert!(password_entry("alice", "short\n".as_bytes()).is_err());
-        assert!(password_entry("a\"b", "long enough password\n".as_bytes()).is_err());
-    }
 }

@@ -43,8 +43,9 @@ pub const PATH: &str = "/collect";
 /// The header that carries the signature.
 pub const HEADER_SIGNATURE: &str = "x-agent-signature";
 
-/// The route's shared state.
-struct Route {
+/// The shared state of `POST /collect`: which addresses are MassAffect agents (and under which
+/// node each is stored), the secret they sign with, and the bounds on their bodies.
+struct CollectEndpoint {
     /// The controller's state, shared with the main API (its ingest pipeline above all).
     app: Arc<AppState>,
     /// The HMAC key agents sign with.
@@ -60,7 +61,7 @@ struct Route {
 /// Builds the `/collect` router over the controller's state; `web::router` merges it into the
 /// API when `[compat.massaffect]` is configured (otherwise the path does not exist: 404).
 pub fn router(app: Arc<AppState>, config: &MassaffectConfig) -> Router {
-    let route = Arc::new(Route {
+    let endpoint = Arc::new(CollectEndpoint {
         max_body_bytes: config
             .max_body_bytes
             .unwrap_or(app.ingest_limits.max_body_bytes),
@@ -80,48 +81,53 @@ pub fn router(app: Arc<AppState>, config: &MassaffectConfig) -> Router {
                 super::INGEST_CONCURRENCY,
             )),
         )
-        .with_state(route)
+        .with_state(endpoint)
 }
 
 async fn collect(
-    State(route): State<Arc<Route>>,
+    State(endpoint): State<Arc<CollectEndpoint>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let received_at_ms = crate::timefmt::now_ms();
-    refuse_declared_over(&headers, route.max_body_bytes)?;
+    refuse_declared_over(&headers, endpoint.max_body_bytes)?;
     let source = peer.ip().to_canonical();
-    let Some(node) = route.agents.get(&source) else {
+    let Some(node) = endpoint.agents.get(&source) else {
         tracing::info!(%source, "MassAffect /collect from an address not in compat.massaffect.agents");
         return Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden"));
     };
-    let body = read_bounded(body, route.max_body_bytes).await?;
+    let body = read_bounded(body, endpoint.max_body_bytes).await?;
     let body = if is_gzip(&headers)? {
-        wire::inflate_bounded(&body, route.max_decompressed_bytes).map_err(|e| match e {
+        wire::inflate_bounded(&body, endpoint.max_decompressed_bytes).map_err(|e| match e {
             wire::InflateError::TooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             }
             wire::InflateError::Corrupt(_) => ApiError::bad_request(e.to_string()),
         })?
-    } else if body.len() > route.max_decompressed_bytes {
+    } else if body.len() > endpoint.max_decompressed_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the body is larger than {} bytes",
-                route.max_decompressed_bytes
+                endpoint.max_decompressed_bytes
             ),
         ));
     } else {
         body.to_vec()
     };
-    if !signed(&route.secret, &headers, &body) {
+    if !signed(&endpoint.secret, &headers, &body) {
         tracing::info!(%source, node = %node, "MassAffect /collect with a missing or bad signature");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "Invalid signature"));
     }
     // A name a native agent reports under too has its native series from that agent: they
     // must not mix with MassAffect's figures.
-    let native_names = route.app.registry.snapshot().node(node.as_str()).is_none();
+    let native_names = endpoint
+        .app
+        .registry
+        .snapshot()
+        .node(node.as_str())
+        .is_none();
     let records = items(&body, received_at_ms, native_names)?;
     let batch = BatchBody {
         // MassAffect does not say how often it sends: the node's status uses the defaults.
@@ -129,7 +135,7 @@ async fn collect(
         dropped_batches: 0,
         records,
     };
-    route
+    endpoint
         .app
         .ingest
         .ingest_verified(node.clone(), batch, received_at_ms)

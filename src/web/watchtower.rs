@@ -44,8 +44,9 @@ const EVENTS_FETCH_MAX: i64 = 10_000;
 /// The window `GET /events` searches when `from` is not given.
 const DEFAULT_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
-/// The listener's shared state.
-struct Compat {
+/// The watchTower listener's shared state: the controller's state and the password its clients
+/// give.
+struct WatchtowerListener {
     /// The controller's state, shared with the main API.
     app: Arc<AppState>,
     password: Password,
@@ -85,7 +86,7 @@ impl Password {
 /// Builds the watchTower router over the controller's state. Serve it on its own address; it
 /// shares nothing with the main router but `app`.
 pub fn router(app: Arc<AppState>, password: &str) -> Router {
-    let compat = Arc::new(Compat {
+    let listener = Arc::new(WatchtowerListener {
         app,
         password: Password::new(password),
     });
@@ -104,18 +105,18 @@ pub fn router(app: Arc<AppState>, password: &str) -> Router {
         .method_not_allowed_fallback(unknown)
         .fallback(unknown)
         .layer(axum::middleware::from_fn_with_state(
-            compat.clone(),
+            listener.clone(),
             require_password,
         ))
         // The password is checked before any body is read, and no body is read without its
         // pace and a share (see `intake`).
         .layer(axum::middleware::from_fn_with_state(
-            compat.app.intake.clone(),
+            listener.app.intake.clone(),
             super::intake::guard,
         ))
         // Outermost: the intake's refusals answer as watchTower does, HTTP 200 and `result`.
         .layer(axum::middleware::map_response(as_watchtower_answer))
-        .with_state(compat)
+        .with_state(listener)
 }
 
 /// A watchTower error: `{"result": <status>, "hint": "…"}`, sent with HTTP 200.
@@ -225,7 +226,7 @@ async fn as_watchtower_answer(response: Response) -> Response {
 }
 
 async fn require_password(
-    State(compat): State<Arc<Compat>>,
+    State(listener): State<Arc<WatchtowerListener>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -234,7 +235,7 @@ async fn require_password(
         .get("password")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !compat.password.matches(given) {
+    if !listener.password.matches(given) {
         return Refusal {
             result: 403,
             hint: None,
@@ -262,13 +263,17 @@ async fn hello() -> Json<Value> {
 
 /// `POST /heartbeat` (and `POST /`): `{service, alertType, alertTarget, nextIn}`, `nextIn` in
 /// seconds. Answered once the pulse is stored.
-async fn pulse(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body) -> Answer {
+async fn pulse(
+    State(listener): State<Arc<WatchtowerListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
     let fields = read_fields(&headers, body).await?;
     let service = required(&fields, "service", "no service provided")?;
     let next_in = present(&fields, "nextIn").ok_or_else(|| Refusal::hint("no nextIn provided"))?;
     let channel = required(&fields, "alertType", "no alert type provided")?;
     let target = required(&fields, "alertTarget", "no alert target provided")?;
-    let outcome = compat
+    let outcome = listener
         .app
         .heartbeats
         .pulse(
@@ -291,15 +296,19 @@ async fn pulse(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body
 
 /// `DELETE /heartbeat` (and `DELETE /`): `{service}`. The heartbeat stays listed, cancelled,
 /// until it pulses again.
-async fn cancel(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body) -> Answer {
+async fn cancel(
+    State(listener): State<Arc<WatchtowerListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
     let fields = read_fields(&headers, body).await?;
     let service = required(&fields, "service", "no service provided")?;
-    compat
+    listener
         .app
         .heartbeats
         .cancel(&service, &Owner::Watchtower)
         .await?;
-    let current = stored(&compat, &service).await?;
+    let current = stored(&listener, &service).await?;
     Ok(Json(json!({
         "result": 200,
         "action": "cancel",
@@ -308,8 +317,8 @@ async fn cancel(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Bod
 }
 
 /// The heartbeat of `service` as stored now, or `service not found`.
-async fn stored(compat: &Compat, service: &str) -> Result<Heartbeat, Refusal> {
-    compat
+async fn stored(listener: &WatchtowerListener, service: &str) -> Result<Heartbeat, Refusal> {
+    listener
         .app
         .durable
         .heartbeat(service, crate::timefmt::now_ms())
@@ -323,8 +332,8 @@ const LIST_MAX: i64 = 10_000;
 
 /// `GET /heartbeats`: the heartbeats by name (the first [`LIST_MAX`]), agents' own
 /// (`node:<name>`) included.
-async fn list(State(compat): State<Arc<Compat>>) -> Answer {
-    let all = compat
+async fn list(State(listener): State<Arc<WatchtowerListener>>) -> Answer {
+    let all = listener
         .app
         .durable
         .heartbeats(crate::timefmt::now_ms(), None, LIST_MAX)
@@ -335,11 +344,11 @@ async fn list(State(compat): State<Arc<Compat>>) -> Answer {
 
 /// `GET /heartbeat/<service>` (and `GET /get/<service>`).
 async fn get_one(
-    State(compat): State<Arc<Compat>>,
+    State(listener): State<Arc<WatchtowerListener>>,
     service: Result<Path<String>, PathRejection>,
 ) -> Answer {
     let Path(service) = service.map_err(|e| Refusal::hint(e.body_text()))?;
-    let found = stored(&compat, &service).await?;
+    let found = stored(&listener, &service).await?;
     Ok(Json(json!({
         "result": 200,
         "heartBeat": watchtower_heartbeat(&found),
@@ -348,7 +357,11 @@ async fn get_one(
 
 /// `POST /event` (and `POST /add-event`): `{service, message, level?, alert?}`, stored as a
 /// native event with `alert` in its fields.
-async fn add_event(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: Body) -> Answer {
+async fn add_event(
+    State(listener): State<Arc<WatchtowerListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
     let fields = read_fields(&headers, body).await?;
     let service = required(&fields, "service", "no service provided")?;
     let message = required(&fields, "message", "no message provided")?;
@@ -368,14 +381,14 @@ async fn add_event(State(compat): State<Arc<Compat>>, headers: HeaderMap, body: 
         fields: Value::Object(extra),
         category: "event",
     };
-    compat.app.events.add(&event).await?;
+    listener.app.events.add(&event).await?;
     Ok(Json(json!({ "result": 200, "action": "event" })))
 }
 
 /// `GET /events?from=&to=&level=&service=&message=`: newest first. `from` and `to` are epoch
 /// seconds (`from` defaults to a day before `to`, `to` to now); `level` is the least level;
 /// `service` and `message` are case-insensitive regular expressions searched in the field.
-async fn events(State(compat): State<Arc<Compat>>, uri: Uri) -> Answer {
+async fn events(State(listener): State<Arc<WatchtowerListener>>, uri: Uri) -> Answer {
     let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(&uri)
         .map_err(|e| Refusal::hint(format!("the query is not valid: {}", e.body_text())))?;
     // The last of a repeated parameter wins; an empty one is no filter.
@@ -398,7 +411,7 @@ async fn events(State(compat): State<Arc<Compat>>, uri: Uri) -> Answer {
         .transpose()?;
     let service = pattern("service", params.get("service"))?;
     let message = pattern("message", params.get("message"))?;
-    let entries = compat
+    let entries = listener
         .app
         .durable
         .events(&EventQuery {

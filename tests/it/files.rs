@@ -475,7 +475,6 @@ fn nothing_in_src_creates_files_with_the_umask_mode() {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let name = path.file_name().unwrap().to_string_lossy();
         // files.rs is the one place; benchmarks make throwaway temp dirs of their own.
         if !rel.ends_with(".rs") || rel == "src/files.rs" || rel.starts_with("src/modes/bench/") {
             continue;
