@@ -22,6 +22,17 @@ pub struct Api {
 
 impl Api {
     pub fn connect(controller: &str, token: &str, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        Self::with_connections(controller, token, ca_cert, 2)
+    }
+
+    /// Keeping up to `idle` connections open for reuse (a benchmark with many requests in
+    /// flight).
+    pub fn with_connections(
+        controller: &str,
+        token: &str,
+        ca_cert: Option<&Path>,
+        idle: usize,
+    ) -> anyhow::Result<Self> {
         let token = token.to_owned();
         let mut base = reqwest::Url::parse(controller)
             .with_context(|| format!("controller URL {controller:?} is not a URL"))?;
@@ -30,7 +41,7 @@ impl Api {
             base.set_path(&path);
         }
         Ok(Self {
-            client: crate::http_client::controller_client(ca_cert, Duration::from_secs(90))?,
+            client: crate::http_client::controller_client(ca_cert, Duration::from_secs(90), idle)?,
             base,
             token,
         })

@@ -26,16 +26,17 @@ pub fn trusting(
     Ok(builder.tls_certs_only(certs))
 }
 
-/// A client for the controller: `timeout` per request unless a request sets its own, and
-/// `ca_cert` (PEM) instead of the system roots when given.
+/// A client for the controller: `timeout` per request unless a request sets its own,
+/// `ca_cert` (PEM) instead of the system roots when given, up to `idle` connections kept open.
 pub fn controller_client(
     ca_cert: Option<&Path>,
     timeout: Duration,
+    idle: usize,
 ) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .pool_max_idle_per_host(2)
+        .pool_max_idle_per_host(idle)
         .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
     builder = trusting(builder, ca_cert)?;
     builder.build().context("cannot build the HTTP client")

@@ -152,7 +152,7 @@ impl NodeClient {
         request_timeout: Duration,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            client: crate::http_client::controller_client(ca_cert, request_timeout)?,
+            client: crate::http_client::controller_client(ca_cert, request_timeout, 2)?,
             base: reqwest::Url::parse(controller)
                 .with_context(|| format!("controller URL {controller:?} is not a URL"))?,
             node: node.to_owned(),

@@ -447,7 +447,7 @@ async fn an_agent_data_dir_other_users_can_read_is_refused() {
 fn nothing_in_src_creates_files_with_the_umask_mode() {
     const ALLOWED: &[(&str, &str, &str)] = &[
         (
-            "src/modes/send.rs",
+            "src/modes/operator.rs",
             "std::fs::write(&pub_path",
             "the public key: meant to be read",
         ),

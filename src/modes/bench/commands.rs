@@ -419,7 +419,7 @@ async fn raw_nats_floor(
 }
 
 async fn http_floor(url: &str, count: usize) -> anyhow::Result<(f64, f64)> {
-    let client = crate::http_client::controller_client(None, Duration::from_secs(5))?;
+    let client = crate::http_client::controller_client(None, Duration::from_secs(5), 2)?;
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();

@@ -60,11 +60,8 @@ pub async fn heartbeats(args: HeartbeatsBenchArgs) -> anyhow::Result<()> {
         ..ControllerConfig::default()
     };
     let controller = crate::modes::controller::start(config, shutdown.clone()).await?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let url = format!("{}/api/v1/heartbeats", controller.url);
+    let api =
+        crate::client::Api::with_connections(&controller.url, &token, None, args.concurrency)?;
     println!(
         "store     {}; {} services, {} of them stop pulsing; {} pulses in flight",
         if args.database_url.is_some() {
@@ -78,9 +75,7 @@ pub async fn heartbeats(args: HeartbeatsBenchArgs) -> anyhow::Result<()> {
     );
 
     let pulser = Pulser {
-        client,
-        url,
-        token,
+        api,
         errors: AtomicU64::new(0),
     };
     let pulser = Arc::new(pulser);
@@ -193,9 +188,7 @@ pub async fn heartbeats(args: HeartbeatsBenchArgs) -> anyhow::Result<()> {
 }
 
 struct Pulser {
-    client: reqwest::Client,
-    url: String,
-    token: String,
+    api: crate::client::Api,
     errors: AtomicU64,
 }
 
@@ -203,16 +196,8 @@ impl Pulser {
     async fn pulse_all(&self, pulses: impl Iterator<Item = (usize, f64)>, concurrency: usize) {
         futures::stream::iter(pulses)
             .map(|(i, next_in)| async move {
-                let body = format!(r#"{{"service":"s{i}","next_in":{next_in}}}"#);
-                let ok = self
-                    .client
-                    .post(&self.url)
-                    .bearer_auth(&self.token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let body = serde_json::json!({ "service": format!("s{i}"), "next_in": next_in });
+                let ok = self.api.post("api/v1/heartbeats", &body).await.is_ok();
                 if !ok {
                     self.errors.fetch_add(1, Ordering::Relaxed);
                 }
