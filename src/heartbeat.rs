@@ -16,6 +16,9 @@ pub mod limits {
     pub const NEXT_IN_MAX_MS: i64 = 366 * 24 * 3600 * 1000;
     /// Bytes in an alert channel or target.
     pub const ALERT_FIELD_MAX: usize = 500;
+    /// Bytes of a pulse's or an event's body as sent (HTTP or NATS): a valid one is at most a
+    /// few tens of KiB (an event's message and fields are 16 KiB each).
+    pub const REQUEST_BODY_MAX: usize = 64 * 1024;
     /// Bytes in an event message; longer ones are refused, not cut.
     pub const MESSAGE_MAX: usize = 16 * 1024;
     /// Bytes of an event's `fields` as JSON.

@@ -23,9 +23,8 @@ use crate::pipeline::heartbeats::{PulseRequest, pulse_answer};
 use crate::store::events::EventQuery;
 
 pub use crate::wire::{EVENTS_PATH, HEARTBEATS_PATH};
-/// Largest body of a pulse or an event: a valid one is at most a few tens of KiB (an event's
-/// message and fields are 16 KiB each).
-pub const BODY_MAX: usize = 64 * 1024;
+/// Largest body of a pulse or an event.
+pub const BODY_MAX: usize = heartbeat::limits::REQUEST_BODY_MAX;
 
 /// Reads a pulse's or an event's body once the headers say who sends it: an operator token,
 /// or a node whose headers pass (`NodeAuth::admit`); nobody else has a byte read. The

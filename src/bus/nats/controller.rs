@@ -17,7 +17,7 @@ use super::{ACK_WAIT, Subjects, connect, ensure_streams, header, publish_command
 use crate::command::{Command, CommandReport};
 use crate::config::NatsConfig;
 use crate::pipeline::commands::{ApplyOutcome, CommandQueue};
-use crate::pipeline::node_auth::{Claim, Clock, NodeAuth};
+use crate::pipeline::node_auth::{Claim, NodeAuth};
 use crate::pipeline::{Events, Heartbeats, Ingest, RawBatch, Requester};
 use crate::wire;
 
@@ -463,8 +463,8 @@ impl Refusal {
     }
 }
 
-/// Largest pulse or event body: as over HTTP (`web::heartbeats::BODY_MAX`).
-const REQUEST_BODY_MAX: usize = 64 * 1024;
+/// Largest pulse or event body, as over HTTP.
+const REQUEST_BODY_MAX: usize = crate::heartbeat::limits::REQUEST_BODY_MAX;
 
 async fn answer_request(
     message: &async_nats::Message,
@@ -498,10 +498,6 @@ async fn answer_request(
         signature: &signature,
         source: None,
     };
-    pipeline
-        .auth
-        .admit(&claim, Clock::Now, crate::timefmt::now_ms())
-        .map_err(|e| Refusal::new(e.status(), &e))?;
     let who = pipeline
         .auth
         .verify_request(&claim, subject, &message.payload)
