@@ -31,8 +31,6 @@ pub struct ControllerClient {
     /// PEM CA certificate to verify the controller (or a tls:// NATS server) with.
     #[arg(long, env = "FLEET_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-    #[command(flatten)]
-    pub nats: NatsArgs,
 }
 
 impl ControllerClient {
@@ -44,7 +42,8 @@ impl ControllerClient {
     }
 }
 
-/// Reaching NATS from the command line (`fleet send --nats-url`, a node's `fleet pulse`).
+/// Reaching NATS from the command line (`fleet send --nats-url`, a node's `fleet pulse` and
+/// `fleet run`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
     /// Talk to NATS directly instead of the controller's API.

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, bail};
 
-use super::ControllerClient;
+use super::{ControllerClient, NatsArgs};
 use crate::bus::{Bus, BusError};
 use crate::client::Api;
 use crate::heartbeat;
@@ -22,17 +22,17 @@ enum Pulser {
 }
 
 impl Pulser {
-    async fn connect(client: &ControllerClient) -> anyhow::Result<Self> {
+    async fn connect(client: &ControllerClient, nats: &NatsArgs) -> anyhow::Result<Self> {
         match (&client.api_token, &client.as_node, &client.node_key) {
-            (Some(token), _, _) if client.nats.url.is_none() => Ok(Pulser::Operator(Api::connect(
+            (Some(token), _, _) if nats.url.is_none() => Ok(Pulser::Operator(Api::connect(
                 client.controller()?,
                 token,
                 client.ca_cert.as_deref(),
             )?)),
-            (_, Some(node), Some(key)) => Ok(Pulser::Node(Box::new(match &client.nats.url {
+            (_, Some(node), Some(key)) => Ok(Pulser::Node(Box::new(match &nats.url {
                 Some(_) => {
                     Bus::nats(
-                        &client.nats.config(client.ca_cert.as_deref()),
+                        &nats.config(client.ca_cert.as_deref()),
                         node,
                         key,
                         PULSE_INTERVAL,
@@ -97,6 +97,9 @@ pub struct PulseSpec {
     pub alert: Option<String>,
     #[command(flatten)]
     pub client: ControllerClient,
+    // On a node that reaches only NATS: pulse (and record a failure) there.
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -124,7 +127,7 @@ fn pulse_body(service: &str, spec: &PulseSpec) -> anyhow::Result<serde_json::Val
 
 /// `fleet pulse`: one pulse; prints the service's state and when it is next expected.
 pub async fn pulse(args: PulseArgs) -> anyhow::Result<u8> {
-    let pulser = Pulser::connect(&args.spec.client).await?;
+    let pulser = Pulser::connect(&args.spec.client, &args.spec.nats).await?;
     let answer = pulser
         .pulse(&pulse_body(&args.service, &args.spec)?)
         .await?;
@@ -160,7 +163,7 @@ const TAIL_BYTES: usize = 4096;
 /// records an error event with the exit status and the tail of the output. Exits as the command
 /// did.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let pulser = Pulser::connect(&args.pulse.client).await?;
+    let pulser = Pulser::connect(&args.pulse.client, &args.pulse.nats).await?;
     let program = &args.command[0];
     let mut child = std::process::Command::new(program)
         .args(&args.command[1..])
