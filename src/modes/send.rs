@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 
 use super::operator::load_signing_key;
 use crate::client::Api;
 use crate::command::{CommandRecord, CommandState, Kind, Method, OperatorKey, Submission, build};
+use crate::steward;
 use crate::termsafe::{self, Shape};
 use crate::timefmt::parse_duration;
 
@@ -77,10 +77,14 @@ pub struct SendArgs {
     /// Cancel (killed if it runs). With --nats-url, also give --node.
     #[arg(long, value_name = "ID", conflicts_with = "file")]
     pub cancel: Option<String>,
-    /// Send the messages of a steward message file (JSON array with toNode, data,
-    /// commandOrEvent, method, timeout, retries).
-    #[arg(long, value_name = "FILE")]
+    /// Send the messages of a steward message file: JSON arrays of messages (toNode(s),
+    /// data or methodArgs, method, timeout or methodTimeout, retries), either version's names.
+    #[arg(long, value_name = "FILE", conflicts_with = "watch")]
     pub file: Option<PathBuf>,
+    /// steward's inbox: send the messages appended to FILE (`cat msg.json >> FILE`) as they
+    /// come, emptying it; runs until interrupted. Either version's names are taken.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["status", "cancel"])]
+    pub watch: Option<PathBuf>,
     /// Controller base URL.
     #[arg(long, env = "FLEET_CONTROLLER")]
     pub controller: Option<String>,
@@ -136,6 +140,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<u8> {
         return cancel(&args, id, &mut out).await;
     }
 
+    if let Some(file) = &args.watch {
+        return watch(&args, file).await;
+    }
     let key = load_signing_key(args.signing_key.as_deref())?;
     let submissions = if let Some(file) = &args.file {
         from_steward_file(file, &key, args.ttl, args.parallel)?
@@ -471,22 +478,48 @@ fn print_one(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One message of a steward message file.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StewardMessage {
-    to_node: Option<String>,
-    #[serde(default)]
-    to_nodes: Vec<String>,
-    #[serde(default)]
-    data: Vec<String>,
-    command_or_event: String,
-    method: String,
-    /// Seconds.
-    timeout: Option<u64>,
-    retries: Option<u32>,
-    #[serde(flatten)]
-    other: BTreeMap<String, serde_json::Value>,
+/// The commands of steward messages, signed; `id` names each (message, target) pair's id.
+fn steward_submissions(
+    messages: &[steward::Message],
+    key: &OperatorKey,
+    ttl: Duration,
+    parallel: bool,
+    mut id: impl FnMut(usize, usize) -> Option<String>,
+    source: &str,
+) -> anyhow::Result<Vec<Submission>> {
+    let mut submissions = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let at = |e: String| anyhow::anyhow!("{source}: message {i}: {e}");
+        if !m.other.is_empty() {
+            eprintln!(
+                "note: {source}: message {i}: ignoring fields fleet does not use: {}",
+                m.other.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let request = m.request().map_err(at)?;
+        for (t, node) in request.nodes.iter().enumerate() {
+            let mut command = build(
+                key,
+                node,
+                request.kind,
+                request.method,
+                request.args.clone(),
+                request.timeout,
+                ttl,
+                parallel || request.parallel,
+            );
+            if let Some(id) = id(i, t) {
+                // A derived id: the same message sent again is recognised by the controller.
+                command.id = id;
+                key.sign(&mut command);
+            }
+            submissions.push(Submission {
+                command,
+                retries: request.retries,
+            });
+        }
+    }
+    Ok(submissions)
 }
 
 fn from_steward_file(
@@ -495,45 +528,100 @@ fn from_steward_file(
     ttl: Duration,
     parallel: bool,
 ) -> anyhow::Result<Vec<Submission>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    let messages: Vec<StewardMessage> = serde_path_to_error::deserialize(de)
-        .map_err(|e| anyhow::anyhow!("{}: {} at {}", path.display(), e.inner(), e.path()))?;
-    let mut submissions = Vec::new();
-    for (i, m) in messages.into_iter().enumerate() {
-        let at = |e: String| anyhow::anyhow!("{}: message {i}: {e}", path.display());
-        if !m.other.is_empty() {
-            eprintln!(
-                "note: {}: message {i}: ignoring fields fleet does not use: {}",
-                path.display(),
-                m.other.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-        }
-        let kind = Kind::parse(&m.command_or_event).map_err(|e| at(e.problem))?;
-        let method = Method::parse(&m.method).map_err(|e| at(e.problem))?;
-        let nodes: Vec<String> = m.to_node.into_iter().chain(m.to_nodes).collect();
-        if nodes.is_empty() {
-            return Err(at("no toNode".into()));
-        }
-        let timeout = Duration::from_secs(m.timeout.unwrap_or(30).max(1));
-        for node in nodes {
-            submissions.push(Submission {
-                command: build(
-                    key,
-                    &node,
-                    kind,
-                    method,
-                    m.data.clone(),
-                    timeout,
-                    ttl,
-                    parallel,
-                ),
-                retries: m.retries.unwrap_or(3),
-            });
-        }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let read = steward::parse_appended(&bytes);
+    match read.tail {
+        steward::Tail::Complete => {}
+        steward::Tail::Partial => bail!(
+            "{}: the file ends inside a message array; is it still being written?",
+            path.display()
+        ),
+        steward::Tail::Invalid { offset, problem } => bail!(
+            "{}: not a message array at byte {offset}: {problem}",
+            path.display()
+        ),
     }
-    Ok(submissions)
+    steward_submissions(
+        &read.messages,
+        key,
+        ttl,
+        parallel,
+        |_, _| None,
+        &path.display().to_string(),
+    )
+}
+
+/// `fleet send --watch FILE`: steward's inbox. Messages appended to FILE are sent, and the file
+/// emptied as they are (`inbox_file`); runs until interrupted.
+async fn watch(args: &SendArgs, file: &Path) -> anyhow::Result<u8> {
+    let key = load_signing_key(args.signing_key.as_deref())?;
+    let api = if args.nats.url.is_some() {
+        None
+    } else {
+        Some(api(args)?)
+    };
+    let nats = match &args.nats.url {
+        Some(_) => Some(nats_sender(args).await?),
+        None => None,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+        });
+    }
+    eprintln!(
+        "watching {}: messages appended to it are sent (Ctrl-C to stop)",
+        file.display()
+    );
+    let source = file.display().to_string();
+    crate::inbox_file::InboxFile::new(file)
+        .watch(&stop, |batch| {
+            let messages: Vec<steward::Message> = batch.iter().map(|n| n.message.clone()).collect();
+            let submissions = steward_submissions(
+                &messages,
+                &key,
+                args.ttl,
+                args.parallel,
+                |i, t| Some(batch[i].command_id(t)),
+                &source,
+            );
+            let (api, nats) = (api.as_ref(), nats.as_ref());
+            async move {
+                let submissions = match submissions {
+                    Ok(s) => s,
+                    // A message that cannot be a command: say so, send the rest.
+                    Err(err) => {
+                        eprintln!("fleet send --watch: {err:#}");
+                        Vec::new()
+                    }
+                };
+                if submissions.is_empty() {
+                    return Ok(());
+                }
+                match (api, nats) {
+                    (Some(api), _) => {
+                        api.post(
+                            "api/v1/commands",
+                            &serde_json::json!({ "commands": submissions }),
+                        )
+                        .await?;
+                    }
+                    (None, Some(nats)) => {
+                        nats.send_and_wait(&submissions, None).await?;
+                    }
+                    (None, None) => unreachable!("one of the two is made above"),
+                }
+                for s in &submissions {
+                    println!("{} {}", s.command.id, s.command.node);
+                }
+                Ok(())
+            }
+        })
+        .await?;
+    Ok(0)
 }
 
 /// The target nodes of a send: named, or resolved through the controller.

@@ -40,6 +40,7 @@ const LAYERS: &[Layer] = &[
             "termsafe",
             "files",
             "argv_pattern",
+            "steward",
             "http_client",
             "backoff",
             "process",
@@ -82,10 +83,11 @@ const LAYERS: &[Layer] = &[
         modules: &["web", "bus", "collectors", "executor", "client"],
         within: false,
     },
-    // The agent's runtime: ties the agent-side adapters (collectors, executor, bus).
+    // Runtimes: the agent's (ties the node-side adapters: collectors, executor, bus) and the
+    // watched steward inbox's (a loop over a file that hands messages to whoever sends them).
     Layer {
         name: "runtimes",
-        modules: &["agent"],
+        modules: &["agent", "inbox_file"],
         within: false,
     },
     // One module per subcommand, wiring only: everything is below it.

@@ -22,6 +22,7 @@ mod record_bounds;
 mod registry;
 mod slow_clients;
 mod sources;
+mod steward_inbox;
 mod store_errors;
 mod tls;
 mod ui;
