@@ -20,7 +20,8 @@ pub struct EventsArgs {
     /// Only this node.
     #[arg(long)]
     pub node: Option<String>,
-    /// At least this level (0–7 or debug, info, notice, warning, error, critical, alert, emergency).
+    /// At least this level: 0–7, 7 the most severe (the reverse of syslog's numbers), or a name:
+    /// debug, info, notice, warning, error, critical, alert, emergency.
     #[arg(long)]
     pub level: Option<String>,
     /// Since (RFC 3339 or relative, e.g. -1h).
