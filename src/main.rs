@@ -197,23 +197,32 @@ enum NodeCommand {
         /// Use this key instead of a random one (at least 16 characters).
         #[arg(long, hide_env_values = true)]
         key: Option<String>,
-        /// Controller URL to write into the printed agent config.
+        /// Controller URL to write into the printed agent config: the address the node reaches
+        /// the controller at.
         #[arg(
             long,
             env = "FLEET_CONTROLLER",
             default_value = "http://127.0.0.1:7070"
         )]
         controller_url: String,
+        /// Create the store if it does not exist (else refused: the controller's store is
+        /// elsewhere, see --data-dir, --database-url, --config).
+        #[arg(long)]
+        create: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// List enrolled nodes.
     List {
+        /// Create the store if it does not exist (else refused).
+        #[arg(long)]
+        create: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// Remove an enrolled node: its next batch is refused.
     Remove {
+        /// The enrolled node's name.
         name: NodeName,
         #[command(flatten)]
         store: StoreArgs,
@@ -237,7 +246,7 @@ enum OperatorCommand {
     /// Create an operator key pair: FILE (secret, mode 0600) and FILE.pub. List the public key
     /// in each node's `[commands] trusted_keys`; sign with `fleet send --signing-key FILE`.
     Keygen {
-        /// Where to write the secret key.
+        /// Where to write the secret key; missing directories are created (mode 0700).
         #[arg(long, default_value = "operator.key")]
         out: PathBuf,
         /// Replace an existing file.
@@ -354,8 +363,19 @@ fn shutdown_on_signals() -> CancellationToken {
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Send(args) => return fleet::modes::send::run(*args).await,
-        Command::Pulse(args) => return fleet::modes::pulse::pulse(*args).await,
-        Command::Run(args) => return fleet::modes::pulse::run(*args).await,
+        Command::Pulse(mut args) => {
+            // Through the API (not only NATS): the local controller and its token by default.
+            if args.spec.nats.url.is_none() {
+                args.spec.client.apply_defaults()?;
+            }
+            return fleet::modes::pulse::pulse(*args).await;
+        }
+        Command::Run(mut args) => {
+            if args.pulse.nats.url.is_none() {
+                args.pulse.client.apply_defaults()?;
+            }
+            return fleet::modes::pulse::run(*args).await;
+        }
         Command::Events(args) => return fleet::modes::events::run(*args).await,
         Command::Operator {
             command: OperatorCommand::Keygen { out, force },
@@ -433,6 +453,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     labels,
                     key,
                     controller_url,
+                    create,
                     store,
                 } => {
                     let add = fleet::modes::node::AddNode {
@@ -442,9 +463,11 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                         key,
                         controller_url,
                     };
-                    fleet::modes::node::add(&store.load()?, add).await?
+                    fleet::modes::node::add(&store.load()?, add, create).await?
                 }
-                NodeCommand::List { store } => fleet::modes::node::list(&store.load()?).await?,
+                NodeCommand::List { create, store } => {
+                    fleet::modes::node::list(&store.load()?, create).await?
+                }
                 NodeCommand::Remove { name, store } => {
                     fleet::modes::node::remove(&store.load()?, &name).await?
                 }

@@ -20,7 +20,8 @@ pub struct EventsArgs {
     /// Only this node.
     #[arg(long)]
     pub node: Option<String>,
-    /// At least this level (0–7 or debug, info, notice, warning, error, critical, alert, emergency).
+    /// At least this level: 0–7, 7 the most severe (the reverse of syslog's numbers), or a name:
+    /// debug, info, notice, warning, error, critical, alert, emergency.
     #[arg(long)]
     pub level: Option<String>,
     /// Since (RFC 3339 or relative, e.g. -1h).
@@ -48,16 +49,17 @@ pub struct EventsArgs {
 /// `fleet events`: the newest entries oldest first, like a log; with --follow, then new ones as
 /// they are written (resuming after a dropped connection without gaps or repeats).
 pub async fn run(args: EventsArgs) -> anyhow::Result<u8> {
-    let controller = args.client.controller()?;
-    let token = args
-        .client
-        .api_token
-        .as_deref()
-        .context("reading events takes an operator token: set FLEET_API_TOKEN")?;
     if args.follow && args.to.is_some() {
         bail!("--to and --follow do not go together: following has no end");
     }
-    let api = Api::connect(controller, token, args.client.ca_cert.as_deref())?;
+    let endpoint = super::operator_endpoint(
+        args.client.controller.as_deref(),
+        args.client.api_token.as_deref(),
+        true,
+    )?;
+    let controller = endpoint.controller.as_str();
+    let token = endpoint.token.ok_or_else(|| super::no_token(controller))?;
+    let api = Api::connect(controller, &token, args.client.ca_cert.as_deref())?;
     let limit = args.limit.clamp(1, 1000).to_string();
     let page = api
         .get(&format!(

@@ -27,8 +27,16 @@ pub fn password_entry(name: &str, mut input: impl std::io::BufRead) -> anyhow::R
         );
     }
     let mut line = String::new();
-    input.read_line(&mut line)?;
+    let read = input
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
     let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!(
+            "{} is empty: pipe the password in, e.g. `echo 'a long passphrase' | fleet operator password {name}`",
+            if read == 0 { "stdin" } else { "the password" }
+        );
+    }
     if password.len() < 8 {
         anyhow::bail!("the password is shorter than 8 characters; pipe a longer one in");
     }
@@ -52,20 +60,41 @@ pub fn load_signing_key(path: Option<&Path>) -> anyhow::Result<OperatorKey> {
 }
 
 /// `fleet operator keygen`: writes a new key file (mode 0600) and `FILE.pub`, and returns the
-/// public key to list in nodes' `[commands] trusted_keys`.
+/// public key to list in nodes' `[commands] trusted_keys`. Missing parent directories are
+/// created private (0700), as `~/.fleet` in the README's example on a fresh machine.
 pub fn keygen(path: &Path, force: bool) -> anyhow::Result<String> {
     let key = OperatorKey::generate();
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        crate::files::create_dir(parent).map_err(|err| {
+            // mkdir -p says only "File exists" or "Not a directory" when a file stands where a
+            // directory should: name the file.
+            let blocked = parent.ancestors().find(|p| p.exists() && !p.is_dir());
+            match blocked {
+                Some(file) => anyhow::anyhow!(
+                    "cannot create the directory {}: {} is a file, not a directory; choose another --out",
+                    parent.display(),
+                    file.display()
+                ),
+                None => anyhow::Error::new(err)
+                    .context(format!("cannot create the directory {}", parent.display())),
+            }
+        })?;
+    }
     let mut file = crate::files::options()
         .write(true)
         .create(true)
         .create_new(!force)
         .truncate(true)
         .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create {} (it may exist already: pass --force to replace it)",
+        .map_err(|err| match err.kind() {
+            // Only a file that is there already is helped by --force.
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} exists already: pass --force to replace it (the old secret key is lost)",
                 path.display()
-            )
+            ),
+            _ => anyhow::Error::new(err).context(format!("cannot create {}", path.display())),
         })?;
     // A file replaced with --force keeps its mode unless narrowed: a new secret in an old
     // world-readable file would be no secret.
@@ -101,6 +130,10 @@ mod tests {
             "correct horse"
         ));
         assert!(password_entry("alice", "short\n".as_bytes()).is_err());
+        for (input, said) in [("", "stdin is empty"), ("\n", "the password is empty")] {
+            let err = password_entry("alice", input.as_bytes()).unwrap_err();
+            assert!(err.to_string().starts_with(said), "{err}");
+        }
         assert!(password_entry("a\"b", "long enough password\n".as_bytes()).is_err());
     }
 }

@@ -85,10 +85,11 @@ pub struct SendArgs {
     /// come, emptying it; runs until interrupted. Either version's names are taken.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["status", "cancel"])]
     pub watch: Option<PathBuf>,
-    /// Controller base URL.
+    /// Controller base URL [default: http://127.0.0.1:7070].
     #[arg(long, env = "FLEET_CONTROLLER")]
     pub controller: Option<String>,
-    /// Operator API token.
+    /// Operator API token [default with the default controller: the one in
+    /// ./fleet-data/operator-token].
     #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Operator key file (from `fleet operator keygen`) to sign commands with.
@@ -652,13 +653,12 @@ async fn targets(args: &SendArgs) -> anyhow::Result<Vec<String>> {
 }
 
 /// The controller's API as the operator `args` name.
+/// Without --controller and --api-token, the local quick-start controller and its token file
+/// (`super::operator_endpoint`).
 fn api(args: &SendArgs) -> anyhow::Result<Api> {
-    let controller = args.controller.as_deref().context(
-        "no controller: pass --controller URL or set FLEET_CONTROLLER (or use --nats-url)",
-    )?;
-    let token = args
-        .api_token
-        .clone()
-        .context("no operator token: pass --api-token or set FLEET_API_TOKEN")?;
+    let endpoint =
+        super::operator_endpoint(args.controller.as_deref(), args.api_token.as_deref(), true)?;
+    let controller = endpoint.controller.as_str();
+    let token = endpoint.token.ok_or_else(|| super::no_token(controller))?;
     Api::connect(controller, &token, args.ca_cert.as_deref())
 }

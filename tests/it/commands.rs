@@ -806,7 +806,11 @@ async fn fan_out_by_label_and_steward_files_and_events_to_central() {
     let mut agents = Vec::new();
     for (name, role) in [("w1", "web"), ("w2", "web"), ("d1", "db")] {
         let mut args = vec!["node".to_owned(), "add".to_owned(), name.to_owned()];
-        args.extend(["--label".to_owned(), format!("role={role}")]);
+        args.extend([
+            "--create".to_owned(),
+            "--label".to_owned(),
+            format!("role={role}"),
+        ]);
         args.extend(rig.env.store_flags());
         let (ok, out, err) = crate::harness::run_fleet(&args);
         assert!(ok, "{err}");

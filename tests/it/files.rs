@@ -266,7 +266,14 @@ async fn a_controller_and_an_agent_started_under_umask_022_write_nothing_others_
 
 /// Makes a store the way an earlier version left it: created by fleet, then opened up.
 fn make_store(data: &Path) {
-    let (ok, _, err) = run_022(&["node", "add", "web1", "--data-dir", &data.to_string_lossy()]);
+    let (ok, _, err) = run_022(&[
+        "node",
+        "add",
+        "web1",
+        "--create",
+        "--data-dir",
+        &data.to_string_lossy(),
+    ]);
     assert!(ok, "{err}");
     assert_eq!(mode_of(data), 0o700);
     assert_eq!(mode_of(&data.join("fleet.db")), 0o600);

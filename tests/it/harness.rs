@@ -523,9 +523,15 @@ pub async fn wait_healthy(url: &str) {
     .await
 }
 
-/// Enrolls a node with `fleet node add` against this env's store; returns its key.
+/// Enrolls a node with `fleet node add` against this env's store (made by this call if no
+/// controller has made it yet: `--create`); returns its key.
 pub fn enroll(env: &Env, name: &str) -> String {
-    let mut args = vec!["node".to_owned(), "add".to_owned(), name.to_owned()];
+    let mut args = vec![
+        "node".to_owned(),
+        "add".to_owned(),
+        name.to_owned(),
+        "--create".to_owned(),
+    ];
     args.extend(env.store_flags());
     let (ok, out, err) = run_fleet(&args);
     assert!(ok, "{err}");

@@ -5,6 +5,7 @@ mod api;
 mod architecture;
 mod bench;
 mod browser;
+mod cli;
 mod commands;
 mod deploy;
 mod e2e;
