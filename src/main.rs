@@ -528,6 +528,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
     let data_dir = config.data_dir.clone();
     let ca_cert = config.tls_cert.clone();
+    let local_agent = config.local_agent.clone();
+    if args.local_agent {
+        fleet::modes::controller::check_local_agent(&config)?;
+    }
     let running = fleet::modes::controller::start(config, shutdown.clone()).await?;
     println!("fleet controller: API at {}", running.url);
     if let Some(token) = &running.first_token {
@@ -540,21 +544,49 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             running.url
         );
     }
-    let agent = if args.local_agent {
-        let agent_config =
-            fleet::modes::controller::local_agent_config(&running, &data_dir, ca_cert).await?;
-        println!(
-            "local agent: node {} reporting every {:?}",
-            agent_config.node, agent_config.interval
-        );
-        let stop = shutdown.clone();
-        Some(tokio::spawn(fleet::modes::agent::run(agent_config, stop)))
-    } else {
-        None
+    if !args.local_agent {
+        return running.wait().await;
+    }
+    let agent_config = match fleet::modes::controller::local_agent_config(
+        &running,
+        &local_agent,
+        &data_dir,
+        ca_cert,
+    )
+    .await
+    {
+        Ok(config) => config,
+        Err(err) => {
+            // Stop the controller cleanly: it has started, and the process exits with the error.
+            shutdown.cancel();
+            running.wait().await?;
+            return Err(err.context("cannot start the local agent"));
+        }
     };
-    running.wait().await?;
-    if let Some(agent) = agent {
-        agent.await.context("the local agent panicked")??;
+    println!(
+        "local agent: node {} reporting every {:?}",
+        agent_config.node, agent_config.interval
+    );
+    let mut agent = tokio::spawn(fleet::modes::agent::run(agent_config, shutdown.clone()));
+    let controller = running.wait();
+    tokio::pin!(controller);
+    // The local agent is part of this process: if it fails, the process stops and exits
+    // non-zero (a supervisor restarts it) rather than serve on with a dead agent.
+    tokio::select! {
+        stopped = &mut controller => {
+            shutdown.cancel();
+            let agent_result = agent.await.context("the local agent panicked")?;
+            stopped?;
+            agent_result.context("the local agent failed")?;
+        }
+        ended = &mut agent => {
+            shutdown.cancel();
+            let stopped = controller.await;
+            ended
+                .context("the local agent panicked")?
+                .context("the local agent failed")?;
+            stopped?;
+        }
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! takes what the probes and the app socket handed in, and spools each tick's records as
 //! batches (fsynced before they count as collected).
 //!
-//! It never sends: the send loop takes the spool from there.
+//! It never sends: the send loop takes the spool from there. A source that cannot start is
+//! reported in the first record and left out; the loop itself fails only when the spool is
+//! unusable, and then the agent stops (`agent::run`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,20 +26,55 @@ struct TickOutcome {
     any_spooled: bool,
     /// Every batch of the tick is on disk (false when one failed).
     all_spooled: bool,
+    /// A spool failure that no retry mends (see [`spool_unusable`]).
+    unusable: Option<std::io::Error>,
+}
+
+/// Whether a spool write failed in a way that will not mend by itself: the directory is gone,
+/// not a directory, not writable, or read-only. A full disk is not: it may free up, and the
+/// spool drops its oldest batches for room meanwhile.
+pub(crate) fn spool_unusable(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::NotFound
+            | ErrorKind::PermissionDenied
+            | ErrorKind::NotADirectory
+            | ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 /// Most records, and bytes of them, waiting in the inbox between two ticks.
 const INBOX_RECORDS_MAX: usize = 20_000;
 const INBOX_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Runs until `shutdown` (then `Ok`, after the last drain is spooled), or until the spool is
+/// unusable (`Err`: the agent stops, rather than collect what it can never keep).
 pub async fn collect_loop(
     config: &AgentConfig,
     spool: &Arc<Mutex<Spool>>,
     wake: &Notify,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let built = crate::collectors::build(config);
+    let mut built = crate::collectors::build(config);
     let inbox = Arc::new(Inbox::new(INBOX_RECORDS_MAX, INBOX_BYTES_MAX));
+    let sources_stop = shutdown.child_token();
+    let mut sources = Vec::new();
+    // The app sockets are bound before the first record is made, so one that cannot be bound
+    // (a second agent on the host) is in it with the other broken sources.
+    let mut app_sockets = if config.app_socket.enabled {
+        let mut started = crate::collectors::app_socket::start(
+            &config.app_socket,
+            inbox.clone(),
+            sources_stop.clone(),
+        );
+        for (source, err) in started.take_broken() {
+            built.mark_broken(source, err);
+        }
+        Some(started)
+    } else {
+        None
+    };
     inbox
         .offer(vec![built.report(crate::timefmt::now_ms())])
         .expect("an empty inbox takes one record");
@@ -46,17 +83,6 @@ pub async fn collect_loop(
         probes,
         ..
     } = built;
-    let sources_stop = shutdown.child_token();
-    let mut sources = Vec::new();
-    let mut app_sockets = if config.app_socket.enabled {
-        Some(crate::collectors::app_socket::start(
-            &config.app_socket,
-            inbox.clone(),
-            sources_stop.clone(),
-        )?)
-    } else {
-        None
-    };
     for (probe, interval) in probes {
         sources.push(tokio::spawn(crate::collectors::run_probe(
             probe,
@@ -111,6 +137,22 @@ pub async fn collect_loop(
         .context("a collector panicked")?;
         collectors = back;
         receipts.settle(outcome.all_spooled);
+        if let Some(err) = outcome.unusable {
+            // Nothing collected from now on could be kept: stop the sources and refuse what
+            // apps offer (they hear so), and let the agent stop with the error.
+            sources_stop.cancel();
+            let (_, receipts) = inbox.close();
+            receipts.settle(false);
+            if let Some(mut app_sockets) = app_sockets {
+                app_sockets.stopped_accepting().await;
+                app_sockets.answered().await;
+            }
+            return Err(anyhow::Error::new(err).context(format!(
+                "the spool {} is unusable (gone, or cannot be written); the agent stops rather \
+                 than collect what it cannot keep: fix the data dir and start it again",
+                config.data_dir.join("spool").display()
+            )));
+        }
         if outcome.any_spooled {
             wake.notify_one();
         }
@@ -170,15 +212,21 @@ fn tick_once(
         return TickOutcome {
             any_spooled: false,
             all_spooled: true,
+            unusable: None,
         };
     }
     let mut all_spooled = true;
+    let mut unusable = None;
     for batch in pack_records(&records, BATCH_RECORDS_BYTES_MAX) {
         let appended = spool.lock().expect("spool lock poisoned").append(&batch);
         if let Err(err) = appended {
             // A full or broken disk: the batch is lost, and that must be loud.
             tracing::error!(cause = %format!("{err:#}"), "cannot spool a batch; it is lost");
             all_spooled = false;
+            if spool_unusable(&err) {
+                unusable = Some(err);
+                break;
+            }
         }
     }
     for i in ran {
@@ -191,5 +239,6 @@ fn tick_once(
     TickOutcome {
         any_spooled: true,
         all_spooled,
+        unusable,
     }
 }

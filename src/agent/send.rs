@@ -1,6 +1,7 @@
 //! The agent's send loop: delivers the spool in order over the bus, removing a batch only
 //! when it is acknowledged, discarding (and counting) one refused for good, and retrying the
-//! rest with backoff.
+//! rest with backoff. A spool it can no longer read (its directory gone or unreadable) ends the
+//! loop with an error, and the agent with it: retrying could never deliver anything again.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +21,7 @@ pub async fn send_loop(
     spool: Arc<Mutex<Spool>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let mut backoff = RETRY;
     loop {
         let next = {
@@ -35,20 +36,26 @@ pub async fn send_loop(
             Ok(Some(next)) => next,
             Ok(None) => {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return Ok(()),
                     _ = wake.notified() => continue,
                 }
+            }
+            Err(err) if super::collect::spool_unusable(&err) => {
+                return Err(anyhow::Error::new(err).context(
+                    "cannot read the spool (its directory is gone or unreadable); \
+                     the agent stops: fix the data dir and start it again",
+                ));
             }
             Err(err) => {
                 tracing::error!(cause = %format!("{err:#}"), "cannot read the spool");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(RETRY.max()) => continue,
                 }
             }
         };
         let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ok(()),
             outcome = bus.send_batch(&instance, seq, dropped, &records) => outcome,
         };
         // Settle the outcome under the lock, without holding it across an await.
@@ -76,7 +83,7 @@ pub async fn send_loop(
                 tracing::warn!(seq, %reason, retry_in_ms = backoff.current().as_millis() as u64, "batch not delivered; will retry");
                 let wait = backoff.failed();
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(wait) => {}
                 }
             }

@@ -15,6 +15,10 @@
 //! and a full inbox is an answer, not a wait. When the agent stops, a connection stops reading,
 //! hears whether what it handed in was spooled (the agent's last drain), and is answered.
 //!
+//! A socket that cannot be bound (`@fleet` taken by a second agent on the host) never stops the
+//! agent: [`start`] leaves it out and hands it back as broken, and the agent reports it in its
+//! first record (`broken_sources`) while everything else runs.
+//!
 //! An abstract socket has no file permissions: any process in the host's network namespace may
 //! write to it. Where that is too wide, set `path` (and `mode`) and `name = ""`.
 
@@ -110,9 +114,17 @@ struct Shared {
 pub struct AppSockets {
     listeners: Vec<tokio::task::JoinHandle<()>>,
     serving: TaskTracker,
+    /// `(source, why)` for each configured socket that could not be bound.
+    broken: Vec<(String, anyhow::Error)>,
 }
 
 impl AppSockets {
+    /// The sockets that could not be bound, as `(source, why)`: `app_socket @NAME` or
+    /// `app_socket PATH`. Empty when all listen.
+    pub fn take_broken(&mut self) -> Vec<(String, anyhow::Error)> {
+        std::mem::take(&mut self.broken)
+    }
+
     /// Waits for the listeners to stop accepting (after `stop`).
     pub async fn stopped_accepting(&mut self) {
         for listener in self.listeners.drain(..) {
@@ -136,13 +148,11 @@ impl AppSockets {
     }
 }
 
-/// Binds the configured sockets (an error here is the agent's to report: a name in use means
-/// another agent runs) and serves them until `stop`.
-pub fn start(
-    config: &AppSocketConfig,
-    inbox: Arc<Inbox>,
-    stop: CancellationToken,
-) -> anyhow::Result<AppSockets> {
+/// Binds the configured sockets and serves them until `stop`. Never fails: a socket that cannot
+/// be bound (a name in use means another agent runs on this host) is left out and listed in
+/// [`AppSockets::take_broken`], for the agent to report with its other broken sources, while
+/// the other socket (if any) and every other source run.
+pub fn start(config: &AppSocketConfig, inbox: Arc<Inbox>, stop: CancellationToken) -> AppSockets {
     let serving = TaskTracker::new();
     let shared = Arc::new(Shared {
         inbox,
@@ -154,24 +164,35 @@ pub fn start(
         deadline: CONNECTION_DEADLINE,
     });
     let mut tasks = Vec::new();
+    let mut broken = Vec::new();
     if !config.name.is_empty() {
-        let listener = bind_abstract(&config.name)?;
-        tracing::info!(socket = %format!("@{}", config.name), "app socket listening");
-        tasks.push(tokio::spawn(accept_loop(
-            listener,
-            shared.clone(),
-            stop.clone(),
-        )));
+        let socket = format!("@{}", config.name);
+        match bind_abstract(&config.name) {
+            Ok(listener) => {
+                tracing::info!(%socket, "app socket listening");
+                tasks.push(tokio::spawn(accept_loop(
+                    listener,
+                    shared.clone(),
+                    stop.clone(),
+                )));
+            }
+            Err(err) => broken.push((format!("app_socket {socket}"), err)),
+        }
     }
     if let Some(path) = &config.path {
-        let listener = bind_path(path, config.mode)?;
-        tracing::info!(socket = %path.display(), "app socket listening");
-        tasks.push(tokio::spawn(accept_loop(listener, shared, stop)));
+        match bind_path(path, config.mode) {
+            Ok(listener) => {
+                tracing::info!(socket = %path.display(), "app socket listening");
+                tasks.push(tokio::spawn(accept_loop(listener, shared, stop)));
+            }
+            Err(err) => broken.push((format!("app_socket {}", path.display()), err)),
+        }
     }
-    Ok(AppSockets {
+    AppSockets {
         listeners: tasks,
         serving,
-    })
+        broken,
+    }
 }
 
 fn bind_abstract(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
@@ -180,7 +201,9 @@ fn bind_abstract(name: &str) -> anyhow::Result<tokio::net::UnixListener> {
         .with_context(|| format!("@{name} is not a usable abstract socket name"))?;
     let listener = std::os::unix::net::UnixListener::bind_addr(&addr).with_context(|| {
         format!(
-            "cannot listen on the app socket @{name}: another agent may be running; set app_socket.name to another name"
+            "cannot listen on the app socket @{name}: another agent may be running on this host; \
+             give this one another name with `--app-socket NAME` (or `off`), or `name` under \
+             `[app_socket]` in its config (`[local_agent.app_socket]` for `fleet controller --local-agent`)"
         )
     })?;
     listener.set_nonblocking(true)?;
@@ -198,7 +221,8 @@ fn bind_path(path: &std::path::Path, mode: u32) -> anyhow::Result<tokio::net::Un
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
-                "app_socket.path {} is in use by another process (another agent?)",
+                "app_socket.path {} is in use by another process (another agent?); set `path` under \
+                 `[app_socket]` to another path",
                 path.display()
             );
         }

@@ -272,7 +272,8 @@ pub struct Sources {
     pub collectors: Vec<Scheduled>,
     pub probes: Vec<ScheduledProbe>,
     /// `(source, why)` for each that could not start (a state file or CA file that cannot be
-    /// read): logged, reported to the controller, and left out, so the others still run.
+    /// read, an app socket that cannot be bound): logged, reported to the controller, and left
+    /// out, so the others still run.
     pub broken: Vec<(String, String)>,
 }
 
@@ -301,7 +302,9 @@ impl Sources {
         }
     }
 
-    fn broken(&mut self, source: String, err: anyhow::Error) {
+    /// Records a source that cannot start (the app socket's are found by the agent when it binds
+    /// them, after [`build`]): logged here, and listed by [`Sources::report`].
+    pub fn mark_broken(&mut self, source: String, err: anyhow::Error) {
         let error = format!("{err:#}");
         tracing::error!(%source, cause = %format!("{error:#}"), "source cannot start; the others run without it (fix it and restart the agent)");
         self.broken.push((source, error));
@@ -326,14 +329,14 @@ pub fn build(config: &crate::config::AgentConfig) -> Sources {
             Ok(tail) => sources
                 .collectors
                 .push(Scheduled::new(Box::new(tail), interval)),
-            Err(err) => sources.broken(format!("logs.{}", log.name), err),
+            Err(err) => sources.mark_broken(format!("logs.{}", log.name), err),
         }
     }
     for check in &config.checks {
         let interval = check.interval.unwrap_or(config.interval);
         match checks::Check::new(check) {
             Ok(probe) => sources.probes.push((Box::new(probe), interval)),
-            Err(err) => sources.broken(format!("check {}", check.name), err),
+            Err(err) => sources.mark_broken(format!("check {}", check.name), err),
         }
     }
     for plugin in &config.plugins {

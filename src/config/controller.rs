@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::de_duration;
-use super::{CompatConfig, NatsConfig};
+use super::{AgentConfig, CompatConfig, NatsConfig};
 
 /// The controller: ingest, stores, API.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +56,8 @@ pub struct ControllerConfig {
     pub nats: NatsConfig,
     /// Listeners that speak older protocols, for clients that cannot change.
     pub compat: CompatConfig,
+    /// `[local_agent]`: the agent `--local-agent` runs for this host (the agent config's keys).
+    pub local_agent: LocalAgentConfig,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +81,7 @@ impl Default for ControllerConfig {
             commands: CommandQueueConfig::default(),
             nats: NatsConfig::default(),
             compat: CompatConfig::default(),
+            local_agent: LocalAgentConfig::default(),
         }
     }
 }
@@ -93,6 +96,82 @@ impl ControllerConfig {
                 self.data_dir.join("fleet.db").display()
             ),
         }
+    }
+}
+
+/// `[local_agent]`: the agent `fleet controller --local-agent` runs for this host, written with
+/// the agent config's own keys and sections (`interval`, `[local_agent.commands]`,
+/// `[local_agent.app_socket]`, `[[local_agent.logs]]`, …): one type, [`AgentConfig`], read the
+/// same way. The controller fills in what it knows, so those keys are refused here:
+/// `controller` (its own API, over loopback), `node` (this host's name) and `key` (from
+/// enrolling it). `data_dir` defaults to `local-agent` in the controller's data dir and
+/// `ca_cert` to the controller's `tls_cert`. The section alone starts nothing: `--local-agent`
+/// does.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAgentConfig {
+    /// The section's keys; `controller`, `node` and `key` empty.
+    agent: AgentConfig,
+    /// `data_dir`, when the section sets it.
+    data_dir: Option<PathBuf>,
+}
+
+/// The agent keys `[local_agent]` may not set: the controller fills them in.
+const LOCAL_AGENT_FILLED: [(&str, &str); 3] = [
+    ("controller", "the controller's own API"),
+    ("node", "this host's name"),
+    ("key", "the key it enrolled this host with"),
+];
+
+impl<'de> Deserialize<'de> for LocalAgentConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = toml::Table::deserialize(d)?;
+        for (key, filled) in LOCAL_AGENT_FILLED {
+            if table.contains_key(key) {
+                return Err(D::Error::custom(format!(
+                    "local_agent.{key} is set by the controller (to {filled}); remove it from [local_agent]"
+                )));
+            }
+        }
+        let data_dir_set = table.contains_key("data_dir");
+        let agent = AgentConfig::deserialize(toml::Value::Table(table))
+            .map_err(|err| D::Error::custom(format!("in [local_agent]: {}", err.message())))?;
+        Ok(Self {
+            data_dir: data_dir_set.then(|| agent.data_dir.clone()),
+            agent,
+        })
+    }
+}
+
+impl LocalAgentConfig {
+    /// The section's keys as an agent config (`controller`, `node` and `key` empty).
+    pub fn agent(&self) -> &AgentConfig {
+        &self.agent
+    }
+
+    /// The local agent's whole config: the section's keys with what the controller knows
+    /// filled in (`controller`, `node`, `key`; `data_dir` and `ca_cert` unless the section set
+    /// them). Not validated: the caller validates it before using it.
+    pub fn agent_config(
+        &self,
+        controller: String,
+        node: String,
+        key: String,
+        controller_data_dir: &std::path::Path,
+        controller_ca: Option<PathBuf>,
+    ) -> AgentConfig {
+        let mut agent = self.agent.clone();
+        agent.controller = controller;
+        agent.node = node;
+        agent.key = key;
+        agent.data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| controller_data_dir.join("local-agent"));
+        if agent.ca_cert.is_none() {
+            agent.ca_cert = controller_ca;
+        }
+        agent
     }
 }
 

@@ -30,8 +30,8 @@ use crate::timefmt::parse_duration;
 pub use agent::{AgentCommandsConfig, AgentConfig, CollectorConfig, CollectorKind};
 pub use compat::{CompatConfig, MassaffectConfig, WatchtowerConfig};
 pub use controller::{
-    CommandQueueConfig, ControllerConfig, HotConfig, IngestConfig, RetentionConfig, StaticNode,
-    StatusConfig, UiConfig, UiUser,
+    CommandQueueConfig, ControllerConfig, HotConfig, IngestConfig, LocalAgentConfig,
+    RetentionConfig, StaticNode, StatusConfig, UiConfig, UiUser,
 };
 pub use nats::NatsConfig;
 pub use sources::{

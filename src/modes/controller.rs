@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, ControllerConfig};
+use crate::config::{AgentConfig, ControllerConfig, LocalAgentConfig};
 use crate::model::{Node, NodeName, NodeSource};
 use crate::pipeline::registry::{new_token, token_hash};
 use crate::pipeline::{Ingest, Registry};
@@ -27,6 +27,9 @@ pub struct Running {
     /// Where the first token was saved.
     pub token_file: Option<PathBuf>,
     pub durable: Durable,
+    /// The enrolled nodes and tokens it serves by: re-read after enrolling the local agent, so
+    /// the agent's first requests are admitted.
+    registry: Arc<Registry>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -199,7 +202,7 @@ pub async fn start(
     feeders.close();
     let background = tokio_util::task::TaskTracker::new();
     background.spawn(refresh_registry(
-        registry,
+        registry.clone(),
         durable.clone(),
         config.registry_refresh,
         shutdown.clone(),
@@ -250,6 +253,7 @@ pub async fn start(
         first_token,
         token_file,
         durable,
+        registry,
         task,
     })
 }
@@ -454,10 +458,30 @@ pub fn local_node_name() -> NodeName {
         .unwrap_or_else(|_| NodeName::parse("localhost").expect("a valid literal name"))
 }
 
-/// The config of the quick-start agent for this host: enrolls the host (once; later starts reuse
-/// its key) and points the agent at the running controller.
+/// Checks `[local_agent]` as the local agent will be configured, before the controller starts
+/// (and before anything is enrolled or created): bad input changes nothing.
+pub fn check_local_agent(config: &ControllerConfig) -> anyhow::Result<()> {
+    config
+        .local_agent
+        .agent_config(
+            format!("http://{}", config.listen),
+            local_node_name().to_string(),
+            crate::pipeline::registry::new_node_key(),
+            &config.data_dir,
+            config.tls_cert.clone(),
+        )
+        .validate()
+        .context("[local_agent] in the controller config")
+}
+
+/// The config of the quick-start agent for this host: `[local_agent]` (`section`) with the
+/// controller's own URL, this host's name and its key. Enrolls the host (once; later starts
+/// reuse its key) only once the config is valid, and returns only once the enrollment is in
+/// the registry the controller admits requests by, so the agent's first requests are never
+/// refused as from a node that "is not enrolled".
 pub async fn local_agent_config(
     running: &Running,
+    section: &LocalAgentConfig,
     data_dir: &std::path::Path,
     ca_cert: Option<PathBuf>,
 ) -> anyhow::Result<AgentConfig> {
@@ -468,26 +492,10 @@ pub async fn local_agent_config(
         .await?
         .into_iter()
         .find(|n| n.name == name);
+    let enrolled = existing.is_some();
     let key = match existing {
         Some(node) => node.key,
-        None => {
-            let key = crate::pipeline::registry::new_node_key();
-            let node = Node {
-                name: name.clone(),
-                key: key.clone(),
-                allow: vec![
-                    "127.0.0.0/8".parse().expect("a valid literal CIDR"),
-                    "::1/128".parse().expect("a valid literal CIDR"),
-                ],
-                labels: [("role".to_owned(), "controller".to_owned())].into(),
-                source: NodeSource::Enrolled,
-            };
-            running
-                .durable
-                .add_node(&node, crate::timefmt::now_ms())
-                .await?;
-            key
-        }
+        None => crate::pipeline::registry::new_node_key(),
     };
     // Connect over loopback whatever address the API listens on.
     let host = if running.addr.ip().is_unspecified() || running.addr.ip().is_loopback() {
@@ -500,12 +508,43 @@ pub async fn local_agent_config(
     } else {
         "http"
     };
-    Ok(AgentConfig {
-        controller: format!("{scheme}://{host}"),
-        node: name.to_string(),
-        key,
-        data_dir: data_dir.join("local-agent"),
+    let config = section.agent_config(
+        format!("{scheme}://{host}"),
+        name.to_string(),
+        key.clone(),
+        data_dir,
         ca_cert,
-        ..AgentConfig::default()
-    })
+    );
+    config
+        .validate()
+        .context("[local_agent] in the controller config")?;
+    if !enrolled {
+        let node = Node {
+            name: name.clone(),
+            key: key.clone(),
+            allow: vec![
+                "127.0.0.0/8".parse().expect("a valid literal CIDR"),
+                "::1/128".parse().expect("a valid literal CIDR"),
+            ],
+            labels: [("role".to_owned(), "controller".to_owned())].into(),
+            source: NodeSource::Enrolled,
+        };
+        running
+            .durable
+            .add_node(&node, crate::timefmt::now_ms())
+            .await?;
+    }
+    // The registry was read before the node was enrolled; the periodic refresh would see it
+    // within `registry_refresh`, but the agent starts now.
+    running.registry.refresh(&running.durable).await?;
+    anyhow::ensure!(
+        running
+            .registry
+            .snapshot()
+            .node(name.as_str())
+            .is_some_and(|node| node.key == key),
+        "node {name} is enrolled for the local agent, but the controller admits it with another \
+         key: it is listed under [[nodes]] in the controller config; remove it there"
+    );
+    Ok(config)
 }

@@ -109,6 +109,21 @@ fn deploy_controller_toml_examples_parse_when_uncommented() {
         .validate()
         .expect("the MassAffect example validates");
     assert_eq!(massaffect.agents.len(), 2);
+    let local = config.local_agent.agent();
+    assert_eq!(local.commands.trusted_keys.len(), 1);
+    assert_eq!(local.commands.allow, ["uptime", "systemctl restart *"]);
+    assert_eq!(local.app_socket.name, "fleet-controller");
+    let filled = config.local_agent.agent_config(
+        "http://127.0.0.1:7070".into(),
+        "vm".into(),
+        "k".repeat(32),
+        Path::new("/var/lib/fleet"),
+        None,
+    );
+    filled
+        .validate()
+        .expect("the local agent example validates");
+    assert_eq!(filled.data_dir, Path::new("/var/lib/fleet/local-agent"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per area, against real PostgreSQL, Redis and
 //! `fleet` processes. See harness.rs for how each test isolates itself.
 
+mod agent_lifecycle;
 mod api;
 mod architecture;
 mod bench;
@@ -15,6 +16,7 @@ mod heartbeat_owners;
 mod heartbeats;
 mod hot;
 mod ingest;
+mod local_agent;
 mod massaffect;
 mod nats;
 mod node_auth;

@@ -423,12 +423,17 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
     let inbox = Arc::new(Inbox::new(10_000, 8 << 20));
     let spooler = Spooler::start(inbox.clone());
     let stop = tokio_util::sync::CancellationToken::new();
-    let sockets =
-        fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
-    // A second agent on the same name is told so.
-    let err =
-        fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap_err();
-    assert!(format!("{err:#}").contains("another agent"), "{err:#}");
+    let mut sockets = fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone());
+    assert!(sockets.take_broken().is_empty());
+    // A second agent on the same name is told so, and what to do about it.
+    let broken =
+        fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).take_broken();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert_eq!(broken[0].0, format!("app_socket @{name}"));
+    let err = format!("{:#}", broken[0].1);
+    for words in ["another agent", "--app-socket", "[app_socket]"] {
+        assert!(err.contains(words), "{words}: {err}");
+    }
 
     let client = |payload: Vec<u8>| {
         let name = name.clone();
@@ -521,7 +526,6 @@ async fn apps_write_objects_arrays_and_ndjson_and_bad_input_is_answered() {
     );
 
     stop.cancel();
-    let mut sockets = sockets;
     sockets.stopped_accepting().await;
     sockets.answered().await;
 }
@@ -542,8 +546,8 @@ async fn a_filesystem_socket_gets_its_mode_and_replaces_a_stale_one() {
     let inbox = Arc::new(Inbox::new(100, 1 << 20));
     let spooler = Spooler::start(inbox.clone());
     let stop = tokio_util::sync::CancellationToken::new();
-    let sockets =
-        fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone()).unwrap();
+    let mut sockets = fleet::collectors::app_socket::start(&config, inbox.clone(), stop.clone());
+    assert!(sockets.take_broken().is_empty());
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let answer = tokio::task::spawn_blocking(move || {
@@ -564,7 +568,7 @@ async fn a_filesystem_socket_gets_its_mode_and_replaces_a_stale_one() {
     // A regular file in the way is not removed.
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "keep me").unwrap();
-    let err = fleet::collectors::app_socket::start(
+    let broken = fleet::collectors::app_socket::start(
         &AppSocketConfig {
             path: Some(blocker.clone()),
             ..config
@@ -572,11 +576,15 @@ async fn a_filesystem_socket_gets_its_mode_and_replaces_a_stale_one() {
         inbox,
         stop.clone(),
     )
-    .unwrap_err();
-    assert!(err.to_string().contains("not a socket"), "{err}");
+    .take_broken();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(
+        broken[0].1.to_string().contains("not a socket"),
+        "{:#}",
+        broken[0].1
+    );
     assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "keep me");
     stop.cancel();
-    let mut sockets = sockets;
     sockets.stopped_accepting().await;
     sockets.answered().await;
 }
