@@ -28,6 +28,9 @@ pub mod limits {
     /// Most heartbeats one node may own (its own `node:<name>` included): a node pulsing a new
     /// name each time must not grow the store and the monitor without end.
     pub const PER_NODE_MAX: usize = 1000;
+    /// Bytes of a failed run's output kept in its event: the end, where the error usually is.
+    /// More is cut from the front (a fail is never refused for its output's length).
+    pub const OUTPUT_TAIL_MAX: usize = 4096;
 }
 
 /// The name an agent's own heartbeat goes by. Names with this prefix are reserved: only an
@@ -253,6 +256,92 @@ pub struct Heartbeat {
     pub pulses: i64,
     /// Who it belongs to ([`Owner::stored`]).
     pub owner: String,
+    /// The run in progress: when it signalled `start` (cleared by its success or failure).
+    #[serde(default)]
+    pub started: Option<String>,
+    #[serde(default)]
+    pub started_ms: Option<i64>,
+    /// When that run is down unless it finishes first (`start` with `max_runtime`).
+    #[serde(default)]
+    pub run_deadline: Option<String>,
+    #[serde(default)]
+    pub run_deadline_ms: Option<i64>,
+}
+
+/// What a pulse says about the job behind it (Healthchecks' signals). A success is the plain
+/// pulse; `start` and `fail` bracket a run (`fleet run` sends them around its command).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Signal {
+    /// It ran (or is alive): up, expected again within `next_in`.
+    #[default]
+    Success,
+    /// A run began. With `max_runtime_ms`, a run that neither succeeds nor fails by then is
+    /// down (a hung job); the state is not changed otherwise.
+    Start { max_runtime_ms: Option<i64> },
+    /// A run failed: down at once, with what the failure said.
+    Fail(Failure),
+}
+
+impl Signal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Signal::Success => "success",
+            Signal::Start { .. } => "start",
+            Signal::Fail(_) => "fail",
+        }
+    }
+}
+
+/// What a failed run reports: its exit status and the end of its output.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Failure {
+    pub exit_status: Option<i64>,
+    /// At most [`limits::OUTPUT_TAIL_MAX`] bytes: the end of what it printed.
+    pub output: Option<String>,
+}
+
+impl Failure {
+    /// A failure as sent: the output's end is kept (its last
+    /// [`limits::OUTPUT_TAIL_MAX`] bytes, on a character boundary) rather than refused, so a
+    /// long-winded failure is still recorded.
+    pub fn new(exit_status: Option<i64>, output: Option<String>) -> Self {
+        Self {
+            exit_status,
+            // A NUL (binary output) is the one character a PostgreSQL text cannot hold.
+            output: output
+                .map(|o| tail(&o.replace('\0', "\u{FFFD}"), limits::OUTPUT_TAIL_MAX).to_owned()),
+        }
+    }
+
+    /// The event's one line: `nightly failed with exit status 3`.
+    pub fn message(&self, service: &str) -> String {
+        match self.exit_status {
+            Some(code) => format!("{service} failed with exit status {code}"),
+            None => format!("{service} failed"),
+        }
+    }
+
+    /// The event's fields beside `heartbeat`: what the failure said.
+    pub fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields = serde_json::Map::new();
+        fields.insert("signal".into(), "fail".into());
+        if let Some(code) = self.exit_status {
+            fields.insert("exit_status".into(), code.into());
+        }
+        if let Some(output) = &self.output {
+            fields.insert("output".into(), output.clone().into());
+        }
+        fields
+    }
+}
+
+/// The last `max` bytes of `text` at most, starting on a character boundary.
+pub fn tail(text: &str, max: usize) -> &str {
+    let mut from = text.len().saturating_sub(max);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    &text[from..]
 }
 
 /// A time span given as seconds (a JSON number) or a duration string (`"10m"`), in ms.
@@ -520,6 +609,24 @@ mod tests {
         ] {
             assert_eq!(bad.validate().unwrap_err().field, field, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_failure_keeps_the_end_of_its_output() {
+        let long = format!("{}é{}", "a".repeat(5000), "z".repeat(4095));
+        let failure = Failure::new(Some(3), Some(long));
+        let output = failure.output.as_deref().unwrap();
+        assert!(output.len() <= limits::OUTPUT_TAIL_MAX, "{}", output.len());
+        assert!(
+            output.ends_with('z') && !output.contains('a'),
+            "the end is kept"
+        );
+        assert_eq!(tail("héllo", 4), "llo", "never inside a character");
+        assert_eq!(
+            failure.message("nightly"),
+            "nightly failed with exit status 3"
+        );
+        assert_eq!(failure.fields()["exit_status"], 3);
     }
 
     #[test]

@@ -57,9 +57,9 @@ enum Command {
     /// see the raw output there, pipe it through `cat`. Summaries, --status and errors reported
     /// by nodes are always shown that way, and --json escapes them as JSON does.
     Send(Box<fleet::modes::send::SendArgs>),
-    /// Pulse a heartbeat: "SERVICE is alive; expect it again within --next-in".
+    /// Pulse a heartbeat: "SERVICE is alive; expect it again within --next-in" (or --start, --fail).
     Pulse(Box<fleet::modes::pulse::PulseArgs>),
-    /// Run a command; pulse its heartbeat on success, record an error event on failure.
+    /// Run a command between heartbeat signals: start before it, then success or fail.
     Run(Box<fleet::modes::pulse::RunArgs>),
     /// Show the event log; --follow keeps printing new entries.
     ///

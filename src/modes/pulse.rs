@@ -1,6 +1,8 @@
-//! `fleet pulse SERVICE --next-in 10m` and `fleet run --heartbeat SERVICE --next-in 1d -- CMD…`
-//! for shell scripts and cron. As an operator (token) through the controller's API, or on a node
-//! signed with the node key over the bus: HTTP to the controller, or NATS with `--nats-url`.
+//! `fleet pulse SERVICE --next-in 10m [--start | --fail]` and `fleet run --heartbeat SERVICE
+//! --next-in 1d [--max-runtime 2h] -- CMD…` for shell scripts and cron. As an operator (token)
+//! through the controller's API, or on a node signed with the node key over the bus: HTTP to the
+//! controller, or NATS with `--nats-url`. `run` brackets its command with the signals (start
+//! before, success or fail after); what they do is the pipeline's (`pipeline::heartbeats`).
 
 use std::io::{Read, Write};
 use std::process::Stdio;
@@ -64,13 +66,6 @@ impl Pulser {
             Pulser::Node(bus) => bus.pulse(body).await.map_err(refused),
         }
     }
-
-    async fn event(&self, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        match self {
-            Pulser::Operator(api) => api.post("api/v1/events", body).await,
-            Pulser::Node(bus) => bus.event(body).await.map_err(refused),
-        }
-    }
 }
 
 /// The interval a CLI bus declares: it sends no batches, so any will do.
@@ -106,10 +101,27 @@ pub struct PulseSpec {
 pub struct PulseArgs {
     /// The service's name (a cron job, a backup, an app).
     pub service: String,
+    /// Signal that a run began (instead of that it succeeded); with --max-runtime, a run that
+    /// neither succeeds nor fails in time is down.
+    #[arg(long, conflicts_with = "fail")]
+    pub start: bool,
+    /// How long a started run may take, e.g. 30m (with --start).
+    #[arg(long, value_parser = parse_duration, requires = "start")]
+    pub max_runtime: Option<std::time::Duration>,
+    /// Signal that a run failed: the heartbeat is down at once.
+    #[arg(long)]
+    pub fail: bool,
+    /// The failed run's exit status (with --fail).
+    #[arg(long, requires = "fail", allow_negative_numbers = true)]
+    pub exit_status: Option<i64>,
+    /// What the failed run printed (with --fail); its last 4 KiB are kept.
+    #[arg(long, requires = "fail", value_name = "TEXT")]
+    pub output: Option<String>,
     #[command(flatten)]
     pub spec: PulseSpec,
 }
 
+/// A success pulse's body (`POST /api/v1/heartbeats`); a signal adds its fields to it.
 fn pulse_body(service: &str, spec: &PulseSpec) -> anyhow::Result<serde_json::Value> {
     let mut body = serde_json::json!({
         "service": service,
@@ -125,30 +137,80 @@ fn pulse_body(service: &str, spec: &PulseSpec) -> anyhow::Result<serde_json::Val
     Ok(body)
 }
 
-/// `fleet pulse`: one pulse; prints the service's state and when it is next expected.
+/// `body` as a start, timed when `max_runtime` is given.
+fn start_body(
+    mut body: serde_json::Value,
+    max_runtime: Option<std::time::Duration>,
+) -> serde_json::Value {
+    body["signal"] = "start".into();
+    if let Some(max) = max_runtime {
+        body["max_runtime"] = max.as_secs_f64().into();
+    }
+    body
+}
+
+/// `body` as a fail, with what the run reported.
+fn fail_body(
+    mut body: serde_json::Value,
+    exit_status: Option<i64>,
+    output: Option<String>,
+) -> serde_json::Value {
+    body["signal"] = "fail".into();
+    if let Some(code) = exit_status {
+        body["exit_status"] = code.into();
+    }
+    if let Some(output) = output {
+        body["output"] = output.into();
+    }
+    body
+}
+
+/// `fleet pulse`: one pulse (or a start or a fail); prints where the service stands.
 pub async fn pulse(args: PulseArgs) -> anyhow::Result<u8> {
     let pulser = Pulser::connect(&args.spec.client, &args.spec.nats).await?;
-    let answer = pulser
-        .pulse(&pulse_body(&args.service, &args.spec)?)
-        .await?;
-    let beat = &answer["heartbeat"];
-    println!(
-        "{}: {}; down unless it pulses again by {}",
-        args.service,
-        beat["state"].as_str().unwrap_or("?"),
-        beat["deadline"].as_str().unwrap_or("?")
-    );
+    let body = pulse_body(&args.service, &args.spec)?;
+    let body = if args.start {
+        start_body(body, args.max_runtime)
+    } else if args.fail {
+        fail_body(body, args.exit_status, args.output.clone())
+    } else {
+        body
+    };
+    let answer = pulser.pulse(&body).await?;
+    println!("{}", standing(&args.service, &answer));
     if answer["recovered"] == true {
         println!("{} was down and is up again", args.service);
     }
     Ok(0)
 }
 
+/// Where a pulse left its service, in one line.
+fn standing(service: &str, answer: &serde_json::Value) -> String {
+    let beat = &answer["heartbeat"];
+    let state = beat["state"].as_str().unwrap_or("?");
+    let text = |field: &str| beat[field].as_str().unwrap_or("?").to_owned();
+    match state {
+        "down" => format!("{service}: down; a successful pulse brings it up again"),
+        "cancelled" => format!("{service}: cancelled; a successful pulse watches it again"),
+        _ if beat["run_deadline"].is_string() => format!(
+            "{service}: {state}; run started, down unless it finishes by {}",
+            text("deadline")
+        ),
+        _ => format!(
+            "{service}: {state}; down unless it pulses again by {}",
+            text("deadline")
+        ),
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Pulse this service when the command succeeds.
+    /// The service to signal: start before the command, then success or fail.
     #[arg(long)]
     pub heartbeat: String,
+    /// How long the command may run before its heartbeat is down, e.g. 2h (a hung job).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_runtime: Option<std::time::Duration>,
     #[command(flatten)]
     pub pulse: PulseSpec,
     /// The command and its arguments.
@@ -156,22 +218,41 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// Output kept for the failure event: the end, where the error usually is.
-const TAIL_BYTES: usize = 4096;
-
-/// `fleet run`: runs the command with its output passed through; on success pulses, on failure
-/// records an error event with the exit status and the tail of the output. Exits as the command
-/// did.
+/// `fleet run`: signals start, runs the command with its output passed through, then pulses
+/// on success or signals fail with the exit status and the tail of the output. Exits as the
+/// command did.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let pulser = Pulser::connect(&args.pulse.client, &args.pulse.nats).await?;
+    let body = pulse_body(&args.heartbeat, &args.pulse)?;
+    // The job matters more than its watching: a start that cannot be recorded is said, and
+    // the command runs anyway (its success or failure is still sent).
+    if let Err(err) = pulser
+        .pulse(&start_body(body.clone(), args.max_runtime))
+        .await
+    {
+        eprintln!(
+            "fleet run: the start of {} was not recorded ({err:#}); running the command anyway",
+            args.heartbeat
+        );
+    }
     let program = &args.command[0];
-    let mut child = std::process::Command::new(program)
+    let mut child = match std::process::Command::new(program)
         .args(&args.command[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {program:?}"))?;
+    {
+        Ok(child) => child,
+        Err(err) => {
+            // A job that cannot start has failed: its heartbeat says so, not just this line.
+            let why = format!("cannot start {program:?}: {err}");
+            let _ = pulser
+                .pulse(&fail_body(body, None, Some(why.clone())))
+                .await;
+            bail!(why);
+        }
+    };
     let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let copy = |mut from: Box<dyn Read + Send>, mut to: Box<dyn Write + Send>| {
         let tail = tail.clone();
@@ -185,7 +266,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 let _ = to.flush();
                 let mut tail = tail.lock().expect("tail lock poisoned");
                 tail.extend_from_slice(&buf[..n]);
-                let excess = tail.len().saturating_sub(TAIL_BYTES);
+                let excess = tail
+                    .len()
+                    .saturating_sub(heartbeat::limits::OUTPUT_TAIL_MAX);
                 tail.drain(..excess);
             }
         })
@@ -210,25 +293,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     });
     if status.success() {
         pulser
-            .pulse(&pulse_body(&args.heartbeat, &args.pulse)?)
+            .pulse(&body)
             .await
             .context("the command succeeded but the pulse was not recorded")?;
         return Ok(0);
     }
-    let tail = String::from_utf8_lossy(&tail.lock().expect("tail lock poisoned")).into_owned();
-    let mut message = format!(
-        "{} failed with exit status {code}: {}",
-        args.heartbeat,
-        args.command.join(" ")
-    );
-    crate::command::cut(&mut message, heartbeat::limits::MESSAGE_MAX / 2);
+    let output = String::from_utf8_lossy(&tail.lock().expect("tail lock poisoned")).into_owned();
+    // Invalid UTF-8 at the cut grows as it is replaced: keep the end within the bound.
+    let output = heartbeat::tail(&output, heartbeat::limits::OUTPUT_TAIL_MAX).to_owned();
     pulser
-        .event(&serde_json::json!({
-                "service": args.heartbeat,
-                "level": "error",
-                "message": message,
-                "fields": { "exit_code": code, "output_tail": tail, "command": args.command },
-        }))
+        .pulse(&fail_body(body, Some(i64::from(code)), Some(output)))
         .await
         .context("the command failed and the failure could not be recorded")?;
     Ok(u8::try_from(code).unwrap_or(1).max(1))

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use serde::Deserialize;
 
-use crate::heartbeat::{AlertRoute, Owner, Pulse};
+use crate::heartbeat::{AlertRoute, Failure, Owner, Pulse, Signal};
 use crate::model::InvalidInput;
 use crate::store::Durable;
 use crate::store::durable::Fault;
@@ -93,6 +93,81 @@ pub struct PulseRequest {
     pub grace: Option<serde_json::Value>,
     pub node: Option<String>,
     pub alert: Option<AlertRoute>,
+    /// `success` (the default), `start` or `fail`.
+    #[serde(default)]
+    pub signal: SignalName,
+    /// With `start`: the run is down unless it succeeds or fails within this (seconds or
+    /// `"2h"`).
+    pub max_runtime: Option<serde_json::Value>,
+    /// With `fail`: the run's exit status.
+    pub exit_status: Option<i64>,
+    /// With `fail`: what it printed; the last 4 KiB are kept.
+    pub output: Option<String>,
+}
+
+/// A pulse's `signal`, as sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalName {
+    #[default]
+    Success,
+    Start,
+    Fail,
+}
+
+impl PulseRequest {
+    /// The signal with what it carries; a field another signal carries is refused, not
+    /// ignored (the sender meant something this pulse would not do).
+    fn signal(&self) -> Result<Signal, InvalidInput> {
+        let only = |field: &str, with: &str| {
+            InvalidInput::new(
+                field,
+                format!(
+                    "goes only with \"signal\": \"{with}\" (this pulse's signal is {:?}); remove it or change the signal",
+                    self.signal_text()
+                ),
+            )
+        };
+        if self.signal != SignalName::Start && self.max_runtime.is_some() {
+            return Err(only("max_runtime", "start"));
+        }
+        if self.signal != SignalName::Fail {
+            if self.exit_status.is_some() {
+                return Err(only("exit_status", "fail"));
+            }
+            if self.output.is_some() {
+                return Err(only("output", "fail"));
+            }
+        }
+        Ok(match self.signal {
+            SignalName::Success => Signal::Success,
+            SignalName::Start => Signal::Start {
+                max_runtime_ms: self
+                    .max_runtime
+                    .as_ref()
+                    .map(|m| {
+                        let ms = crate::heartbeat::span_ms("max_runtime", m)?;
+                        if ms <= 0 || ms > crate::heartbeat::limits::NEXT_IN_MAX_MS {
+                            return Err(InvalidInput::new(
+                                "max_runtime",
+                                "must be more than 0 and at most 366 days",
+                            ));
+                        }
+                        Ok(ms)
+                    })
+                    .transpose()?,
+            },
+            SignalName::Fail => Signal::Fail(Failure::new(self.exit_status, self.output.clone())),
+        })
+    }
+
+    fn signal_text(&self) -> &'static str {
+        match self.signal {
+            SignalName::Success => "success",
+            SignalName::Start => "start",
+            SignalName::Fail => "fail",
+        }
+    }
 }
 
 /// What the sender of a pulse is answered once it is stored (HTTP and NATS alike).
@@ -105,6 +180,7 @@ pub fn pulse_answer(outcome: &PulseOutcome) -> serde_json::Value {
 
 struct Job {
     pulse: Pulse,
+    signal: Signal,
     by: Owner,
     /// When it arrived: its deadline counts from then.
     at_ms: i64,
@@ -163,11 +239,24 @@ impl Heartbeats {
     /// Stores a pulse from `by`; returns once it is durable. Refused when the heartbeat
     /// belongs to someone else.
     pub async fn pulse(&self, pulse: Pulse, by: Owner) -> Result<PulseOutcome, HeartbeatError> {
+        self.signal(pulse, Signal::Success, by).await
+    }
+
+    /// Stores a pulse with its signal (success, start, fail) from `by`; returns once it is
+    /// durable. A fail takes the heartbeat down at once (creating it, down, if it is new); a
+    /// start times the run when it says how long it may take.
+    pub async fn signal(
+        &self,
+        pulse: Pulse,
+        signal: Signal,
+        by: Owner,
+    ) -> Result<PulseOutcome, HeartbeatError> {
         pulse.validate()?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job {
                 pulse,
+                signal,
                 by,
                 at_ms: crate::timefmt::now_ms(),
                 reply: Some(reply),
@@ -186,6 +275,7 @@ impl Heartbeats {
         who: &super::Requester,
         request: PulseRequest,
     ) -> Result<PulseOutcome, HeartbeatError> {
+        let signal = request.signal()?;
         let pulse = Pulse {
             service: request.service,
             node: who
@@ -198,7 +288,7 @@ impl Heartbeats {
             },
             alert: request.alert,
         };
-        self.pulse(pulse, who.owner()).await
+        self.signal(pulse, signal, who.owner()).await
     }
 
     /// A batch from `node` was stored: its own heartbeat (`node:<name>`) pulses, with the
@@ -227,6 +317,7 @@ impl Heartbeats {
                 grace_ms: 0,
                 alert: None,
             },
+            signal: Signal::Success,
             by: Owner::Node(node.to_owned()),
             at_ms: now_ms,
             reply: None,
@@ -318,13 +409,26 @@ async fn write_group(durable: &Durable, jobs: &mut Vec<Job>, wake: &Wake) {
     // second sender's pulse must be judged on its own ownership, not merged into the first's.
     let mut earliest = i64::MAX;
     while !jobs.is_empty() {
-        let mut seen: HashMap<(bool, String), Owner> = HashMap::new();
+        // A round takes a service's jobs while they come from one sender with one signal; the
+        // first that differs, and every later one for that service, waits for the next round,
+        // so a start and the success after it are stored in the order they came.
+        let mut seen: HashMap<(bool, String), (Owner, std::mem::Discriminant<Signal>)> =
+            HashMap::new();
+        let mut deferred: std::collections::HashSet<(bool, String)> = Default::default();
         let (round, later): (Vec<Job>, Vec<Job>) = jobs.drain(..).partition(|job| {
             let key = (job.reply.is_some(), job.pulse.service.clone());
+            let this = (job.by.clone(), std::mem::discriminant(&job.signal));
+            if deferred.contains(&key) {
+                return false;
+            }
             match seen.get(&key) {
-                Some(owner) => *owner == job.by,
+                Some(first) if *first == this => true,
+                Some(_) => {
+                    deferred.insert(key);
+                    false
+                }
                 None => {
-                    seen.insert(key, job.by.clone());
+                    seen.insert(key, this);
                     true
                 }
             }
@@ -351,6 +455,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                 let earlier = std::mem::replace(&mut r.pulse, job.pulse.clone());
                 r.pulse.node = r.pulse.node.take().or(earlier.node);
                 r.pulse.alert = r.pulse.alert.take().or(earlier.alert);
+                r.signal = job.signal.clone();
                 r.at_ms = r.at_ms.max(job.at_ms);
                 r.count += 1;
             }
@@ -362,6 +467,7 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                         by: job.by.clone(),
                         at_ms: job.at_ms,
                         count: 1,
+                        signal: job.signal.clone(),
                     },
                 );
             }
@@ -444,6 +550,14 @@ async fn write_round(durable: &Durable, mut jobs: Vec<Job>) -> i64 {
                 .iter()
                 .map(|o| (o.heartbeat.service.as_str(), o))
                 .collect();
+            for r in asked
+                .iter()
+                .filter(|r| by_service.contains_key(r.pulse.service.as_str()))
+            {
+                if let Signal::Fail(failure) = &r.signal {
+                    tracing::warn!(service = %r.pulse.service, exit_status = ?failure.exit_status, "a run failed: its heartbeat is down");
+                }
+            }
             let refused: HashMap<&str, &str> = results
                 .refused
                 .iter()

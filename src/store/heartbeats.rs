@@ -1,9 +1,10 @@
-//! Heartbeats kept durably, and the two transitions they make, each claimed by one conditional
+//! Heartbeats kept durably, and the transitions they make, each claimed by one conditional
 //! statement so that however many controllers share the database, each transition happens once:
-//! a pulse that finds its service down is the recovery (the upsert returns the state it
-//! replaced); a deadline passing is claimed by the `UPDATE … WHERE deadline <= now AND state IN
-//! ('new', 'up')` that moves it to down. Each transition writes its event and its alert in the
-//! same transaction.
+//! a success that finds its service down is the recovery, and a fail that finds it anything but
+//! down is its fall (each upsert returns the state it replaced); a deadline passing is claimed by
+//! the `UPDATE … WHERE deadline <= now AND state IN ('new', 'up')` that moves it to down. A
+//! timed run (a `start` with a max runtime) only brings the deadline forward, so a hung job is
+//! that same claim. Each transition writes its event and its alert in the same transaction.
 //!
 //! Takes validated pulses (`crate::heartbeat`); never decides when to look (that is the
 //! monitor's, `pipeline::heartbeats`).
@@ -13,7 +14,7 @@ use sqlx::any::AnyRow;
 
 use super::durable::{Durable, StoreError};
 use super::events::NewEvent;
-use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Owner, Pulse};
+use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Owner, Pulse, Signal};
 
 /// A pulse as the writer hands it over: when it arrived (its deadline counts from then, not
 /// from when its group was written), and how many pulses of the service it stands for.
@@ -24,6 +25,8 @@ pub struct Received {
     pub by: Owner,
     pub at_ms: i64,
     pub count: i64,
+    /// Success, start or fail (an agent's automatic pulse: success).
+    pub signal: Signal,
 }
 
 /// What a group of pulses did: the outcome of each stored, and the services refused because
@@ -61,6 +64,9 @@ pub struct Transition {
     pub level: i64,
     pub message: String,
     pub alert: Option<AlertRoute>,
+    /// The event's fields beside `heartbeat` (a fail's exit status and output, a hung run's
+    /// start).
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,17 +109,111 @@ const CLAIM_SQLITE: &str = "UPDATE heartbeats SET prev_state = state, prev_since
      WHERE service IN (SELECT service FROM heartbeats \
        WHERE state IN ('new', 'up') AND deadline <= $1 ORDER BY deadline LIMIT $2) \
      AND state IN ('new', 'up') AND deadline <= $1 \
-     RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, alert_target";
+     RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, alert_target, \
+     started_at, run_deadline";
 const CLAIM_POSTGRES: &str = "UPDATE heartbeats SET prev_state = state, prev_since = state_since, \
      state = 'down', state_since = $1, updated_at = $1 \
      WHERE service IN (SELECT service FROM heartbeats \
        WHERE state IN ('new', 'up') AND deadline <= $1 ORDER BY deadline LIMIT $2 \
        FOR UPDATE SKIP LOCKED) \
      AND state IN ('new', 'up') AND deadline <= $1 \
-     RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, alert_target";
+     RETURNING service, node, last_pulse, next_in_ms, grace_ms, alert_channel, alert_target, \
+     started_at, run_deadline";
+
+/// Every signal's row for a heartbeat it creates (16 columns, bound by `bind_received`).
+const UPSERT: &str = "INSERT INTO heartbeats (service, node, next_in_ms, grace_ms, \
+     alert_channel, alert_target, state, last_pulse, deadline, state_since, pulses, \
+     created_at, updated_at, owner, started_at, run_deadline) VALUES ";
+/// A success: up, the deadline counted from now, the run (if one was timed) over. The owner
+/// is set by the first pulse and never changed by a later one.
+const SUCCESS: &str = " ON CONFLICT (service) DO UPDATE SET \
+     node = COALESCE(excluded.node, heartbeats.node), \
+     next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
+     alert_channel = COALESCE(excluded.alert_channel, heartbeats.alert_channel), \
+     alert_target = COALESCE(excluded.alert_target, heartbeats.alert_target), \
+     prev_state = heartbeats.state, prev_since = heartbeats.state_since, \
+     state = 'up', \
+     state_since = CASE WHEN heartbeats.state = 'up' THEN heartbeats.state_since \
+                   ELSE excluded.state_since END, \
+     last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
+     pulses = heartbeats.pulses + excluded.pulses, updated_at = excluded.updated_at, \
+     started_at = NULL, run_deadline = NULL ";
+/// A start: the state stays; the run is timed, and the deadline is the earlier of the
+/// period's (from the last success) and the run's.
+const START: &str = " ON CONFLICT (service) DO UPDATE SET \
+     node = COALESCE(excluded.node, heartbeats.node), \
+     next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
+     alert_channel = COALESCE(excluded.alert_channel, heartbeats.alert_channel), \
+     alert_target = COALESCE(excluded.alert_target, heartbeats.alert_target), \
+     started_at = excluded.started_at, run_deadline = excluded.run_deadline, \
+     deadline = CASE WHEN excluded.run_deadline IS NOT NULL AND excluded.run_deadline < \
+                  heartbeats.last_pulse + excluded.next_in_ms + excluded.grace_ms \
+                THEN excluded.run_deadline \
+                ELSE heartbeats.last_pulse + excluded.next_in_ms + excluded.grace_ms END, \
+     updated_at = excluded.updated_at ";
+/// A fail: down at once (since now, unless it was down already), the run over. The state it
+/// replaced says whether this is the transition.
+const FAIL: &str = " ON CONFLICT (service) DO UPDATE SET \
+     node = COALESCE(excluded.node, heartbeats.node), \
+     next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
+     alert_channel = COALESCE(excluded.alert_channel, heartbeats.alert_channel), \
+     alert_target = COALESCE(excluded.alert_target, heartbeats.alert_target), \
+     prev_state = heartbeats.state, prev_since = heartbeats.state_since, \
+     state = 'down', \
+     state_since = CASE WHEN heartbeats.state = 'down' THEN heartbeats.state_since \
+                   ELSE excluded.state_since END, \
+     deadline = excluded.deadline, updated_at = excluded.updated_at, \
+     started_at = NULL, run_deadline = NULL ";
+/// Only the owner, or an operator, moves a heartbeat.
+const OWNED: &str = "WHERE (excluded.owner = 'operator' OR heartbeats.owner = excluded.owner) ";
+/// What every upsert returns: the heartbeat, then the state it replaced and since when (a
+/// created row: NULL).
+const RETURNING: &str = "RETURNING service, node, next_in_ms, grace_ms, alert_channel, \
+     alert_target, state, last_pulse, deadline, state_since, pulses, owner, started_at, \
+     run_deadline, prev_state, prev_since";
+
+/// A query on the `Any` driver, as `insert_rows` hands it to its `bind`.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Those of `pulses` whose signal `is`.
+fn signal_filter(pulses: &[Received], is: impl Fn(&Signal) -> bool) -> Vec<Received> {
+    pulses.iter().filter(|r| is(&r.signal)).cloned().collect()
+}
+
+/// The row a pulse creates, in `UPSERT`'s columns: a success is new (pulsed once), a start
+/// new with its run timed, a fail down; the deadline is the period's after `at_ms`, or the
+/// run's when that comes first.
+fn bind_received<'r>(q: AnyQuery<'r>, r: &'r Received, now_ms: i64) -> AnyQuery<'r> {
+    let (at, p) = (r.at_ms, &r.pulse);
+    let (_, period_deadline) = p.due_and_deadline(at);
+    let (state, pulses, started, run_deadline) = match &r.signal {
+        Signal::Success => ("new", r.count, None, None),
+        Signal::Start { max_runtime_ms } => {
+            ("new", 0, Some(at), max_runtime_ms.map(|max| at + max))
+        }
+        Signal::Fail(_) => ("down", 0, None, None),
+    };
+    let deadline = run_deadline.map_or(period_deadline, |run: i64| run.min(period_deadline));
+    q.bind(&p.service)
+        .bind(&p.node)
+        .bind(p.next_in_ms)
+        .bind(p.grace_ms)
+        .bind(p.alert.as_ref().map(|a| a.channel.clone()))
+        .bind(p.alert.as_ref().map(|a| a.target.clone()))
+        .bind(state)
+        .bind(at)
+        .bind(deadline)
+        .bind(at)
+        .bind(pulses)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(r.by.stored())
+        .bind(started)
+        .bind(run_deadline)
+}
 
 const COLUMNS: &str = "service, node, next_in_ms, grace_ms, alert_channel, alert_target, state, \
-     last_pulse, deadline, state_since, pulses, owner";
+     last_pulse, deadline, state_since, pulses, owner, started_at, run_deadline";
 
 impl Durable {
     /// Records pulses (at most one per service: the caller merges repeats) and returns what
@@ -122,92 +222,128 @@ impl Durable {
     /// owner. Without `revive`, a pulse leaves a cancelled heartbeat alone (and returns
     /// nothing for it): an agent's automatic pulse must not bring back a node that was taken
     /// out of the fleet.
+    ///
+    /// Each signal is one upsert per group (`SUCCESS`, `START`, `FAIL`); a fail's transition
+    /// to down is the state its upsert replaced (anything but `down`), so however many
+    /// controllers share the database it is reported once, as a recovery is.
     pub async fn pulse(
         &self,
         pulses: &[Received],
         now_ms: i64,
         revive: bool,
     ) -> Result<PulseResults, StoreError> {
-        const UPSERT: &str = "INSERT INTO heartbeats (service, node, next_in_ms, grace_ms, \
-             alert_channel, alert_target, state, last_pulse, deadline, state_since, pulses, \
-             created_at, updated_at, owner) VALUES ";
-        // The owner is set by the first pulse and never changed by a later one.
-        const UPDATE: &str = " ON CONFLICT (service) DO UPDATE SET \
-             node = COALESCE(excluded.node, heartbeats.node), \
-             next_in_ms = excluded.next_in_ms, grace_ms = excluded.grace_ms, \
-             alert_channel = COALESCE(excluded.alert_channel, heartbeats.alert_channel), \
-             alert_target = COALESCE(excluded.alert_target, heartbeats.alert_target), \
-             prev_state = heartbeats.state, prev_since = heartbeats.state_since, \
-             state = 'up', \
-             state_since = CASE WHEN heartbeats.state = 'up' THEN heartbeats.state_since \
-                           ELSE excluded.state_since END, \
-             last_pulse = excluded.last_pulse, deadline = excluded.deadline, \
-             pulses = heartbeats.pulses + excluded.pulses, updated_at = excluded.updated_at \
-             WHERE (excluded.owner = 'operator' OR heartbeats.owner = excluded.owner) ";
-        const RETURNING: &str = "RETURNING service, node, next_in_ms, grace_ms, alert_channel, \
-             alert_target, state, last_pulse, deadline, state_since, pulses, owner, prev_state, \
-             prev_since";
         static REVIVING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
         static SPARING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-        let suffix: &'static str = if revive {
-            REVIVING.get_or_init(|| format!("{UPDATE}{RETURNING}").leak())
+        static STARTING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+        static FAILING: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+        let success: &'static str = if revive {
+            REVIVING.get_or_init(|| format!("{SUCCESS}{OWNED}{RETURNING}").leak())
         } else {
             SPARING.get_or_init(|| {
-                format!("{UPDATE}AND heartbeats.state <> 'cancelled' {RETURNING}").leak()
+                format!("{SUCCESS}{OWNED}AND heartbeats.state <> 'cancelled' {RETURNING}").leak()
             })
         };
+        let start = STARTING.get_or_init(|| format!("{START}{OWNED}{RETURNING}").leak());
+        let fail = FAILING.get_or_init(|| format!("{FAIL}{OWNED}{RETURNING}").leak());
         let mut tx = self.pool().begin().await?;
-        let rows = self
-            .insert_rows(&mut tx, UPSERT, 14, suffix, pulses, |q, r| {
-                let (at, count, p) = (r.at_ms, r.count, &r.pulse);
-                let (_, deadline) = p.due_and_deadline(at);
-                q.bind(&p.service)
-                    .bind(&p.node)
-                    .bind(p.next_in_ms)
-                    .bind(p.grace_ms)
-                    .bind(p.alert.as_ref().map(|a| a.channel.clone()))
-                    .bind(p.alert.as_ref().map(|a| a.target.clone()))
-                    .bind("new")
-                    .bind(at)
-                    .bind(deadline)
-                    .bind(at)
-                    .bind(count)
-                    .bind(now_ms)
-                    .bind(now_ms)
-                    .bind(r.by.stored())
-            })
-            .await?;
+        let mut rows = Vec::with_capacity(pulses.len());
+        for (suffix, of_signal) in [
+            (
+                success,
+                signal_filter(pulses, |s| matches!(s, Signal::Success)),
+            ),
+            (
+                start,
+                signal_filter(pulses, |s| matches!(s, Signal::Start { .. })),
+            ),
+            (
+                fail,
+                signal_filter(pulses, |s| matches!(s, Signal::Fail(_))),
+            ),
+        ] {
+            if of_signal.is_empty() {
+                continue;
+            }
+            rows.extend(
+                self.insert_rows(&mut tx, UPSERT, 16, suffix, &of_signal, |q, r| {
+                    bind_received(q, r, now_ms)
+                })
+                .await?,
+            );
+        }
+        let sent: std::collections::HashMap<&str, &Received> = pulses
+            .iter()
+            .map(|r| (r.pulse.service.as_str(), r))
+            .collect();
         let mut by_service = std::collections::HashMap::with_capacity(rows.len());
-        let mut recovered = Vec::new();
+        let mut transitions = Vec::new();
+        let mut failed_again = Vec::new();
         for row in &rows {
             let heartbeat = heartbeat_from_row(row, now_ms)?;
-            let prev: Option<String> = row.try_get(12)?;
-            let prev_since: Option<i64> = row.try_get(13)?;
+            let prev: Option<String> = row.try_get(14)?;
+            let prev_since: Option<i64> = row.try_get(15)?;
             let was_down = prev.as_deref() == Some("down");
-            if was_down {
-                let down_for = now_ms - prev_since.unwrap_or(now_ms);
-                recovered.push(Transition {
-                    message: format!(
-                        "{} is up again after {} down",
-                        heartbeat.service,
-                        crate::timefmt::span(down_for)
-                    ),
+            let signal = sent
+                .get(heartbeat.service.as_str())
+                .map(|r| &r.signal)
+                .unwrap_or(&Signal::Success);
+            let mut recovered = false;
+            match signal {
+                Signal::Success if was_down => {
+                    recovered = true;
+                    let down_for = now_ms - prev_since.unwrap_or(now_ms);
+                    transitions.push(Transition {
+                        message: format!(
+                            "{} is up again after {} down",
+                            heartbeat.service,
+                            crate::timefmt::span(down_for)
+                        ),
+                        service: heartbeat.service.clone(),
+                        node: heartbeat.node.clone(),
+                        kind: TransitionKind::Recovered,
+                        level: 2,
+                        alert: heartbeat.alert.clone(),
+                        fields: Default::default(),
+                    });
+                }
+                // Down already (a deadline, or an earlier fail): this failure is logged, and
+                // nothing is raised twice.
+                Signal::Fail(failure) if was_down => failed_again.push(NewEvent {
+                    node: heartbeat.node.clone(),
+                    service: Some(heartbeat.service.clone()),
+                    level: 4,
+                    message: format!("{} (still down)", failure.message(&heartbeat.service)),
+                    fields: {
+                        let mut fields = failure.fields();
+                        fields.insert("heartbeat".into(), "failed".into());
+                        fields.into()
+                    },
+                    category: "event",
+                }),
+                Signal::Fail(failure) => transitions.push(Transition {
+                    message: failure.message(&heartbeat.service),
                     service: heartbeat.service.clone(),
                     node: heartbeat.node.clone(),
-                    kind: TransitionKind::Recovered,
-                    level: 2,
+                    kind: TransitionKind::Down,
+                    level: 4,
                     alert: heartbeat.alert.clone(),
-                });
+                    fields: failure.fields(),
+                }),
+                Signal::Success | Signal::Start { .. } => {}
             }
             by_service.insert(
                 heartbeat.service.clone(),
                 PulseOutcome {
                     heartbeat,
-                    recovered: was_down,
+                    recovered,
                 },
             );
         }
-        self.record_transitions(&mut tx, &recovered, now_ms).await?;
+        self.record_transitions(&mut tx, &transitions, now_ms)
+            .await?;
+        if !failed_again.is_empty() {
+            self.insert_events(&mut tx, now_ms, &failed_again).await?;
+        }
         // A pulse that touched nothing met another owner's heartbeat (or, sparing, a
         // cancelled one: not a refusal). Read the owners in the same transaction.
         let mut refused = Vec::new();
@@ -257,22 +393,43 @@ impl Durable {
                 let last: i64 = row.try_get(2)?;
                 let next_in: i64 = row.try_get(3)?;
                 let grace: i64 = row.try_get(4)?;
-                let grace_text = if grace > 0 {
-                    format!(" + {} grace", crate::timefmt::span(grace))
-                } else {
-                    String::new()
+                let started: Option<i64> = row.try_get(7)?;
+                let run_deadline: Option<i64> = row.try_get(8)?;
+                let mut fields = serde_json::Map::new();
+                let message = match (started, run_deadline) {
+                    // A run that started and neither succeeded nor failed in time: hung.
+                    (Some(started), Some(run_deadline)) if run_deadline <= now_ms => {
+                        let max_runtime = run_deadline - started;
+                        fields.insert("signal".into(), "start".into());
+                        fields.insert("started".into(), crate::timefmt::rfc3339(started).into());
+                        fields.insert("max_runtime_ms".into(), max_runtime.into());
+                        format!(
+                            "{service} is down: its run started at {} and did not finish within {}",
+                            crate::timefmt::rfc3339(started),
+                            crate::timefmt::span(max_runtime)
+                        )
+                    }
+                    _ => {
+                        let grace_text = if grace > 0 {
+                            format!(" + {} grace", crate::timefmt::span(grace))
+                        } else {
+                            String::new()
+                        };
+                        format!(
+                            "{service} is down: no pulse since {} (expected every {}{grace_text})",
+                            crate::timefmt::rfc3339(last),
+                            crate::timefmt::span(next_in)
+                        )
+                    }
                 };
                 claimed.push(Transition {
-                    message: format!(
-                        "{service} is down: no pulse since {} (expected every {}{grace_text})",
-                        crate::timefmt::rfc3339(last),
-                        crate::timefmt::span(next_in)
-                    ),
+                    message,
                     service,
                     node: row.try_get(1)?,
                     kind: TransitionKind::Down,
                     level: 4,
                     alert: route(row, 5)?,
+                    fields,
                 });
             }
             self.record_transitions(&mut tx, &claimed, now_ms).await?;
@@ -487,7 +644,11 @@ impl Durable {
                 service: Some(t.service.clone()),
                 level: t.level,
                 message: t.message.clone(),
-                fields: serde_json::json!({ "heartbeat": t.kind.as_str() }),
+                fields: {
+                    let mut fields = t.fields.clone();
+                    fields.insert("heartbeat".into(), t.kind.as_str().into());
+                    fields.into()
+                },
                 category: "event",
             })
             .collect();
@@ -532,6 +693,8 @@ fn heartbeat_from_row(row: &AnyRow, now_ms: i64) -> Result<Heartbeat, StoreError
     let last_pulse_ms: i64 = row.try_get(7)?;
     let deadline_ms: i64 = row.try_get(8)?;
     let mut state_since_ms: i64 = row.try_get(9)?;
+    let started_ms: Option<i64> = row.try_get(12)?;
+    let run_deadline_ms: Option<i64> = row.try_get(13)?;
     let due_ms = last_pulse_ms + next_in_ms;
     let state = HeartbeatState::read(&stored, due_ms, now_ms);
     if state == HeartbeatState::Late {
@@ -553,5 +716,9 @@ fn heartbeat_from_row(row: &AnyRow, now_ms: i64) -> Result<Heartbeat, StoreError
         for_ms: (now_ms - state_since_ms).max(0),
         pulses: row.try_get(10)?,
         owner: row.try_get(11)?,
+        started: started_ms.map(crate::timefmt::rfc3339),
+        started_ms,
+        run_deadline: run_deadline_ms.map(crate::timefmt::rfc3339),
+        run_deadline_ms,
     })
 }

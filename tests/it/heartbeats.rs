@@ -576,7 +576,8 @@ async fn pulse_run_and_events_from_the_command_line() {
     assert_ne!(code, 0);
     assert!(err.contains("next_in"), "{err}");
 
-    // `fleet run`: success pulses; failure records the exit status and the output's tail.
+    // `fleet run`: success pulses; failure signals fail, with the exit status and the
+    // output's tail (heartbeat_signals.rs has the rest of the signals).
     let (code, out, err) = fleet(
         &[
             "run",
@@ -610,18 +611,16 @@ async fn pulse_run_and_events_from_the_command_line() {
     );
     assert_eq!(code, 3);
     assert!(err.contains("disk full"), "{err}");
-    assert_eq!(
-        state_of(&client, "nightly").await["pulses"],
-        1,
-        "no pulse on failure"
-    );
+    let v = state_of(&client, "nightly").await;
+    assert_eq!(v["pulses"], 1, "no pulse on failure");
+    assert_eq!(v["state"], "down", "a failure is down at once");
     let events = events_of(&client, "nightly").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["level"], 4);
     assert_eq!(events[0]["node"], "db1");
-    assert_eq!(events[0]["fields"]["exit_code"], 3);
+    assert_eq!(events[0]["fields"]["exit_status"], 3);
     assert!(
-        events[0]["fields"]["output_tail"]
+        events[0]["fields"]["output"]
             .as_str()
             .unwrap()
             .contains("disk full")

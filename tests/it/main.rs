@@ -13,6 +13,7 @@ mod e2e;
 mod files;
 mod harness;
 mod heartbeat_owners;
+mod heartbeat_signals;
 mod heartbeats;
 mod hot;
 mod ingest;

@@ -421,7 +421,7 @@ async fn pulses_and_events_travel_over_nats_too() {
         "{err}"
     );
 
-    // `fleet run`: a failure becomes an error event from the node.
+    // `fleet run`: start, then a fail from the node: down at once, with the exit status.
     let (code, _, err) = fleet_over_nats(
         &rig,
         "edge.1",
@@ -443,7 +443,12 @@ async fn pulses_and_events_travel_over_nats_too() {
     let events = events["events"].as_array().unwrap().clone();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["node"], "edge.1");
-    assert_eq!(events[0]["fields"]["exit_code"], 3);
+    assert_eq!(events[0]["fields"]["heartbeat"], "down");
+    assert_eq!(events[0]["fields"]["exit_status"], 3);
+    assert_eq!(events[0]["fields"]["output"], "disk full\n");
+    let beat = rig.api_get("/api/v1/heartbeats/nightly").await;
+    assert_eq!(beat["state"], "down", "{beat}");
+    assert_eq!(beat["node"], "edge.1", "{beat}");
 
     // Straight onto the subjects: a request signed by edge.1 on edge.2's subject is refused,
     // and the same signed request twice is taken once.
