@@ -239,6 +239,20 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List operator tokens: id, label, created, last used (to the minute), revoked. Never
+    /// the tokens themselves.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke an operator token: it stops working on running controllers within their
+    /// registry refresh, and its dashboard sessions and event streams end.
+    Revoke {
+        /// The token's id, as `fleet token list` shows it (16 hex digits).
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -480,6 +494,15 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             let token = fleet::modes::token::create(&store.load()?, &label).await?;
             println!("{token}");
         }
+        Command::Token {
+            command: TokenCommand::List { store },
+        } => print!("{}", fleet::modes::token::list(&store.load()?).await?),
+        Command::Token {
+            command: TokenCommand::Revoke { id, store },
+        } => print!(
+            "{}",
+            fleet::modes::token::revoke(&store.load()?, &id).await?
+        ),
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => fleet::modes::bench::ingest::ingest(args).await?,

@@ -3,7 +3,8 @@
 //!
 //! Every path a batch can come in by (HTTP, NATS) calls [`Ingest::ingest`]; the MassAffect
 //! route, which verifies its own protocol, calls [`Ingest::ingest_verified`]. Both end in the
-//! same private `store` (writer, hot ring, node pulse): there is no second path. This module knows the wire format through
+//! same private `store` (writer, hot ring, node pulse): there is no second path. A batch refused
+//! by node authentication is recorded in the error log (`refusals`, rate-limited). This module knows the wire format through
 //! `wire` but nothing about HTTP: errors are typed and the web layer maps them to statuses.
 
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{IngestConfig, RetentionConfig};
 use crate::model::{BatchBody, NodeName, Record};
-use crate::pipeline::node_auth::{Claim, Clock, Covered, NodeAuth, NodeAuthError};
+use crate::pipeline::node_auth::{Admitted, Claim, Clock, Covered, NodeAuth, NodeAuthError};
 use crate::store::durable::{Fault, LedgerKey, SeriesCache};
 use crate::store::{Durable, HotStore, IngestBatch, IngestOutcome, StoreError};
 use crate::wire::{self, BatchHeaders};
@@ -116,6 +117,8 @@ pub struct Ingest {
     hot: Arc<HotStore>,
     heartbeats: Arc<super::Heartbeats>,
     writer: mpsc::Sender<Job>,
+    /// Refusals by node authentication, recorded in the error log (rate-limited).
+    refusals: super::refusals::Refusals,
 }
 
 impl Ingest {
@@ -150,8 +153,10 @@ impl Ingest {
         }
         tasks.close();
         let writer = tokio::spawn(async move { tasks.wait().await });
+        let refusals = super::refusals::Refusals::new(durable);
         (
             Self {
+                refusals,
                 config,
                 auth,
                 hot,
@@ -263,6 +268,14 @@ impl Ingest {
         Ok(outcome)
     }
 
+    /// The checks a batch's headers allow ([`NodeAuth::admit`]), run by every way in before a
+    /// body is read; a refusal is recorded (see `refusals`).
+    pub fn admit(&self, claim: &Claim, now_ms: i64) -> Result<Admitted, NodeAuthError> {
+        self.auth
+            .admit(claim, Clock::Now, now_ms)
+            .inspect_err(|e| self.refusals.batch_refused(claim.node, claim.source, e))
+    }
+
     /// Checks everything that needs no parsing of the body, then the signature over the inflated
     /// body. Order matters: cheap refusals first, and nothing is inflated for an unknown node.
     fn verify(&self, raw: &RawBatch, now_ms: i64) -> Result<(BatchHeaders, Vec<u8>), IngestError> {
@@ -273,7 +286,7 @@ impl Ingest {
                 self.config.max_body_bytes
             )));
         }
-        let admitted = self.auth.admit(&raw.claim(), Clock::Now, now_ms)?;
+        let admitted = self.admit(&raw.claim(), now_ms)?;
         if !wire::valid_instance(&raw.instance) {
             return Err(IngestError::BadRequest(format!(
                 "header {} must be 1 to {} characters of letters, digits, '-' and '_'",
@@ -310,15 +323,17 @@ impl Ingest {
             }
             raw.body.to_vec()
         };
-        self.auth.check_signature(
-            &admitted,
-            Covered::Batch {
-                instance: &raw.instance,
-                seq,
-            },
-            &body,
-            &raw.signature,
-        )?;
+        self.auth
+            .check_signature(
+                &admitted,
+                Covered::Batch {
+                    instance: &raw.instance,
+                    seq,
+                },
+                &body,
+                &raw.signature,
+            )
+            .inspect_err(|e| self.refusals.batch_refused(&raw.node, raw.source, e))?;
         let headers = BatchHeaders {
             node: raw.node.clone(),
             instance: raw.instance.clone(),

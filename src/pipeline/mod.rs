@@ -1,7 +1,7 @@
 //! The one pipeline data goes through, whatever path it came in by:
 //! verify → decode → store (durable, then hot) → (later: fan out, evaluate rules).
 //!
-//! [`registry`] says who may send and [`node_auth`] checks that a request is theirs; [`ingest`] runs the steps for signed batches; [`commands`]
+//! [`registry`] says who may send and [`node_auth`] checks that a request is theirs; [`ingest`] runs the steps for signed batches, and [`refusals`] records the batches it refuses in the error log; [`commands`]
 //! is the command queue (submit → deliver → report → final state, deadlines); [`heartbeats`]
 //! stores pulses and notices deadlines passing; [`events`] checks and stores events. The pipeline
 //! knows stores and the wire format, never HTTP: `web/` adapts requests to it.
@@ -11,6 +11,7 @@ pub mod events;
 pub mod heartbeats;
 pub mod ingest;
 pub mod node_auth;
+pub mod refusals;
 pub mod registry;
 
 pub use commands::{CommandError, CommandQueue};

@@ -75,6 +75,23 @@ impl NodeAuthError {
     }
 }
 
+impl NodeAuthError {
+    /// The refusal's kind as a short stable word (the error log's `reason` field).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NodeAuthError::MissingNode => "missing_node",
+            NodeAuthError::MalformedNode(_) => "malformed_node",
+            NodeAuthError::UnknownNode(_) => "unknown_node",
+            NodeAuthError::WrongNetwork { .. } => "wrong_network",
+            NodeAuthError::MalformedTimestamp => "malformed_timestamp",
+            NodeAuthError::OutsideWindow { .. } => "outside_window",
+            NodeAuthError::BadSignature => "bad_signature",
+            NodeAuthError::Replayed => "replayed",
+            NodeAuthError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 /// What a signed request's headers claim, before anything is verified.
 #[derive(Debug, Clone, Copy)]
 pub struct Claim<'a> {

@@ -12,6 +12,7 @@ pub mod hot;
 pub mod logins;
 pub mod nonces;
 pub mod sessions;
+pub mod tokens;
 
 pub use durable::{Durable, IngestBatch, IngestOutcome, StoreError};
 pub use hot::HotStore;

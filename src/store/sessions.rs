@@ -12,6 +12,9 @@ pub struct Session {
     pub who: String,
     pub csrf: String,
     pub expires_at_ms: i64,
+    /// The id of the operator token it was opened with (`store::tokens`), if one was: revoking
+    /// the token ends the session.
+    pub token_id: Option<String>,
 }
 
 impl Durable {
@@ -28,14 +31,15 @@ impl Durable {
             .execute(self.pool())
             .await?;
         sqlx::query(
-            "INSERT INTO ui_sessions (id_hash, who, csrf, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO ui_sessions (id_hash, who, csrf, created_at, expires_at, token_id) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id_hash)
         .bind(&session.who)
         .bind(&session.csrf)
         .bind(now_ms)
         .bind(session.expires_at_ms)
+        .bind(&session.token_id)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -44,7 +48,7 @@ impl Durable {
     /// The session with this id hash, unless it has expired.
     pub async fn session(&self, id_hash: &str, now_ms: i64) -> Result<Option<Session>, StoreError> {
         let row = sqlx::query(
-            "SELECT who, csrf, expires_at FROM ui_sessions WHERE id_hash = $1 AND expires_at >= $2",
+            "SELECT who, csrf, expires_at, token_id FROM ui_sessions WHERE id_hash = $1 AND expires_at >= $2",
         )
         .bind(id_hash)
         .bind(now_ms)
@@ -55,6 +59,7 @@ impl Durable {
                 who: r.try_get(0)?,
                 csrf: r.try_get(1)?,
                 expires_at_ms: r.try_get(2)?,
+                token_id: r.try_get(3)?,
             })
         })
         .transpose()

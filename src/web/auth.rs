@@ -54,8 +54,11 @@ pub fn operator(state: &AppState, headers: &HeaderMap) -> Result<Operator, ApiEr
             StatusCode::UNAUTHORIZED,
             "missing operator token: send `Authorization: Bearer <token>` (see `fleet token create`)",
         )),
-        Some(token) => match state.registry.snapshot().operator(token) {
-            Some(label) => Ok(Operator(format!("token {label:?}"))),
+        Some(token) => match state.registry.token(token) {
+            Some(holder) => {
+                state.registry.note_use(&holder, &state.durable);
+                Ok(Operator(format!("token {:?}", holder.label)))
+            }
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "the operator token is not valid",

@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::pipeline::node_auth::Clock;
 use crate::pipeline::{IngestError, IngestReply, RawBatch};
 use crate::wire;
 
@@ -36,8 +35,8 @@ pub async fn ingest(
     // network, a clock outside the window.
     let claim = super::auth::node_claim(&headers, peer);
     state
-        .node_auth
-        .admit(&claim, Clock::Now, crate::timefmt::now_ms())
+        .ingest
+        .admit(&claim, crate::timefmt::now_ms())
         .map_err(IngestError::from)?;
     let gzip = is_gzip(&headers)?;
     let body = read_bounded(body, limit).await?;

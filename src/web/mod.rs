@@ -1,6 +1,6 @@
 //! The HTTP face of the controller: the axum router, its shared state, and the handlers for
 //! ingest ([`ingest`]), the read API ([`api`]), commands ([`commands`]), heartbeats and events
-//! ([`heartbeats`]), the event stream ([`stream`]), the watchTower compatibility listener
+//! ([`heartbeats`]), the event stream ([`stream`]), operator tokens ([`tokens`]), the watchTower compatibility listener
 //! ([`watchtower`]), the MassAffect `/collect` route ([`massaffect`]), the dashboard ([`ui`]) and auth ([`auth`]).
 //!
 //! Handlers adapt HTTP to the pipeline and the stores; they hold no rules of their own. Nothing
@@ -17,6 +17,7 @@ pub mod intake;
 pub mod massaffect;
 pub mod shares;
 pub mod stream;
+pub mod tokens;
 pub mod ui;
 pub mod watchtower;
 
@@ -181,6 +182,8 @@ fn native_router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/alerts", get(heartbeats::alerts))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/api/v1/tokens", get(tokens::list))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_operator,

@@ -136,7 +136,18 @@ pub async fn stream(
         Some(id) => id,
         None => state.durable.last_event_id().await?,
     };
-    let shutdown = state.shutdown.clone();
+    // It would never end by itself: the controller's shutdown ends it, or the token's
+    // revocation (at once on this controller, at the next registry refresh on others).
+    let ended = {
+        let shutdown = state.shutdown.clone();
+        let registry = state.registry.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = registry.revoked(&hash) => {}
+            }
+        }
+    };
     let follower = Follower::new(state, filter, cursor);
     let events = futures::stream::unfold((follower, permit), |(mut f, permit)| async move {
         let (entry, category) = f.next().await;
@@ -150,8 +161,7 @@ pub async fn stream(
             .data(serde_json::to_string(&entry).expect("events serialise"));
         Some((Ok(event), (f, permit)))
     })
-    // It would never end by itself: the controller's shutdown ends it.
-    .take_until(shutdown.cancelled_owned());
+    .take_until(ended);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -1667,7 +1667,12 @@ async fn the_heartbeat_list_shows_pulsed_services() {
     assert!(!page.contains("Nothing is watched yet."), "{page}");
     let backup = element(&page, "<tr id=\"hb-backup\"", "</tr>");
     assert!(backup.contains(">new<"), "a first pulse is new: {backup}");
-    assert!(backup.contains("every 1m"), "{backup}");
+    assert!(backup.contains("every 1 min, no grace"), "{backup}");
+    let nightly_every = element(&page, "<tr id=\"hb-nightly\"", "</tr>");
+    assert!(
+        nightly_every.contains("every 1 d + 1 h grace"),
+        "spans written like the dashboard's others: {nightly_every}"
+    );
     let nightly = element(&page, "<tr id=\"hb-nightly\"", "</tr>");
     assert!(nightly.contains("href=\"/nodes/web1\""), "{nightly}");
     assert!(!page.contains("<script>alert"), "{page}");

@@ -1,7 +1,5 @@
-//! Nodes and operator tokens: the `nodes` table (enrolment), `node_status` and `ingest_streams`
-//! as read back for the API and the dashboard, and `api_tokens`.
-//!
-//! Must never store or return a token in clear: `api_tokens` holds hashes only. Writing the
+//! Nodes: the `nodes` table (enrolment), `node_status` and `ingest_streams` as read back for
+//! the API and the dashboard (operator tokens are `store/tokens.rs`'s). Writing the
 //! statuses and streams is the ingest path's (`ingest.rs`), never this file's.
 
 use sqlx::Row;
@@ -134,29 +132,6 @@ impl Durable {
                 })
             })
             .collect()
-    }
-
-    // ---- operator tokens ---------------------------------------------------------------------
-
-    pub async fn add_token(&self, hash: &str, label: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_tokens (hash, label, created_at) VALUES ($1, $2, $3)")
-            .bind(hash)
-            .bind(label)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Every token hash with its label.
-    pub async fn token_hashes(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT hash, label FROM api_tokens")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()?)
     }
 }
 

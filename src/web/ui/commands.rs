@@ -145,6 +145,9 @@ async fn render_filtered(
 ) -> Result<Response, ApiError> {
     let commands = filter.newest(state, HISTORY).await?;
     let key = state.dashboard_key.as_ref().map(|k| k.public());
+    // The empty history's example names a node that exists and takes commands (the first by
+    // name), so it can be run as shown.
+    let example = state.registry.snapshot().nodes.keys().min().cloned();
     Ok(Html(
         pages::commands_page(
             (&viewer.who, &viewer.csrf),
@@ -152,6 +155,7 @@ async fn render_filtered(
             form,
             filter,
             &commands,
+            example.as_deref(),
             crate::timefmt::now_ms(),
         )
         .into_string(),

@@ -115,8 +115,30 @@ impl Holder {
     }
 }
 
-/// Serves `live` to `viewer` as an SSE response that ends at shutdown, or when the viewer's
-/// session ends (a logout in another tab, expiry), holding one stream permit.
+/// Resolves when a stream of `viewer` must end: at shutdown, or when the operator token the
+/// session was opened with is revoked (at once on this controller, at the next registry
+/// refresh on others; its session is gone from the store already).
+fn ended(state: &Arc<AppState>, viewer: &Viewer) -> impl Future<Output = ()> + Send + 'static {
+    let shutdown = state.shutdown.clone();
+    let registry = state.registry.clone();
+    let token_id = viewer.token_id.clone();
+    async move {
+        let revoked = async {
+            match &token_id {
+                Some(id) => registry.revoked_id(id).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = revoked => {}
+        }
+    }
+}
+
+/// Serves `live` to `viewer` as an SSE response that ends at shutdown, when the viewer's
+/// session ends (a logout in another tab, expiry), or when its token is revoked, holding one
+/// stream permit.
 fn serve(state: &Arc<AppState>, viewer: &Viewer, live: impl Live) -> Response {
     let permit = match stream_permit(state, &viewer.who) {
         Ok(p) => p,
@@ -139,7 +161,7 @@ fn serve(state: &Arc<AppState>, viewer: &Viewer, live: impl Live) -> Response {
             Out::Last(event) => Some((Ok(event), None)),
         }
     })
-    .take_until(state.shutdown.clone().cancelled_owned());
+    .take_until(ended(state, viewer));
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -44,6 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/commands/confirm", post(commands::confirm))
         .route("/commands/send", post(commands::send))
         .route("/ui/app.css", get(css))
+        .route("/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
         .route("/ui/live.js", get(script))
         .route("/ui/spark/{node}/{metric}", get(node::sparkline))
         .route("/live/overview", get(live::overview))
@@ -64,6 +66,16 @@ async fn css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "max-age=300"),
         ],
         pages::CSS,
+    )
+}
+
+async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        pages::FAVICON,
     )
 }
 
@@ -166,8 +178,8 @@ async fn login(
         _ if users => return refuse("Give an operator token, or a name and password."),
         _ => return refuse("That token is not valid."),
     };
-    let who = match outcome {
-        Ok(session::LoginOutcome::Allowed(who)) => who,
+    let (who, token_id) = match outcome {
+        Ok(session::LoginOutcome::Allowed(who, token_id)) => (who, token_id),
         Ok(session::LoginOutcome::Wrong) => return refuse(wrong),
         Ok(session::LoginOutcome::Wait(seconds)) => {
             let mut refused = page(
@@ -203,6 +215,7 @@ async fn login(
         who,
         csrf: session::random_token(),
         expires_at_ms: now + ttl.as_millis() as i64,
+        token_id,
     };
     if let Err(err) = state
         .durable

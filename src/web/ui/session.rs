@@ -27,6 +27,9 @@ pub struct Viewer {
     pub who: String,
     pub csrf: String,
     id_hash: String,
+    /// The operator token the session was opened with (its id), if one was: the session
+    /// and its live streams end when it is revoked.
+    pub token_id: Option<String>,
 }
 
 impl Viewer {
@@ -114,8 +117,8 @@ static KNOWN_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// How a login attempt ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LoginOutcome {
-    /// In: who logged in, as the session records it.
-    Allowed(String),
+    /// In: who logged in, as the session records it, and the id of the token used, if any.
+    Allowed(String, Option<String>),
     /// A wrong token, or a name and password that do not match (counted).
     Wrong,
     /// Refused without a check: too many failures; the next attempt in this many seconds.
@@ -261,8 +264,14 @@ pub async fn login_with_token(
     if wait > 0 {
         return Ok(LoginOutcome::Wait(wait));
     }
-    match state.registry.snapshot().operator(token) {
-        Some(label) => Ok(LoginOutcome::Allowed(format!("token {label:?}"))),
+    match state.registry.token(token) {
+        Some(holder) => {
+            state.registry.note_use(&holder, &state.durable);
+            Ok(LoginOutcome::Allowed(
+                format!("token {:?}", holder.label),
+                holder.id,
+            ))
+        }
         None => {
             tracing::warn!(peer = %peer, "dashboard login with a wrong token");
             attempt
@@ -318,7 +327,7 @@ pub async fn login_with_password(
     let now = crate::timefmt::now_ms();
     if matches {
         attempt.succeeded(durable, now).await?;
-        Ok(LoginOutcome::Allowed(format!("user {name:?}")))
+        Ok(LoginOutcome::Allowed(format!("user {name:?}"), None))
     } else {
         tracing::warn!(peer = %peer, user = name, "dashboard login with a wrong name or password");
         attempt.failed(durable, now).await?;
@@ -416,7 +425,27 @@ impl FromRequestParts<Arc<AppState>> for Viewer {
             .session(&id_hash, crate::timefmt::now_ms())
             .await
         {
-            Ok(Some(Session { who, csrf, .. })) => Ok(Viewer { who, csrf, id_hash }),
+            // A session of a token revoked on another controller, opened here before this
+            // registry learnt of it: over as soon as it has.
+            Ok(Some(Session {
+                token_id: Some(id), ..
+            })) if !state.registry.id_valid(&id) => {
+                if let Err(err) = state.durable.delete_session(&id_hash).await {
+                    tracing::warn!(cause = %format!("{err:#}"), "cannot end the session of a revoked token");
+                }
+                Err(to_login())
+            }
+            Ok(Some(Session {
+                who,
+                csrf,
+                token_id,
+                ..
+            })) => Ok(Viewer {
+                who,
+                csrf,
+                id_hash,
+                token_id,
+            }),
             Ok(None) => Err(to_login()),
             Err(err) => Err(crate::web::error::ApiError::from(err).into_response()),
         }

@@ -66,7 +66,7 @@ pub fn command_row(c: &CommandRecord, now_ms: i64) -> Markup {
                     @if !r.stdout.is_empty() { pre.stdout { (output_tail(&r.stdout)) } }
                     @if !r.stderr.is_empty() { pre.stderr { (output_tail(&r.stderr)) } }
                     @if r.truncated { p.muted { "Output was cut at the node's limit." } }
-                    @if r.duration_ms > 0 { span.muted { "took " (crate::timefmt::span(r.duration_ms as i64)) } }
+                    @if r.duration_ms > 0 { span.muted { "took " (super::duration(r.duration_ms as i64)) } }
                 }
             }
             td.wide.muted { (c.id) br; "by " (c.sent_by) }
@@ -118,6 +118,7 @@ pub fn commands_page(
     form: SendForm,
     filter: &HistoryFilter,
     commands: &[CommandRecord],
+    example_node: Option<&str>,
     now_ms: i64,
 ) -> Markup {
     let (_, csrf) = viewer;
@@ -197,7 +198,10 @@ pub fn commands_page(
                 @if filtered {
                     p.empty { "No command matches these filters. " a href="/commands" { "Show all" } }
                 } @else {
-                    p.empty data-until-rows { "No commands yet. Send one above, or with " code { "fleet send --node web1 -- uptime" } "." }
+                    @match example_node {
+                        Some(node) => p.empty data-until-rows { "No commands yet. Send one above, or with " code { "fleet send --node " (node) " -- uptime" } "." },
+                        None => p.empty data-until-rows { "No commands yet, and no node to send one to: enroll one with " code { "fleet node add NAME" } " and start its agent." },
+                    }
                 }
             }
         },

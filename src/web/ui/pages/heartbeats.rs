@@ -28,12 +28,12 @@ pub fn heartbeat_table(beats: &[Heartbeat], now_ms: i64) -> Markup {
                 @for h in beats {
                     tr id={ "hb-" (h.service) } {
                         td { (h.service) @if let Some(node) = &h.node { " " a.muted href={ "/nodes/" (node) } { "(" (node) ")" } } }
-                        td { (heartbeat_state(h.state)) " " span.muted { "for " (crate::timefmt::span(h.for_ms)) } }
+                        td { (heartbeat_state(h.state)) " " span.muted { "for " (super::duration(h.for_ms)) } }
                         td { (at(h.last_pulse_ms, now_ms)) }
                         td { (at(h.deadline_ms, now_ms)) }
                         td.wide.muted {
-                            "every " (crate::timefmt::span(h.next_in_ms))
-                            @if h.grace_ms > 0 { " + " (crate::timefmt::span(h.grace_ms)) " grace" } @else { ", no grace" }
+                            "every " (super::duration(h.next_in_ms))
+                            @if h.grace_ms > 0 { " + " (super::duration(h.grace_ms)) " grace" } @else { ", no grace" }
                         }
                         td.wide.num { (h.pulses) }
                     }

@@ -140,8 +140,8 @@ pub fn counts_block(nodes: &[NodeSummary], total: usize, counts: &Counts) -> Mar
             span.status.up { (count_of(NodeState::Up)) " up" }
             span.status.stale { (count_of(NodeState::Stale)) " stale" }
             span.status.down { (count_of(NodeState::Down)) " down" }
-            a href="/heartbeats" { (counts.down_heartbeats) " heartbeats down" }
-            a href="/commands?state=failed" { (counts.failed_commands) " commands failed (24 h)" }
+            a href="/heartbeats" { (counts.down_heartbeats) @if counts.down_heartbeats == 1 { " heartbeat down" } @else { " heartbeats down" } }
+            a href="/commands?state=failed" { (counts.failed_commands) @if counts.failed_commands == 1 { " command failed (24 h)" } @else { " commands failed (24 h)" } }
         }
     }
 }
