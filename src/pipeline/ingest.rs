@@ -271,9 +271,9 @@ impl Ingest {
     /// The checks a batch's headers allow ([`NodeAuth::admit`]), run by every way in before a
     /// body is read; a refusal is recorded (see `refusals`).
     pub fn admit(&self, claim: &Claim, now_ms: i64) -> Result<Admitted, NodeAuthError> {
-        self.auth
-            .admit(claim, Clock::Now, now_ms)
-            .inspect_err(|e| self.refusals.batch_refused(claim.node, claim.source, e))
+        self.auth.admit(claim, Clock::Now, now_ms).inspect_err(|e| {
+            self.refusals.batch_refused(claim.node, claim.source, e);
+        })
     }
 
     /// Checks everything that needs no parsing of the body, then the signature over the inflated
@@ -333,7 +333,9 @@ impl Ingest {
                 &body,
                 &raw.signature,
             )
-            .inspect_err(|e| self.refusals.batch_refused(&raw.node, raw.source, e))?;
+            .inspect_err(|e| {
+                self.refusals.batch_refused(&raw.node, raw.source, e);
+            })?;
         let headers = BatchHeaders {
             node: raw.node.clone(),
             instance: raw.instance.clone(),

@@ -116,9 +116,15 @@ impl Refusals {
     /// Records that a batch claiming to come from `node` (from `source`, `None` on NATS) was
     /// refused for `error`. A store that is down is not a refusal of the batch: not recorded.
     /// The write happens off the caller's path.
-    pub fn batch_refused(&self, node: &str, source: Option<IpAddr>, error: &NodeAuthError) {
+    /// The write's task is returned (tests await it); `None` when nothing is written.
+    pub fn batch_refused(
+        &self,
+        node: &str,
+        source: Option<IpAddr>,
+        error: &NodeAuthError,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if matches!(error, NodeAuthError::Unavailable(_)) {
-            return;
+            return None;
         }
         let reason = error.reason();
         let shown: String = crate::termsafe::visible(node, crate::termsafe::Shape::OneLine)
@@ -136,10 +142,9 @@ impl Refusals {
             overflow,
         } = verdict
         else {
-            return;
+            return None;
         };
         let from = source.map_or_else(|| "NATS".to_owned(), |ip| ip.to_string());
-        tracing::warn!(node = %shown, %from, reason, suppressed, overflow, error = %error, "refused a batch");
         let valid_name = crate::model::NodeName::parse(node).is_ok();
         let named = if shown.is_empty() { "(none)" } else { &shown };
         let mut message = if overflow {
@@ -171,11 +176,22 @@ impl Refusals {
             category: "error",
         };
         let durable = self.durable.clone();
-        tokio::spawn(async move {
+        // A node enrolled since the registry's last refresh (at most `registry_refresh` ago)
+        // is refused until the next one: its agent retries, and that is no error to report.
+        let recheck = (reason == "unknown_node" && valid_name).then(|| node.to_owned());
+        let logged = (shown.clone(), from.clone(), error.to_string());
+        Some(tokio::spawn(async move {
+            if let Some(node) = recheck
+                && durable.is_enrolled(&node).await.unwrap_or(false)
+            {
+                tracing::debug!(%node, "a batch refused before the registry saw its enrollment");
+                return;
+            }
+            tracing::warn!(node = %logged.0, from = %logged.1, reason, suppressed, overflow, error = %logged.2, "refused a batch");
             if let Err(err) = durable.add_event(&entry, crate::timefmt::now_ms()).await {
                 tracing::warn!(cause = %format!("{err:#}"), "cannot record a refused batch in the error log");
             }
-        });
+        }))
     }
 }
 
@@ -237,5 +253,62 @@ mod tests {
             }
         );
         assert!(limiter.len() <= 2, "{}", limiter.len());
+    }
+
+    /// The error log's entries on SQLite in a temp dir.
+    async fn errors_of(durable: &Durable) -> Vec<String> {
+        let query = crate::store::events::EventQuery {
+            category: "error",
+            service: None,
+            node: None,
+            min_level: None,
+            from_ms: None,
+            to_ms: None,
+            text: None,
+            before_id: None,
+            after_id: None,
+            limit: 100,
+        };
+        durable
+            .events(&query)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_node_enrolled_since_the_last_refresh_is_no_error_to_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let durable = Durable::connect(&url).await.unwrap();
+        let node = crate::model::Node {
+            name: crate::model::NodeName::parse("late1").unwrap(),
+            key: "key-of-late1-0123456789".into(),
+            allow: Vec::new(),
+            labels: Default::default(),
+            source: crate::model::NodeSource::Enrolled,
+        };
+        durable.add_node(&node, 0).await.unwrap();
+        let refusals = Refusals::new(durable.clone());
+        // The registry has not seen it yet: its first batches are refused as unknown.
+        let late = NodeAuthError::UnknownNode("late1".into());
+        refusals
+            .batch_refused("late1", None, &late)
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(errors_of(&durable).await.is_empty());
+        // A node the store does not know either is reported.
+        let ghost = NodeAuthError::UnknownNode("ghost".into());
+        refusals
+            .batch_refused("ghost", None, &ghost)
+            .unwrap()
+            .await
+            .unwrap();
+        let errors = errors_of(&durable).await;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("ghost"), "{errors:?}");
     }
 }

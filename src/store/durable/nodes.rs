@@ -92,6 +92,15 @@ impl Durable {
         rows.iter().map(node_from_row).collect()
     }
 
+    /// Whether a node of this name is enrolled in the store (whatever a registry has read).
+    pub async fn is_enrolled(&self, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM nodes WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Latest status of every node that ever sent.
     pub async fn node_statuses(&self) -> Result<Vec<NodeStatusRow>, StoreError> {
         let rows = sqlx::query("SELECT name, last_seen, interval_ms, vitals FROM node_status")
