@@ -12,7 +12,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::durable::{Durable, StoreError};
+use super::durable::{AnyQuery, Durable, StoreError};
 use super::events::NewEvent;
 use crate::heartbeat::{AlertRoute, Heartbeat, HeartbeatState, Owner, Pulse, Signal};
 
@@ -172,12 +172,9 @@ const RETURNING: &str = "RETURNING service, node, next_in_ms, grace_ms, alert_ch
      alert_target, state, last_pulse, deadline, state_since, pulses, owner, started_at, \
      run_deadline, prev_state, prev_since";
 
-/// A query on the `Any` driver, as `insert_rows` hands it to its `bind`.
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
-/// Those of `pulses` whose signal `is`.
-fn signal_filter(pulses: &[Received], is: impl Fn(&Signal) -> bool) -> Vec<Received> {
-    pulses.iter().filter(|r| is(&r.signal)).cloned().collect()
+/// Those of `pulses` whose signal `is` (borrowed: a group of thousands is not copied).
+fn signal_filter(pulses: &[Received], is: impl Fn(&Signal) -> bool) -> Vec<&Received> {
+    pulses.iter().filter(|r| is(&r.signal)).collect()
 }
 
 /// The row a pulse creates, in `UPSERT`'s columns: a success is new (pulsed once), a start
@@ -271,8 +268,10 @@ impl Durable {
                 .await?,
             );
         }
+        // Only starts and fails are looked up by service: most groups hold successes alone.
         let sent: std::collections::HashMap<&str, &Received> = pulses
             .iter()
+            .filter(|r| !matches!(r.signal, Signal::Success))
             .map(|r| (r.pulse.service.as_str(), r))
             .collect();
         let mut by_service = std::collections::HashMap::with_capacity(rows.len());

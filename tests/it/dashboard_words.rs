@@ -21,25 +21,7 @@ impl Page {
         config.api_tokens = vec![TOKEN.into()];
         config.nodes = nodes;
         let c = InProcess::start(config).await;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let login = http
-            .post(format!("{}/login", c.url))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("token={TOKEN}&next=%2F"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(login.status(), 303);
-        let cookie = login.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let (http, cookie) = crate::harness::dashboard_login(&c.url, TOKEN).await;
         Self { c, http, cookie }
     }
 

@@ -540,3 +540,28 @@ pub fn enroll(env: &Env, name: &str) -> String {
         .expect("node add prints the key")
         .to_owned()
 }
+
+/// Logs in to the dashboard at `url` with an operator token: a client that does not follow
+/// redirects, and the session cookie (`name=value`) to send with its requests.
+pub async fn dashboard_login(url: &str, token: &str) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{url}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&next=%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303, "the login is accepted");
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    (http, cookie)
+}

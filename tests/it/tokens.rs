@@ -131,25 +131,7 @@ async fn tokens_are_listed_and_a_revoked_one_stops_at_once(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(events.status(), 200);
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let login = browser
-        .post(format!("{}/login", ctl.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={ci_token}&next=%2F"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 303);
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (browser, cookie) = crate::harness::dashboard_login(&ctl.url, &ci_token).await;
     let page = |path: &'static str| {
         browser
             .get(format!("{}{path}", ctl.url))

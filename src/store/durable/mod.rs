@@ -23,6 +23,7 @@ mod nodes;
 mod packing;
 mod retention;
 mod sql;
+pub(in crate::store) use sql::AnyQuery;
 
 use std::time::Duration;
 
