@@ -7,6 +7,7 @@
 //!
 //! - values: [`model`] (nodes, records, samples and their limits), [`command`] (the signed
 //!   command envelope and its record), [`argv_pattern`] (the allow-list's patterns),
+//!   [`steward`] (steward's message files),
 //!   [`heartbeat`] (pulses, states, levels), [`timefmt`], [`termsafe`], [`files`] (private data
 //!   dirs), [`http_client`] (clients made one way), [`backoff`], [`process`] (bounded children);
 //! - [`config`]: every mode's configuration as values;
@@ -18,7 +19,7 @@
 //!   traffic over HTTP or NATS, and the controller's NATS side), [`collectors`] (what the agent
 //!   measures), [`executor`] (the node's side of a command), [`client`] (the operator's API
 //!   client);
-//! - [`agent`]: the agent runtime;
+//! - runtimes: [`agent`] (the agent's loops), [`inbox_file`] (`fleet send --watch`);
 //! - [`modes`]: one module per subcommand; wiring only.
 
 pub mod agent;
