@@ -19,6 +19,7 @@
 mod error;
 mod history;
 mod ingest;
+mod migrations;
 mod nodes;
 mod packing;
 mod retention;
@@ -98,12 +99,9 @@ impl Durable {
                 url: redact_url(url),
                 source,
             })?;
-        match backend {
-            Backend::Sqlite => {
-                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-                tokio::spawn(checkpoint_loop(pool.clone()));
-            }
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
+        migrations::migrator(backend).await?.run(&pool).await?;
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpoint_loop(pool.clone()));
         }
         Ok(Self { pool, backend })
     }
