@@ -17,7 +17,7 @@ use super::{ApiQuery, AppState};
 use crate::model::{
     NodeName, NodeSource, NodeState, Vitals, check_collector_name, check_metric_name,
 };
-use crate::store::durable::{IngestStream, NodeStatusRow};
+use crate::store::durable::{IngestStream, NodeStatusRow, Resolution};
 use crate::timefmt::{now_ms, parse_time, rfc3339};
 
 /// Most points returned per series, and the default.
@@ -219,7 +219,7 @@ pub async fn node_metrics(
     for series in state.durable.series(&name, Some(&metric)).await? {
         let points: Vec<(String, f64)> = state
             .durable
-            .points(&series, from, to, limit)
+            .points_of(&series, from, to, Resolution::Newest(limit))
             .await?
             .into_iter()
             .map(|(ts, v)| (rfc3339(ts), v))

@@ -144,13 +144,29 @@ async fn retention_deletes_old_history_and_keeps_new(backend: Backend) {
         "the old sample and the old record to be purged",
         // One sweep deletes samples, then the ledger, then records: wait for the whole sweep.
         || async {
-            let points = store.points(&series[0], 0, i64::MAX, 100).await.unwrap();
+            let points = store
+                .points_of(
+                    &series[0],
+                    0,
+                    i64::MAX,
+                    fleet::store::durable::Resolution::Newest(100),
+                )
+                .await
+                .unwrap();
             let records = store.records("web1", "notes", 10).await.unwrap();
             (points.len() == 1 && records.len() == 1).then_some(())
         },
     )
     .await;
-    let points = store.points(&series[0], 0, i64::MAX, 100).await.unwrap();
+    let points = store
+        .points_of(
+            &series[0],
+            0,
+            i64::MAX,
+            fleet::store::durable::Resolution::Newest(100),
+        )
+        .await
+        .unwrap();
     assert_eq!(points[0].1, 2.0, "the new sample stays");
     let records = store.records("web1", "notes", 10).await.unwrap();
     assert_eq!(records.len(), 1, "the old record document is purged");

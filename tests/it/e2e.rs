@@ -190,7 +190,12 @@ async fn controller_outage_loses_nothing(backend: Backend) {
     // The samples of the outage are there, one CPU point per batch.
     let series = store.series("n1", Some("cpu.used_percent")).await.unwrap();
     let points = store
-        .points(&series[0], 0, i64::MAX, 100_000)
+        .points_of(
+            &series[0],
+            0,
+            i64::MAX,
+            fleet::store::durable::Resolution::Newest(100_000),
+        )
         .await
         .unwrap();
     assert_eq!(points.len() as i64, last, "one CPU sample per batch");

@@ -295,7 +295,16 @@ async fn series_per_node_are_bounded(backend: Backend) {
     let mut next = Batch::new("web1", KEY, 2);
     next.body = serde_json::to_vec(&body_with_samples(2, 1)).unwrap();
     assert_eq!(ctl.client().send(&next).await.0, 200);
-    let points = ctl.store.points(&known, 0, i64::MAX, 10).await.unwrap();
+    let points = ctl
+        .store
+        .points_of(
+            &known,
+            0,
+            i64::MAX,
+            fleet::store::durable::Resolution::Newest(10),
+        )
+        .await
+        .unwrap();
     assert_eq!(points.len(), 2);
     ctl.stop().await;
 }

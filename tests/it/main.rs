@@ -16,6 +16,7 @@ mod harness;
 mod heartbeat_owners;
 mod heartbeat_signals;
 mod heartbeats;
+mod history;
 mod hot;
 mod ingest;
 mod local_agent;

@@ -98,79 +98,148 @@ impl Durable {
             .collect()
     }
 
-    /// Points of one series in `[from, to]`, oldest first, from the newest `limit` records of its
-    /// collector (a record without this series, a mount that came and went say, yields no point,
-    /// so fewer than `limit` points may come back).
-    pub async fn points(
-        &self,
-        series: &Series,
-        from_ms: i64,
-        to_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, f64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT ts, points FROM samples \
-             WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
-             ORDER BY ts DESC LIMIT $5",
-        )
-        .bind(&series.node)
-        .bind(&series.collector)
-        .bind(from_ms)
-        .bind(to_ms)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut points = Vec::with_capacity(rows.len());
-        for row in rows.iter().rev() {
-            let ts: i64 = row.try_get(0)?;
-            let packed: Vec<u8> = row.try_get(1)?;
-            if let Some(value) = find_point(&packed, series.id)? {
-                points.push((ts, value));
-            }
-        }
-        Ok(points)
-    }
-
-    /// Points of several series of one node and collector in `[from, to]`, oldest first, thinned
-    /// to at most one record per `bucket_ms` (the newest in each), so a week of 10-second ticks
-    /// charts from a few hundred rows instead of sixty thousand. One list per series, in the
-    /// order given.
+    /// Points of several series of one node and collector in `[from, to]`, oldest first: one
+    /// list per series, in the order given. The one way history is read back, by the API and
+    /// the charts alike (the move onto rollup tiers happens here).
     ///
-    /// Two statements, each with one plan whatever the table's statistics say: the newest
-    /// time of each bucket from the `(node, collector, ts)` index alone, then those rows by
-    /// key. (As one statement with `ts IN (SELECT …)`, PostgreSQL with fresh statistics chose
-    /// a nested loop that took seconds.)
-    pub async fn points_thinned(
+    /// [`Resolution::Newest`] reads every point of the collector's newest records;
+    /// [`Resolution::Buckets`] thins to the newest point of each series in each bucket, so a
+    /// week of 10-second ticks charts from a few hundred rows instead of sixty thousand.
+    pub async fn points(
         &self,
         node: &str,
         collector: &str,
         series_ids: &[i64],
         from_ms: i64,
         to_ms: i64,
-        bucket_ms: i64,
+        resolution: Resolution,
     ) -> Result<Vec<Vec<(i64, f64)>>, StoreError> {
-        let newest: Vec<i64> = sqlx::query_scalar(
-            "SELECT MAX(ts) FROM samples \
-             WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
-             GROUP BY ts / $5",
-        )
-        .bind(node)
-        .bind(collector)
-        .bind(from_ms)
-        .bind(to_ms)
-        .bind(bucket_ms.max(1))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut rows = Vec::with_capacity(newest.len());
+        let rows = match resolution {
+            Resolution::Newest(limit) => {
+                let rows = sqlx::query(
+                    "SELECT ts, points FROM samples \
+                     WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
+                     ORDER BY ts DESC LIMIT $5",
+                )
+                .bind(node)
+                .bind(collector)
+                .bind(from_ms)
+                .bind(to_ms)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                decode_rows(&rows)?
+            }
+            Resolution::Buckets {
+                bucket_ms,
+                interval_ms,
+            } => {
+                let bucket_ms = bucket_ms.max(1);
+                let newest: Vec<i64> = sqlx::query_scalar(
+                    "SELECT MAX(ts) FROM samples \
+                     WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
+                     GROUP BY ts / $5",
+                )
+                .bind(node)
+                .bind(collector)
+                .bind(from_ms)
+                .bind(to_ms)
+                .bind(bucket_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                let rows = self.rows_at(node, collector, &newest).await?;
+                if one_record_holds_all(&rows, series_ids)? {
+                    rows
+                } else {
+                    // A collector that sends one record per item (`check`, `plugin`, an app's
+                    // collector with several parts): the newest record of a bucket holds only
+                    // one item's series, so the others would vanish. Read every record of the
+                    // last few intervals of each bucket instead (still from the index alone)
+                    // and keep each series' newest.
+                    let window = (interval_ms * 3).clamp(1, bucket_ms);
+                    let near_end: Vec<i64> = sqlx::query_scalar(
+                        "SELECT ts FROM samples \
+                         WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
+                         AND ts % $5 >= $6",
+                    )
+                    .bind(node)
+                    .bind(collector)
+                    .bind(from_ms)
+                    .bind(to_ms)
+                    .bind(bucket_ms)
+                    .bind(bucket_ms - window)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut near_end = near_end;
+                    near_end.sort_unstable();
+                    near_end.dedup();
+                    self.rows_at(node, collector, &near_end).await?
+                }
+            }
+        };
+        let mut rows = rows;
+        rows.sort_by_key(|(ts, _)| *ts);
+        let bucket_of = |ts: i64| match resolution {
+            Resolution::Newest(_) => ts,
+            Resolution::Buckets { bucket_ms, .. } => ts.div_euclid(bucket_ms.max(1)),
+        };
+        let mut out: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series_ids.len()];
+        for (ts, packed) in &rows {
+            for (points, id) in out.iter_mut().zip(series_ids) {
+                let Some(value) = find_point(packed, *id)? else {
+                    continue;
+                };
+                // Oldest first, so a later point of the same bucket (or two records of one
+                // tick) replaces the earlier one: each bucket keeps its newest.
+                match points.last_mut() {
+                    Some(last) if bucket_of(last.0) == bucket_of(*ts) => *last = (*ts, value),
+                    _ => points.push((*ts, value)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Durable::points`] of one series.
+    pub async fn points_of(
+        &self,
+        series: &Series,
+        from_ms: i64,
+        to_ms: i64,
+        resolution: Resolution,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let mut lists = self
+            .points(
+                &series.node,
+                &series.collector,
+                &[series.id],
+                from_ms,
+                to_ms,
+                resolution,
+            )
+            .await?;
+        Ok(lists.pop().unwrap_or_default())
+    }
+
+    /// The sample rows of one node and collector at the given times.
+    async fn rows_at(
+        &self,
+        node: &str,
+        collector: &str,
+        times: &[i64],
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let mut rows = Vec::with_capacity(times.len());
         // Bounded lists: SQLite takes at most 32,766 parameters in a statement.
-        for chunk in newest.chunks(1000) {
+        for chunk in times.chunks(1000) {
             let statement = format!(
                 "SELECT ts, points FROM samples WHERE node = $1 AND collector = $2 AND ts IN ({})",
                 placeholders(3, chunk.len())
             );
             // Not prepared and kept: each list length is its own statement, and a plan kept
             // for one (PostgreSQL's generic plan after five runs) scanned every row of the
-            // node's collector instead of looking the times up.
+            // node's collector instead of looking the times up. (As one statement with
+            // `ts IN (SELECT …)`, PostgreSQL with fresh statistics chose a nested loop that
+            // took seconds: hence two statements, each with one plan.)
             let mut query = sqlx::query(&statement)
                 .persistent(false)
                 .bind(node)
@@ -178,27 +247,9 @@ impl Durable {
             for ts in chunk {
                 query = query.bind(*ts);
             }
-            rows.extend(query.fetch_all(&self.pool).await?);
+            rows.extend(decode_rows(&query.fetch_all(&self.pool).await?)?);
         }
-        let mut rows: Vec<(i64, Vec<u8>)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, StoreError>>()?;
-        rows.sort_by_key(|(ts, _)| *ts);
-        let mut out: Vec<Vec<(i64, f64)>> = vec![Vec::with_capacity(rows.len()); series_ids.len()];
-        for (ts, packed) in &rows {
-            for (points, id) in out.iter_mut().zip(series_ids) {
-                // Two records of one tick (a collector that sent twice in a millisecond):
-                // one point, from whichever has the series.
-                if points.last().is_some_and(|(last, _)| last == ts) {
-                    continue;
-                }
-                if let Some(value) = find_point(packed, *id)? {
-                    points.push((*ts, value));
-                }
-            }
-        }
-        Ok(out)
+        Ok(rows)
     }
 
     /// Durable records of one node and collector, newest first.
@@ -228,4 +279,39 @@ impl Durable {
             })
             .collect()
     }
+}
+
+/// How finely [`Durable::points`] reads a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Every point of the collector's newest this-many records in the range (a record without
+    /// the series, a mount that came and went say, yields no point, so fewer may come back).
+    Newest(i64),
+    /// The newest point of each series in each bucket of `bucket_ms` (buckets counted from the
+    /// epoch). `interval_ms` is how often the node reports: a collector with one record per
+    /// item is read over the last three intervals of each bucket.
+    Buckets { bucket_ms: i64, interval_ms: i64 },
+}
+
+fn decode_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Whether every row holds every one of `series_ids` (or nearly: a series missing from more
+/// than one row in eight means the collector's records are split by item).
+fn one_record_holds_all(rows: &[(i64, Vec<u8>)], series_ids: &[i64]) -> Result<bool, StoreError> {
+    for id in series_ids {
+        let mut missing = 0;
+        for (_, packed) in rows {
+            if find_point(packed, *id)?.is_none() {
+                missing += 1;
+            }
+        }
+        if missing * 8 > rows.len() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -32,7 +32,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 pub use error::{Fault, StoreError, redact_url};
-pub use history::{LedgerEntry, Series};
+pub use history::{LedgerEntry, Resolution, Series};
 pub use ingest::{IngestBatch, IngestOutcome, LedgerKey, SeriesCache};
 pub use nodes::{IngestStream, NodeStatusRow};
 pub(super) use sql::placeholders;

@@ -14,7 +14,7 @@ use super::chart::{self, Line, Unit};
 use super::pages;
 use super::session::Viewer;
 use crate::model::metric;
-use crate::store::durable::Series;
+use crate::store::durable::{Resolution, Series};
 use crate::web::error::ApiError;
 use crate::web::{ApiQuery, AppState};
 
@@ -190,7 +190,17 @@ async fn charts(
     for (collector, ids) in by_collector {
         let lists = state
             .durable
-            .points_thinned(node, collector, &ids, from, now, bucket)
+            .points(
+                node,
+                collector,
+                &ids,
+                from,
+                now,
+                Resolution::Buckets {
+                    bucket_ms: bucket,
+                    interval_ms,
+                },
+            )
             .await?;
         points_of.extend(ids.into_iter().zip(lists));
     }
@@ -420,20 +430,30 @@ pub async fn sparkline(
     let from = now - Range::Hour.ms();
     let series = state.durable.series(&name, Some(metric)).await?;
     let bucket = Range::Hour.ms() / SPARK_POINTS;
-    let points = match series.first() {
-        Some(s) => state
-            .durable
-            .points_thinned(&name, &s.collector, &[s.id], from, now, bucket)
-            .await?
-            .pop()
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
     let interval_ms = state
         .durable
         .node_status(&name)
         .await?
         .map_or(10_000, |s| s.interval_ms);
+    let points = match series.first() {
+        Some(s) => state
+            .durable
+            .points(
+                &name,
+                &s.collector,
+                &[s.id],
+                from,
+                now,
+                Resolution::Buckets {
+                    bucket_ms: bucket,
+                    interval_ms,
+                },
+            )
+            .await?
+            .pop()
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let svg = chart::sparkline(&points, from, now, 100.0, gap_ms(bucket, interval_ms));
     Ok((
         [
