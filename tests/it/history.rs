@@ -20,7 +20,8 @@ async fn thinning_keeps_every_item_of_a_collector_that_sends_one_record_per_item
     let client = ctl.client();
     let interval_ms = 10_000;
     let minute = 60_000;
-    // Two hours of ticks ending at a minute's end, so every bucket is whole.
+    // Two hours of ticks ending at a minute's end, so every bucket is whole (b's last record,
+    // a millisecond later, is the next minute's, outside the range read).
     let end = fleet::timefmt::now_ms() / minute * minute - 1;
     let ticks = 720;
     let start = end - (ticks - 1) * interval_ms;
@@ -57,7 +58,7 @@ async fn thinning_keeps_every_item_of_a_collector_that_sends_one_record_per_item
             "check",
             &ids,
             start,
-            end + 1,
+            end,
             Resolution::Buckets {
                 bucket_ms: minute,
                 interval_ms,

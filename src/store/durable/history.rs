@@ -114,6 +114,9 @@ impl Durable {
         to_ms: i64,
         resolution: Resolution,
     ) -> Result<Vec<Vec<(i64, f64)>>, StoreError> {
+        if from_ms > to_ms {
+            return Ok(vec![Vec::new(); series_ids.len()]);
+        }
         let rows = match resolution {
             Resolution::Newest(limit) => {
                 let rows = sqlx::query(
@@ -134,12 +137,12 @@ impl Durable {
                 bucket_ms,
                 interval_ms,
             } => {
-                let bucket_ms = bucket_ms.max(1);
-                let newest: Vec<i64> = sqlx::query_scalar(
-                    "SELECT MAX(ts) FROM samples \
-                     WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
-                     GROUP BY ts / $5",
-                )
+                // A range of more buckets than a chart has pixels is read coarser.
+                let bucket_ms = bucket_ms.max((to_ms - from_ms) / BUCKETS_MAX).max(1);
+                let newest: Vec<Option<i64>> = sqlx::query_scalar(&format!(
+                    "{BUCKETS} SELECT (SELECT MAX(ts) FROM samples \
+                     WHERE node = $1 AND collector = $2 AND ts >= lo AND ts < hi) FROM buckets"
+                ))
                 .bind(node)
                 .bind(collector)
                 .bind(from_ms)
@@ -147,6 +150,7 @@ impl Durable {
                 .bind(bucket_ms)
                 .fetch_all(&self.pool)
                 .await?;
+                let newest: Vec<i64> = newest.into_iter().flatten().collect();
                 let rows = self.rows_at(node, collector, &newest).await?;
                 if one_record_holds_all(&rows, series_ids)? {
                     rows
@@ -154,23 +158,22 @@ impl Durable {
                     // A collector that sends one record per item (`check`, `plugin`, an app's
                     // collector with several parts): the newest record of a bucket holds only
                     // one item's series, so the others would vanish. Read every record of the
-                    // last few intervals of each bucket instead (still from the index alone)
-                    // and keep each series' newest.
+                    // last few intervals of each bucket instead and keep each series' newest.
                     let window = (interval_ms * 3).clamp(1, bucket_ms);
-                    let near_end: Vec<i64> = sqlx::query_scalar(
-                        "SELECT ts FROM samples \
-                         WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
-                         AND ts % $5 >= $6",
-                    )
+                    let mut near_end: Vec<i64> = sqlx::query_scalar(&format!(
+                        "{BUCKETS} SELECT s.ts FROM buckets JOIN samples s \
+                         ON s.node = $1 AND s.collector = $2 \
+                         AND s.ts >= CASE WHEN hi - $6 > lo THEN hi - $6 ELSE lo END \
+                         AND s.ts < hi"
+                    ))
                     .bind(node)
                     .bind(collector)
                     .bind(from_ms)
                     .bind(to_ms)
                     .bind(bucket_ms)
-                    .bind(bucket_ms - window)
+                    .bind(window)
                     .fetch_all(&self.pool)
                     .await?;
-                    let mut near_end = near_end;
                     near_end.sort_unstable();
                     near_end.dedup();
                     self.rows_at(node, collector, &near_end).await?
@@ -181,7 +184,9 @@ impl Durable {
         rows.sort_by_key(|(ts, _)| *ts);
         let bucket_of = |ts: i64| match resolution {
             Resolution::Newest(_) => ts,
-            Resolution::Buckets { bucket_ms, .. } => ts.div_euclid(bucket_ms.max(1)),
+            Resolution::Buckets { bucket_ms, .. } => {
+                ts.div_euclid(bucket_ms.max((to_ms - from_ms) / BUCKETS_MAX).max(1))
+            }
         };
         let mut out: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series_ids.len()];
         for (ts, packed) in &rows {
@@ -280,6 +285,19 @@ impl Durable {
             .collect()
     }
 }
+
+/// Buckets of one read at most: a chart is a few hundred pixels wide.
+const BUCKETS_MAX: i64 = 2_000;
+
+/// The buckets of a thinned read as rows `(lo, hi)`: `[from, to]` (`$3`, `$4`) cut at multiples
+/// of the bucket length (`$5`), the first and last cut short at the range's ends. Each bucket's
+/// rows are then found by an index seek of its own, so a read costs buckets × log(rows), not
+/// every row of a week (measured on SQLite: 7 d of 10 s ticks, 12 ms as one `GROUP BY` scan,
+/// 2–4 ms by seeks). Written with CASE, which both engines have (not MIN/LEAST).
+const BUCKETS: &str = "WITH RECURSIVE buckets(lo, hi) AS ( \
+    SELECT $3, CASE WHEN $3 / $5 * $5 + $5 > $4 THEN $4 + 1 ELSE $3 / $5 * $5 + $5 END \
+    UNION ALL \
+    SELECT hi, CASE WHEN hi + $5 > $4 THEN $4 + 1 ELSE hi + $5 END FROM buckets WHERE hi <= $4)";
 
 /// How finely [`Durable::points`] reads a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
