@@ -64,10 +64,13 @@ fn binary(value: f64) -> String {
 }
 
 /// One line of a chart.
+#[derive(Default)]
 pub struct Line {
     pub label: String,
     /// (ms since the epoch, value), oldest first.
     pub points: Vec<(i64, f64)>,
+    /// Its colour, when it means something (5xx in red); else the next of [`COLOURS`].
+    pub colour: Option<&'static str>,
 }
 
 /// Line colours, told apart by the legend's text as well (a chart is readable without them).
@@ -149,6 +152,9 @@ pub struct Chart<'a> {
     pub gap_ms: i64,
     pub lines: &'a [Line],
     pub thresholds: &'a [Threshold],
+    /// Said instead of drawing when every point is zero (no swap, no requests): a flat line at
+    /// zero tells nothing a sentence does not.
+    pub idle: Option<&'a str>,
 }
 
 /// A line chart of `lines` over `[from_ms, to_ms]`, with the value axis in `unit`; without
@@ -164,6 +170,7 @@ pub fn line_chart(c: &Chart) -> Markup {
         gap_ms,
         lines,
         thresholds,
+        idle,
     } = *c;
     let span = (to_ms - from_ms).max(1);
     let max = lines
@@ -185,11 +192,17 @@ pub fn line_chart(c: &Chart) -> Markup {
                 _ => 'M',
             };
             d.push_str(&format!("{command}{:.1} {:.1}", x(ts), y(v)));
+            // A point alone (a line's first, or after a gap) is drawn as a dot: a move with
+            // nothing after it draws nothing.
+            if command == 'M' {
+                d.push_str("l0 0");
+            }
             previous = Some(ts);
         }
         d
     };
     let any_points = lines.iter().any(|l| !l.points.is_empty());
+    let all_zero = lines.iter().all(|l| l.points.iter().all(|p| p.1 == 0.0));
     let x_ticks: Vec<i64> = (0..=4).map(|i| from_ms + span * i / 4).collect();
     let y_ticks = [0.0, top / 2.0, top];
     html! {
@@ -197,6 +210,8 @@ pub fn line_chart(c: &Chart) -> Markup {
             figcaption { strong { (title) } }
             @if !any_points {
                 p.muted.empty { "No " (title.to_lowercase()) " data in this range." }
+            } @else if let Some(idle) = idle.filter(|_| all_zero) {
+                p.muted.empty { (idle) }
             } @else {
                 svg viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } role="img"
                     aria-label={ (title) ", " (axis_time(from_ms, span)) " to " (axis_time(to_ms, span)) " UTC" }
@@ -219,8 +234,8 @@ pub fn line_chart(c: &Chart) -> Markup {
                         }
                     }
                     @for (i, l) in lines.iter().enumerate() {
-                        path d=(path_of(&l.points)) fill="none" stroke=(COLOURS[i % COLOURS.len()])
-                            stroke-width="1.5" vector-effect="non-scaling-stroke" {
+                        path d=(path_of(&l.points)) fill="none" stroke=(colour(l, i))
+                            stroke-width="1.5" stroke-linecap="round" vector-effect="non-scaling-stroke" {
                             title { (l.label) }
                         }
                     }
@@ -231,7 +246,7 @@ pub fn line_chart(c: &Chart) -> Markup {
                             // A square drawn in the line's colour with SVG's `fill`, which
                             // is an attribute, not a style: the CSP allows no inline style.
                             svg.swatch viewBox="0 0 1 1" aria-hidden="true" {
-                                rect width="1" height="1" fill=(COLOURS[i % COLOURS.len()]) {}
+                                rect width="1" height="1" fill=(colour(l, i)) {}
                             }
                             (l.label) ": "
                             @match l.points.last() {
@@ -259,6 +274,11 @@ pub fn line_chart(c: &Chart) -> Markup {
             }
         }
     }
+}
+
+/// The colour of the `i`th line.
+fn colour(line: &Line, i: usize) -> &'static str {
+    line.colour.unwrap_or(COLOURS[i % COLOURS.len()])
 }
 
 /// A state of a strip: its class (`state-up`, `state-warning`, …), word and fill colour.
@@ -359,7 +379,24 @@ mod tests {
             gap_ms: 15,
             lines,
             thresholds: &[],
+            idle: None,
         }
+    }
+
+    #[test]
+    fn an_idle_chart_says_so_in_one_line() {
+        let lines = [Line {
+            label: "used".into(),
+            points: vec![(0, 0.0), (10, 0.0)],
+            ..Default::default()
+        }];
+        let html = line_chart(&Chart {
+            idle: Some("No swap in use in this range."),
+            ..chart("s", "Swap", Unit::Bytes, &lines)
+        })
+        .into_string();
+        assert!(html.contains("No swap in use in this range."), "{html}");
+        assert!(!html.contains("<svg"), "{html}");
     }
 
     #[test]
@@ -367,6 +404,7 @@ mod tests {
         let lines = [Line {
             label: "load".into(),
             points: vec![(0, 1.0), (10, 2.0)],
+            ..Default::default()
         }];
         let thresholds = [Threshold {
             class: "crit",
@@ -433,6 +471,7 @@ mod tests {
         let lines = [Line {
             label: "cpu".into(),
             points: vec![(0, 10.0), (10, 20.0), (100, 30.0)],
+            ..Default::default()
         }];
         let svg = line_chart(&chart("c", "CPU", Unit::Percent, &lines)).into_string();
         let d = svg
@@ -444,6 +483,7 @@ mod tests {
             .unwrap();
         assert_eq!(d.matches('M').count(), 2, "{d}");
         assert_eq!(d.matches('L').count(), 1, "{d}");
+        assert_eq!(d.matches("l0 0").count(), 2, "each start is a dot: {d}");
         assert!(
             svg.contains("30 %"),
             "the legend says the latest value: {svg}"
@@ -455,6 +495,7 @@ mod tests {
         let lines = [Line {
             label: "swap".into(),
             points: vec![],
+            ..Default::default()
         }];
         let html = line_chart(&chart("s", "Swap", Unit::Bytes, &lines)).into_string();
         assert!(html.contains("No swap data in this range."), "{html}");
@@ -466,6 +507,7 @@ mod tests {
         let lines = [Line {
             label: "<script>x</script>".into(),
             points: vec![(0, 1.0)],
+            ..Default::default()
         }];
         let html = line_chart(&chart("n", "Network", Unit::Number, &lines)).into_string();
         assert!(!html.contains("<script>"), "{html}");

@@ -84,6 +84,7 @@ struct Plan {
     metrics: String,
     lines: Vec<(String, Series)>,
     thresholds: Vec<Threshold>,
+    idle: Option<&'static str>,
 }
 
 impl Plan {
@@ -95,16 +96,22 @@ impl Plan {
             metrics: String::new(),
             lines: Vec::new(),
             thresholds: Vec::new(),
+            idle: None,
         }
     }
 
-    fn add(&mut self, label: impl Into<String>, series: &Series) {
+    /// Names the series' metric as this chart's, without a line of its own.
+    fn add_metric(&mut self, series: &Series) {
         if !self.metrics.split(' ').any(|m| m == series.name) {
             if !self.metrics.is_empty() {
                 self.metrics.push(' ');
             }
             self.metrics.push_str(&series.name);
         }
+    }
+
+    fn add(&mut self, label: impl Into<String>, series: &Series) {
+        self.add_metric(series);
         if self.lines.len() < LINES_MAX {
             self.lines.push((label.into(), series.clone()));
         }
@@ -215,18 +222,28 @@ fn unit_of(name: &str) -> Unit {
 /// in any attribute and selector, with a short hash so two names that clean alike stay apart.
 pub fn element_id(prefix: &str, parts: &[&str]) -> String {
     use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    parts.hash(&mut hasher);
     let mut id = prefix.to_owned();
+    let mut cleaned = false;
     for part in parts {
         id.push('-');
-        id.extend(
-            part.chars()
-                .map(|c| c.to_ascii_lowercase())
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .take(40),
-        );
+        for (i, c) in part.chars().enumerate() {
+            let kept = if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '-'
+            };
+            cleaned |= kept != c || i >= 40;
+            if i < 40 {
+                id.push(kept);
+            }
+        }
     }
+    if !cleaned {
+        // `chart-plugin-load`: a plain name is its own id.
+        return id;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut hasher);
     format!("{id}-{:04x}", hasher.finish() & 0xffff)
 }
 
@@ -366,6 +383,9 @@ async fn gather(
     let mut host = Vec::new();
     for (id, title, unit, metrics) in HOST_CHARTS {
         let mut plan = Plan::new(id, title, unit);
+        if id == "chart-swap" {
+            plan.idle = Some("No swap in use in this range.");
+        }
         plan.metrics = metrics
             .iter()
             .map(|(m, _)| *m)
@@ -410,6 +430,9 @@ async fn gather(
         Plan::new("chart-web-bytes", "Bytes sent", Unit::BytesPerSecond),
         Plan::new("chart-web-time", "Request time", Unit::Millis),
     ];
+    for plan in &mut traffic {
+        plan.idle = Some("No requests in this range.");
+    }
     // (total, 5xx) series pairs for the error share, by log.
     let mut shares: Vec<(Series, Series)> = Vec::new();
     for s in web
@@ -430,7 +453,11 @@ async fn gather(
         };
         match s.name.as_str() {
             "web.requests_per_second" => {
-                let class = s.labels.get("class").map_or("all", String::as_str);
+                // The total is drawn as the classes' sum; it is the error share's divisor.
+                let Some(class) = s.labels.get("class").map(String::as_str) else {
+                    traffic[0].add_metric(s);
+                    continue;
+                };
                 traffic[0].add(with_log(class), s);
                 if class == "5xx" {
                     let total = web.iter().find(|t| {
@@ -444,7 +471,7 @@ async fn gather(
                     }
                 }
             }
-            "web.bytes_per_second" => traffic[1].add(with_log(""), s),
+            "web.bytes_per_second" => traffic[1].add(with_log("sent"), s),
             "web.request_time_avg_ms" => traffic[2].add(with_log("mean"), s),
             "web.request_time_max_ms" => traffic[2].add(with_log("slowest"), s),
             _ => {}
@@ -638,7 +665,10 @@ async fn gather(
             .map(|(label, s)| Line {
                 label: label.clone(),
                 points: points.get(&s.id).cloned().unwrap_or_default(),
+                colour: s.labels.get("class").and_then(|c| class_colour(c)),
             })
+            // A status class nobody was answered with in the range is not a line at zero.
+            .filter(|l| plan.id != "chart-web-requests" || l.points.iter().any(|p| p.1 != 0.0))
             .collect();
         super::chart::line_chart(&Chart {
             id: &plan.id,
@@ -650,6 +680,7 @@ async fn gather(
             gap_ms: gap,
             lines: &lines,
             thresholds: &plan.thresholds,
+            idle: plan.idle,
         })
     };
 
@@ -671,6 +702,7 @@ async fn gather(
                     points.get(&total.id).map_or(&[][..], Vec::as_slice),
                     points.get(&errors.id).map_or(&[][..], Vec::as_slice),
                 ),
+                colour: class_colour("5xx"),
             })
             .collect();
         charts.push(super::chart::line_chart(&Chart {
@@ -683,6 +715,7 @@ async fn gather(
             gap_ms: gap,
             lines: &share_lines,
             thresholds: &[],
+            idle: Some("No server errors in this range."),
         }));
         charts.push(draw(&traffic[1]));
         charts.push(draw(&traffic[2]));
@@ -828,6 +861,17 @@ async fn gather(
     Ok(g)
 }
 
+/// The colour of a status class's line: what people expect of them.
+fn class_colour(class: &str) -> Option<&'static str> {
+    match class {
+        "2xx" => Some("#1a7f37"),
+        "3xx" => Some("#0969da"),
+        "4xx" => Some("#9a6700"),
+        "5xx" => Some("#cf222e"),
+        _ => None,
+    }
+}
+
 /// 5xx requests as a percentage of all, at the times both were measured.
 fn error_share(total: &[(i64, f64)], errors: &[(i64, f64)]) -> Vec<(i64, f64)> {
     let errors: HashMap<i64, f64> = errors.iter().copied().collect();
@@ -927,6 +971,11 @@ mod tests {
             "{a}"
         );
         assert_ne!(a, element_id("chart-plugin", &["<img src=y>"]));
+        assert_eq!(element_id("chart-plugin", &["load"]), "chart-plugin-load");
+        assert_ne!(
+            element_id("chart-plugin", &["Load"]),
+            element_id("chart-plugin", &["load"])
+        );
     }
 
     #[test]

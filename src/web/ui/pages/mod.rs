@@ -78,6 +78,7 @@ svg.strip { width: 8rem; height: .8rem; display: block; }
 .status.state-down, .status.state-critical { color: var(--down); }
 .status.state-warning { color: var(--stale); } .status.state-unknown { color: var(--muted); }
 td.cert.soon { color: var(--stale); font-weight: 600; }
+#check-table .status, #check-table td.num { white-space: nowrap; }
 details.raw summary { cursor: pointer; } details.raw pre { max-height: 20rem; }
 section.app { border-top: 1px solid #eaeef2; margin-top: 1rem; }
 table.app-fields th { width: 12rem; font-weight: 600; }

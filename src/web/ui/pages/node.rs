@@ -148,7 +148,8 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
                     table.tail {
                         thead { tr { th { "When" } th { "Collector" } th { "Record" } } }
                         tbody #tail data-keep=(TAIL_ON_SCREEN) {
-                            @for e in entries { (tail_row(e, now_ms)) }
+                            // The stream's cursor counts every entry read; the screen shows the newest.
+                            @for e in entries.iter().take(TAIL_ON_SCREEN) { (tail_row(e, now_ms)) }
                         }
                     }
                     @if entries.is_empty() {

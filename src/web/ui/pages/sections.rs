@@ -86,7 +86,7 @@ fn checks(g: &Gathered, view: &View, now: i64) -> Markup {
                 tbody {
                     @for item in &g.items {
                         tr data-kind=(item.kind) data-name=(item.name) {
-                            td { (item.name) span.muted { " " (item.kind) } }
+                            td { (item.name) }
                             td {
                                 @match item.value {
                                     Some(v) => {
@@ -164,23 +164,23 @@ fn lines(g: &Gathered, view: &View, now: i64) -> Markup {
         } @else {
             p.muted { "The newest " (LOG_LINES) " shipped lines at most, newest first." }
             table #log-table {
-                thead { tr { th { "When" } th { "Log" } th.num { "Status" } th { "Method" } th { "Path" } th.num { "Bytes" } } }
+                thead { tr { th { "When" } th.num { "Status" } th { "Method" } th { "Path" } th.num { "Bytes" } th { "Log" } } }
                 tbody {
                     @for l in &g.lines {
                         @if l.data.get("line").is_some() || l.data.get("status").is_none() {
                             tr.raw {
                                 td { (at(l.ts_ms, now)) }
-                                td { (l.log) }
                                 td.message colspan="4" { code { (text_of(&l.data, "line")) } }
+                                td { (l.log) }
                             }
                         } @else {
                             tr.access {
                                 td { (at(l.ts_ms, now)) }
-                                td { (l.log) }
                                 td.num { (text_of(&l.data, "status")) }
                                 td { (text_of(&l.data, "method")) }
                                 td.message { code { (text_of(&l.data, "path")) } }
                                 td.num { (text_of(&l.data, "body_bytes_sent")) }
+                                td { (l.log) }
                             }
                         }
                     }
