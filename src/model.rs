@@ -247,6 +247,39 @@ impl Sample {
     }
 }
 
+/// The collectors the agent itself fills, which apps may not take: a trailing `.` takes every
+/// name it begins (the log tail's `logs.NAME`, `tail.NAME`, `web.NAME`). Any other collector
+/// of a node is an app's (the app socket's).
+pub const AGENT_COLLECTORS: [&str; 11] = [
+    "system",
+    "disk",
+    "network",
+    "processes",
+    "check",
+    "plugin",
+    "nginx",
+    "agent",
+    "logs.",
+    "tail.",
+    "web.",
+];
+
+/// Whether `pattern` (a name, or a prefix ending in `.`) names `collector`.
+fn names_collector(pattern: &str, collector: &str) -> bool {
+    if pattern.ends_with('.') {
+        collector.starts_with(pattern)
+    } else {
+        collector == pattern
+    }
+}
+
+/// Whether `collector` is one the agent fills itself (see [`AGENT_COLLECTORS`]).
+pub fn is_agent_collector(collector: &str) -> bool {
+    AGENT_COLLECTORS
+        .iter()
+        .any(|pattern| names_collector(pattern, collector))
+}
+
 /// What one collector produced at one tick on one node: a JSON document for the hot ring and the
 /// live view, plus the numeric samples kept as history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -395,14 +428,7 @@ impl Record {
             }
         };
         check_collector_name("collector", &collector)?;
-        let taken = |r: &&str| {
-            if r.ends_with('.') {
-                collector.starts_with(*r)
-            } else {
-                collector == *r
-            }
-        };
-        if reserved.iter().any(taken) {
+        if reserved.iter().any(|r| names_collector(r, &collector)) {
             return Err(InvalidInput::new(
                 "collector",
                 format!("{collector:?} is the agent's own; name yours differently"),

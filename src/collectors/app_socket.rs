@@ -49,21 +49,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// and a client inventing a name per item must not grow that without end.
 pub const APP_COLLECTORS_MAX: usize = 64;
 
-/// Collector names apps may not take: the agent's own (a trailing `.` takes every name it
-/// begins: the log tail's `logs.NAME`, `tail.NAME`, `web.NAME`).
-pub const RESERVED: [&str; 11] = [
-    "system",
-    "disk",
-    "network",
-    "processes",
-    "check",
-    "plugin",
-    "nginx",
-    "agent",
-    "logs.",
-    "tail.",
-    "web.",
-];
+/// Collector names apps may not take: the agent's own.
+pub use crate::model::AGENT_COLLECTORS as RESERVED;
 
 /// Items handed to the inbox, waiting to hear that they were spooled.
 type Waiting = (usize, tokio::sync::oneshot::Receiver<bool>);

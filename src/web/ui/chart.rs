@@ -15,6 +15,10 @@ pub enum Unit {
     BytesPerSecond,
     /// A plain number (load).
     Number,
+    /// Milliseconds (request time, latency): "12 ms", "1.50 s".
+    Millis,
+    /// Events per second (requests): "4.50/s".
+    PerSecond,
 }
 
 impl Unit {
@@ -24,14 +28,20 @@ impl Unit {
             Unit::Percent => format!("{value:.0} %"),
             Unit::Bytes => binary(value),
             Unit::BytesPerSecond => format!("{}/s", binary(value)),
-            Unit::Number => {
-                if value.abs() >= 100.0 {
-                    format!("{value:.0}")
-                } else {
-                    format!("{value:.2}")
-                }
-            }
+            Unit::Number => plain(value),
+            Unit::Millis if value.abs() >= 1000.0 => format!("{:.2} s", value / 1000.0),
+            Unit::Millis => format!("{} ms", plain(value)),
+            Unit::PerSecond => format!("{}/s", plain(value)),
         }
+    }
+}
+
+/// A number with two decimals, or none from 100 up.
+fn plain(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
     }
 }
 
@@ -116,22 +126,50 @@ fn axis_time(ms: i64, span_ms: i64) -> String {
     }
 }
 
-/// A line chart of `lines` over `[from_ms, to_ms]`, with the value axis in `unit`. A gap in the
-/// points longer than `gap_ms` breaks the line (the node sent nothing then), so an outage shows
-/// as a gap rather than a straight line across it.
-pub fn line_chart(
-    id: &str,
-    title: &str,
-    unit: Unit,
-    from_ms: i64,
-    to_ms: i64,
-    gap_ms: i64,
-    lines: &[Line],
-) -> Markup {
+/// A value drawn across a chart as a dashed line: a plugin's warning or critical threshold.
+pub struct Threshold {
+    /// `warn` or `crit`: the line's class and colour.
+    pub class: &'static str,
+    pub label: String,
+    pub value: f64,
+}
+
+/// What a line chart draws.
+pub struct Chart<'a> {
+    /// The figure's element id: what the live stream replaces.
+    pub id: &'a str,
+    pub title: &'a str,
+    pub unit: Unit,
+    /// The metric names drawn, space-separated (`data-metric`): says which series are where.
+    pub metrics: &'a str,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// A gap in the points longer than this breaks the line (the node sent nothing then), so
+    /// an outage shows as a gap rather than a straight line across it.
+    pub gap_ms: i64,
+    pub lines: &'a [Line],
+    pub thresholds: &'a [Threshold],
+}
+
+/// A line chart of `lines` over `[from_ms, to_ms]`, with the value axis in `unit`; without
+/// any point, one line of text instead.
+pub fn line_chart(c: &Chart) -> Markup {
+    let Chart {
+        id,
+        title,
+        unit,
+        metrics,
+        from_ms,
+        to_ms,
+        gap_ms,
+        lines,
+        thresholds,
+    } = *c;
     let span = (to_ms - from_ms).max(1);
     let max = lines
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.1))
+        .chain(thresholds.iter().map(|t| t.value))
         .fold(0.0_f64, f64::max);
     let top = axis_top(unit, max);
     let plot_w = WIDTH - LEFT - RIGHT;
@@ -155,7 +193,7 @@ pub fn line_chart(
     let x_ticks: Vec<i64> = (0..=4).map(|i| from_ms + span * i / 4).collect();
     let y_ticks = [0.0, top / 2.0, top];
     html! {
-        figure.chart id=(id) {
+        figure.chart id=(id) data-metric=(metrics) {
             figcaption { strong { (title) } }
             @if !any_points {
                 p.muted.empty { "No " (title.to_lowercase()) " data in this range." }
@@ -172,6 +210,13 @@ pub fn line_chart(
                         text x=(x(*t)) y=(HEIGHT - 6.0)
                             text-anchor=(if *t == from_ms { "start" } else if *t == to_ms { "end" } else { "middle" })
                             font-size="11" fill="#57606a" { (axis_time(*t, span)) }
+                    }
+                    @for t in thresholds {
+                        line class=(t.class) x1=(LEFT) x2=(WIDTH - RIGHT) y1=(y(t.value)) y2=(y(t.value))
+                            stroke=(if t.class == "crit" { "#cf222e" } else { "#9a6700" })
+                            stroke-dasharray="6 4" vector-effect="non-scaling-stroke" {
+                            title { (t.label) ": " (unit.format(t.value)) }
+                        }
                     }
                     @for (i, l) in lines.iter().enumerate() {
                         path d=(path_of(&l.points)) fill="none" stroke=(COLOURS[i % COLOURS.len()])
@@ -200,7 +245,68 @@ pub fn line_chart(
                         }
                     }
                 }
+                @if !thresholds.is_empty() {
+                    p.muted.axis-note {
+                        "Dashed: "
+                        @for (i, t) in thresholds.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            (t.label) " " (unit.format(t.value))
+                        }
+                        "."
+                    }
+                }
                 p.muted.axis-note { "Times in UTC." }
+            }
+        }
+    }
+}
+
+/// A state of a strip: its class (`state-up`, `state-warning`, …), word and fill colour.
+pub struct StripState {
+    pub class: &'static str,
+    pub word: &'static str,
+    pub fill: &'static str,
+}
+
+/// A history strip: the state over `[from_ms, to_ms]` as coloured stretches, one per run of
+/// equal states (`state_of` names a value's state); nothing where no point came for longer
+/// than `gap_ms`. Each stretch says its state and times on hover.
+pub fn strip(
+    points: &[(i64, f64)],
+    from_ms: i64,
+    to_ms: i64,
+    gap_ms: i64,
+    state_of: impl Fn(f64) -> StripState,
+    label: &str,
+) -> Markup {
+    const W: f64 = 120.0;
+    const H: f64 = 12.0;
+    let span = (to_ms - from_ms).max(1) as f64;
+    let x = |ms: i64| ((ms - from_ms) as f64 / span * W).clamp(0.0, W);
+    // Runs of one state: (start, end, value).
+    let mut runs: Vec<(i64, i64, f64)> = Vec::new();
+    for (i, &(ts, v)) in points.iter().enumerate() {
+        let next = points.get(i + 1).map(|p| p.0);
+        let end = match next {
+            Some(n) if n - ts <= gap_ms => n,
+            Some(_) => ts + gap_ms / 3,
+            None => (ts + gap_ms / 3).min(to_ms).max(ts),
+        };
+        match runs.last_mut() {
+            Some(last) if last.1 == ts && state_of(last.2).class == state_of(v).class => last.1 = end,
+            _ => runs.push((ts, end, v)),
+        }
+    }
+    html! {
+        svg.strip viewBox={ "0 0 " (W) " " (H) } preserveAspectRatio="none" role="img"
+            aria-label={ (label) " over the range" } {
+            rect width=(W) height=(H) fill="#f6f8fa" {}
+            @for (start, end, v) in &runs {
+                @let state = state_of(*v);
+                rect class=(state.class) x=(x(*start)) width=((x(*end) - x(*start)).max(0.5)) height=(H)
+                    fill=(state.fill) {
+                    title { (state.word) ", " (crate::timefmt::rfc3339(*start)) " to " (crate::timefmt::rfc3339(*end)) }
+                }
             }
         }
     }
@@ -240,6 +346,54 @@ pub fn sparkline(points: &[(i64, f64)], from_ms: i64, to_ms: i64, top: f64, gap_
 mod tests {
     use super::*;
 
+    fn chart<'a>(id: &'a str, title: &'a str, unit: Unit, lines: &'a [Line]) -> Chart<'a> {
+        Chart {
+            id,
+            title,
+            unit,
+            metrics: "m",
+            from_ms: 0,
+            to_ms: 100,
+            gap_ms: 15,
+            lines,
+            thresholds: &[],
+        }
+    }
+
+    #[test]
+    fn thresholds_are_dashed_lines_within_the_axis() {
+        let lines = [Line {
+            label: "load".into(),
+            points: vec![(0, 1.0), (10, 2.0)],
+        }];
+        let thresholds = [Threshold {
+            class: "crit",
+            label: "load critical".into(),
+            value: 10.0,
+        }];
+        let html = line_chart(&Chart {
+            thresholds: &thresholds,
+            ..chart("p", "Load", Unit::Number, &lines)
+        })
+        .into_string();
+        assert!(html.contains("<line class=\"crit\""), "{html}");
+        assert!(html.contains("load critical 10.00"), "{html}");
+        assert!(html.contains("data-metric=\"m\""), "{html}");
+    }
+
+    #[test]
+    fn a_strip_draws_one_stretch_per_run_of_a_state() {
+        let state = |v: f64| StripState {
+            class: if v > 0.5 { "state-up" } else { "state-down" },
+            word: if v > 0.5 { "up" } else { "down" },
+            fill: "#000",
+        };
+        let points = [(0, 1.0), (10, 1.0), (20, 0.0), (30, 0.0), (40, 1.0)];
+        let html = strip(&points, 0, 50, 15, state, "web").into_string();
+        assert_eq!(html.matches("class=\"state-up\"").count(), 2, "{html}");
+        assert_eq!(html.matches("class=\"state-down\"").count(), 1, "{html}");
+    }
+
     #[test]
     fn units_read_as_people_write_them() {
         assert_eq!(Unit::Percent.format(42.4), "42 %");
@@ -278,7 +432,7 @@ mod tests {
             label: "cpu".into(),
             points: vec![(0, 10.0), (10, 20.0), (100, 30.0)],
         }];
-        let svg = line_chart("c", "CPU", Unit::Percent, 0, 100, 15, &lines).into_string();
+        let svg = line_chart(&chart("c", "CPU", Unit::Percent, &lines)).into_string();
         let d = svg
             .split(" d=\"")
             .nth(1)
@@ -300,7 +454,7 @@ mod tests {
             label: "swap".into(),
             points: vec![],
         }];
-        let html = line_chart("s", "Swap", Unit::Bytes, 0, 100, 15, &lines).into_string();
+        let html = line_chart(&chart("s", "Swap", Unit::Bytes, &lines)).into_string();
         assert!(html.contains("No swap data in this range."), "{html}");
         assert!(!html.contains("<svg"), "{html}");
     }
@@ -311,7 +465,7 @@ mod tests {
             label: "<script>x</script>".into(),
             points: vec![(0, 1.0)],
         }];
-        let html = line_chart("n", "Network", Unit::Number, 0, 100, 15, &lines).into_string();
+        let html = line_chart(&chart("n", "Network", Unit::Number, &lines)).into_string();
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"), "{html}");
     }

@@ -439,6 +439,10 @@ pub struct NodeLiveQuery {
     tail: Option<String>,
     /// Only this collector's records (the page's collector filter).
     collector: Option<String>,
+    /// The page's chart range, vhost and log filter: the sections sent are drawn with them.
+    range: Option<String>,
+    vhost: Option<String>,
+    lines: Option<String>,
 }
 
 /// Where a node's stream is: the event cursor and, per collector, the ring sequence number of
@@ -515,6 +519,16 @@ pub async fn node(
     if let Err(e) = crate::model::NodeName::parse(&name) {
         return ApiError::bad_request(e.to_string()).into_response();
     }
+    let view = match (|| {
+        Ok::<_, ApiError>(super::sections::View {
+            range: super::node::Range::parse(query.range.as_deref())?,
+            vhost: super::node::filter_text("vhost", query.vhost.clone())?,
+            lines: super::node::filter_text("lines", query.lines.clone())?,
+        })
+    })() {
+        Ok(view) => view,
+        Err(refused) => return refused.into_response(),
+    };
     let only = match super::node::collector_filter(query.collector) {
         Ok(only) => only,
         Err(refused) => return refused.into_response(),
@@ -567,6 +581,8 @@ pub async fn node(
             state,
             name,
             only,
+            view,
+            interval_ms: 10_000,
             cursor,
             vitals: None,
             pending: VecDeque::new(),
@@ -581,6 +597,10 @@ struct LiveNode {
     name: String,
     /// Only this collector's records in the tail.
     only: Option<String>,
+    /// What the page's sections show: they are drawn again with it as new records arrive.
+    view: super::sections::View,
+    /// The node's reporting interval, as last read.
+    interval_ms: i64,
     cursor: NodeCursor,
     /// What the vitals block showed as last sent.
     vitals: Option<RowKey>,
@@ -602,12 +622,22 @@ impl LiveNode {
                     .push_back(replace(pages::node_vitals(&summary, now).into_string()).into());
             }
             self.vitals = Some(key);
+            if let Some(seconds) = summary.interval_seconds {
+                self.interval_ms = (seconds * 1000.0) as i64;
+            }
         }
         // New records, oldest first so the newest ends up on top. A burst of more records
         // than one read holds shows its newest: the tail is a view of the ring, the store
-        // keeps them all.
-        if let Ok(entries) = super::node::tail(&self.state, &self.name, self.only.as_deref()).await
+        // keeps them all. Every collector is read, whatever the tail's filter: the sections
+        // its records feed are drawn again.
+        let mut read = super::node::tail(&self.state, &self.name, None).await;
+        if let (Ok(entries), Some(only)) = (&mut read, self.only.as_deref())
+            && !entries.iter().any(|e| e.collector == only)
+            && let Ok(more) = super::node::tail(&self.state, &self.name, Some(only)).await
         {
+            entries.extend(more);
+        }
+        if let Ok(entries) = read {
             // Collectors gone from the ring leave the cursor, so it stays one a reconnect
             // can send back.
             self.cursor
@@ -622,14 +652,39 @@ impl LiveNode {
                         .is_none_or(|seen| e.seq > *seen)
                 })
                 .collect();
+            let fed: std::collections::BTreeSet<super::sections::Section> = fresh
+                .iter()
+                .flat_map(|e| super::sections::Section::fed_by(&e.collector))
+                .copied()
+                .collect();
             for entry in in_sending_order(fresh) {
                 let newest = self.cursor.tail.entry(entry.collector.clone()).or_default();
                 *newest = (*newest).max(entry.seq);
+                if self.only.as_ref().is_some_and(|o| *o != entry.collector) {
+                    continue;
+                }
                 self.pending.push_back(
                     prepend("tail", pages::tail_row(&entry, now).into_string())
                         .id(self.cursor.encode())
                         .into(),
                 );
+            }
+            // The sections these records feed, drawn again as a reload would draw them. A
+            // section that cannot be read now stays as it was; the next record tries again.
+            if !fed.is_empty()
+                && let Ok(sections) = super::sections::sections(
+                    &self.state,
+                    &self.name,
+                    &self.view,
+                    self.interval_ms,
+                    now,
+                    &fed,
+                )
+                .await
+            {
+                for (_, html) in sections {
+                    self.pending.push_back(replace(html.into_string()).into());
+                }
             }
         }
         // The node's new events. The follower reads the whole log (the node filter is

@@ -9,6 +9,7 @@ pub mod live;
 pub mod logs;
 pub mod node;
 pub mod pages;
+pub mod sections;
 pub mod session;
 
 use std::net::SocketAddr;

@@ -10,17 +10,19 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
-use super::chart::{self, Line, Unit};
+use super::chart;
 use super::pages;
+use super::sections::{self, Section, View, gap_ms};
 use super::session::Viewer;
 use crate::model::metric;
-use crate::store::durable::{Resolution, Series};
+use crate::store::durable::Resolution;
 use crate::web::error::ApiError;
 use crate::web::{ApiQuery, AppState};
 
 /// The ranges a node page offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Range {
+    #[default]
     Hour,
     SixHours,
     Day,
@@ -49,7 +51,7 @@ impl Range {
             }
     }
 
-    fn parse(text: Option<&str>) -> Result<Self, ApiError> {
+    pub fn parse(text: Option<&str>) -> Result<Self, ApiError> {
         match text {
             None | Some("") => Ok(Range::Hour),
             Some(t) => Range::ALL
@@ -60,165 +62,16 @@ impl Range {
     }
 }
 
-/// Points per chart line at most: about one per two pixels of a chart's width.
-const CHART_POINTS: i64 = 300;
-/// Lines on one chart at most (a host with 40 interfaces shows the busiest-named first).
-const LINES_MAX: usize = 8;
 /// Entries in each list of the node page.
 const LIST_LIMIT: i64 = 20;
 /// Collectors in the tail, and records shown of each.
 pub const TAIL_COLLECTORS_MAX: usize = 16;
 pub const TAIL_PER_COLLECTOR: usize = 10;
-
-/// One chart of the node page: which metric, how to label its lines.
-struct ChartSpec {
-    id: &'static str,
-    title: &'static str,
-    unit: Unit,
-    /// (metric name, the line's label when the series has no labels).
-    metrics: &'static [(&'static str, &'static str)],
-}
-
-const CHARTS: [ChartSpec; 6] = [
-    ChartSpec {
-        id: "chart-cpu",
-        title: "CPU",
-        unit: Unit::Percent,
-        metrics: &[
-            (metric::CPU_USED_PERCENT, "used"),
-            ("cpu.user_percent", "user"),
-            ("cpu.system_percent", "system"),
-            ("cpu.iowait_percent", "iowait"),
-        ],
-    },
-    ChartSpec {
-        id: "chart-memory",
-        title: "Memory",
-        unit: Unit::Percent,
-        metrics: &[(metric::MEMORY_USED_PERCENT, "used")],
-    },
-    ChartSpec {
-        id: "chart-swap",
-        title: "Swap",
-        unit: Unit::Bytes,
-        metrics: &[("swap.used_bytes", "used")],
-    },
-    ChartSpec {
-        id: "chart-disk",
-        title: "Disk",
-        unit: Unit::Percent,
-        metrics: &[(metric::DISK_USED_PERCENT, "used")],
-    },
-    ChartSpec {
-        id: "chart-network",
-        title: "Network",
-        unit: Unit::BytesPerSecond,
-        metrics: &[
-            ("net.rx_bytes_per_sec", "received"),
-            ("net.tx_bytes_per_sec", "sent"),
-        ],
-    },
-    ChartSpec {
-        id: "chart-load",
-        title: "Load",
-        unit: Unit::Number,
-        metrics: &[
-            (metric::LOAD1, "1 min"),
-            ("load.5", "5 min"),
-            ("load.15", "15 min"),
-        ],
-    },
-];
-
-/// A series' line label: the metric's own word, then its labels (`received eth0`).
-fn line_label(word: &str, series: &Series) -> String {
-    let mut label = word.to_owned();
-    for value in series.labels.values() {
-        label.push(' ');
-        label.push_str(value);
-    }
-    label
-}
-
-/// How long without a point breaks a line: three buckets, or three of the node's intervals.
-fn gap_ms(bucket_ms: i64, interval_ms: i64) -> i64 {
-    (bucket_ms * 3).max(interval_ms * 3).max(1)
-}
+/// Tail rows kept on screen as new ones arrive: older ones are a link away.
+pub const TAIL_ON_SCREEN: usize = 50;
 
 /// Points on a sparkline: one per pixel of its width.
 const SPARK_POINTS: i64 = 80;
-
-/// The node page's charts, each a rendered figure.
-async fn charts(
-    state: &AppState,
-    node: &str,
-    range: Range,
-    interval_ms: i64,
-    now: i64,
-) -> Result<Vec<maud::Markup>, ApiError> {
-    let all = state.durable.series(node, None).await?;
-    let from = now - range.ms();
-    let bucket = range.ms() / CHART_POINTS;
-    let gap = gap_ms(bucket, interval_ms);
-    // Each chart's series, in the spec's order, loopback interfaces left out (always idle or
-    // always busy, never what an operator looks for).
-    let chosen: Vec<Vec<(&Series, &str)>> = CHARTS
-        .iter()
-        .map(|spec| {
-            spec.metrics
-                .iter()
-                .flat_map(|(name, word)| {
-                    all.iter()
-                        .filter(move |s| s.name == *name)
-                        .filter(|s| s.labels.get("interface").is_none_or(|i| i != "lo"))
-                        .map(move |s| (s, *word))
-                })
-                .take(LINES_MAX)
-                .collect()
-        })
-        .collect();
-    // One read per collector for every chart's series in it: CPU, memory, swap and load all
-    // come from `system`, which is read once.
-    let mut by_collector: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
-    for (series, _) in chosen.iter().flatten() {
-        by_collector
-            .entry(series.collector.as_str())
-            .or_default()
-            .push(series.id);
-    }
-    let mut points_of: std::collections::HashMap<i64, Vec<(i64, f64)>> = Default::default();
-    for (collector, ids) in by_collector {
-        let lists = state
-            .durable
-            .points(
-                node,
-                collector,
-                &ids,
-                from,
-                now,
-                Resolution::Buckets {
-                    bucket_ms: bucket,
-                    interval_ms,
-                },
-            )
-            .await?;
-        points_of.extend(ids.into_iter().zip(lists));
-    }
-    Ok(CHARTS
-        .iter()
-        .zip(&chosen)
-        .map(|(spec, lines)| {
-            let lines: Vec<Line> = lines
-                .iter()
-                .map(|(series, word)| Line {
-                    label: line_label(word, series),
-                    points: points_of.get(&series.id).cloned().unwrap_or_default(),
-                })
-                .collect();
-            chart::line_chart(spec.id, spec.title, spec.unit, from, now, gap, &lines)
-        })
-        .collect())
-}
 
 #[cfg(test)]
 mod tests {
@@ -234,7 +87,10 @@ mod tests {
         let d = svg.split(" d=\"").nth(1).unwrap();
         assert_eq!(d.matches('M').count(), 1, "{svg}");
         // A slow agent (every 5 min) on a 1 h chart: its points are not gaps either.
-        assert_eq!(gap_ms(Range::Hour.ms() / CHART_POINTS, 300_000), 900_000);
+        assert_eq!(
+            gap_ms(Range::Hour.ms() / sections::CHART_POINTS, 300_000),
+            900_000
+        );
     }
 }
 
@@ -244,6 +100,34 @@ pub struct NodeQuery {
     range: Option<String>,
     /// Only this collector's records in the tail.
     collector: Option<String>,
+    /// The vhost of the traffic charts.
+    vhost: Option<String>,
+    /// Only shipped log lines containing this text.
+    lines: Option<String>,
+}
+
+/// Text a page query carries for a filter: bounded, and none when empty.
+pub fn filter_text(what: &str, given: Option<String>) -> Result<Option<String>, ApiError> {
+    match given.filter(|t| !t.trim().is_empty()) {
+        Some(t) if t.len() > FILTER_MAX => Err(ApiError::bad_request(format!(
+            "{what}: at most {FILTER_MAX} bytes"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// Longest filter text a page takes, in bytes.
+const FILTER_MAX: usize = 200;
+
+impl NodeQuery {
+    /// The data sections' view this query asks for.
+    pub fn view(&mut self) -> Result<View, ApiError> {
+        Ok(View {
+            range: Range::parse(self.range.as_deref())?,
+            vhost: filter_text("vhost", self.vhost.take())?,
+            lines: filter_text("lines", self.lines.take())?,
+        })
+    }
 }
 
 /// The tail's collector filter from a query string: none, or one valid collector name.
@@ -263,16 +147,24 @@ pub async fn node_page(
     State(state): State<Arc<AppState>>,
     viewer: Viewer,
     Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<NodeQuery>,
+    ApiQuery(mut query): ApiQuery<NodeQuery>,
 ) -> Result<Response, ApiError> {
-    let range = Range::parse(query.range.as_deref())?;
+    let view = query.view()?;
     let only = collector_filter(query.collector)?;
     let summary = crate::web::api::node_summary(&state, &name).await?;
     let now = crate::timefmt::now_ms();
     let interval_ms = summary
         .interval_seconds
         .map_or(10_000, |s| (s * 1000.0) as i64);
-    let charts = charts(&state, &name, range, interval_ms, now).await?;
+    let sections = sections::sections(
+        &state,
+        &name,
+        &view,
+        interval_ms,
+        now,
+        &Section::ALL.into_iter().collect(),
+    )
+    .await?;
     // Read before the events: whatever commits after it reaches the page live.
     let latest_event = state.durable.last_event_id().await?;
     let events = state
@@ -303,8 +195,8 @@ pub async fn node_page(
             (&viewer.who, &viewer.csrf),
             &pages::NodePage {
                 summary: &summary,
-                range,
-                charts,
+                view: &view,
+                sections,
                 events: &events,
                 latest_event,
                 commands: &commands,

@@ -13,6 +13,7 @@ mod login;
 mod logs;
 mod node;
 mod overview;
+pub mod sections;
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -72,6 +73,14 @@ ul.legend { list-style: none; padding: 0; margin: .3rem 0 0; font-size: .9rem; }
 .swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .3rem; vertical-align: middle; }
 .axis-note { font-size: .8rem; margin: .2rem 0 0; }
 td.spark img { display: block; }
+svg.strip { width: 8rem; height: .8rem; display: block; }
+.status.state-up, .status.state-ok { color: var(--up); }
+.status.state-down, .status.state-critical { color: var(--down); }
+.status.state-warning { color: var(--stale); } .status.state-unknown { color: var(--muted); }
+td.cert.soon { color: var(--stale); font-weight: 600; }
+details.raw summary { cursor: pointer; } details.raw pre { max-height: 20rem; }
+section.app { border-top: 1px solid #eaeef2; margin-top: 1rem; }
+table.app-fields th { width: 12rem; font-weight: 600; }
 section.send { border: 1px solid #d0d7de; padding: .5rem 1rem; }
 body.offline header::after { content: "live updates paused: reconnecting…"; color: var(--stale); }
 @media (max-width: 40rem) {
@@ -111,7 +120,8 @@ function prepend(data) {
   if (old) { old.replaceWith(fresh); return; }
   into.prepend(fresh);
   fresh.classList.add("fresh");
-  while (into.children.length > KEEP) into.lastElementChild.remove();
+  const keep = Number(into.dataset.keep) || KEEP;
+  while (into.children.length > keep) into.lastElementChild.remove();
   const empty = into.closest("section, main").querySelector(".empty[data-until-rows]");
   if (empty) empty.remove();
 }

@@ -11,15 +11,21 @@ use super::{
     state_word, when,
 };
 use crate::web::api::NodeSummary;
-use crate::web::ui::node::{Range, TailEntry};
+use crate::web::ui::node::{Range, TAIL_ON_SCREEN, TailEntry};
+use crate::web::ui::sections::{Section, View};
 
-/// One record of a node's live tail.
+/// One record of a node's live tail: a one-line summary, the JSON folded under it.
 pub fn tail_row(entry: &TailEntry, now_ms: i64) -> Markup {
     html! {
         tr id=(entry.element_id()) {
             td { (at(entry.ts_ms, now_ms)) }
             td { (entry.collector) }
-            td.record { code { (compact_json(&entry.data, 600)) } }
+            td.record {
+                details.raw {
+                    summary { code { (compact_json(&entry.data, 120)) } }
+                    pre { (serde_json::to_string_pretty(&entry.data).unwrap_or_default()) }
+                }
+            }
         }
     }
 }
@@ -27,8 +33,9 @@ pub fn tail_row(entry: &TailEntry, now_ms: i64) -> Markup {
 /// What the node page shows.
 pub struct NodePage<'a> {
     pub summary: &'a NodeSummary,
-    pub range: Range,
-    pub charts: Vec<Markup>,
+    pub view: &'a View,
+    /// The data sections, rendered, in page order.
+    pub sections: Vec<(Section, Markup)>,
     pub events: &'a [crate::store::events::EventEntry],
     /// The newest event id when the page was made: the live stream starts after it.
     pub latest_event: i64,
@@ -76,6 +83,13 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
             if let Some(only) = p.only {
                 q.append_pair("collector", only);
             }
+            q.append_pair("range", p.view.range.as_str());
+            if let Some(vhost) = &p.view.vhost {
+                q.append_pair("vhost", vhost);
+            }
+            if let Some(lines) = &p.view.lines {
+                q.append_pair("lines", lines);
+            }
         }
         format!("/live/nodes/{}?{}", n.name, url.query().unwrap_or_default())
     };
@@ -99,7 +113,7 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
             nav.ranges aria-label="Chart range" {
                 "Range: "
                 @for r in Range::ALL {
-                    @if r == p.range {
+                    @if r == p.view.range {
                         strong aria-current="true" { (r.as_str()) }
                     } @else {
                         a href={ "/nodes/" (n.name) "?range=" (r.as_str())
@@ -108,13 +122,14 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
                     " "
                 }
             }
-            div.charts { @for c in &p.charts { (c) } }
+            @for (_, section) in &p.sections { (section) }
             h2 { "Live tail" }
-            p.muted { "The newest records of each collector, newest first; new ones appear as they arrive." }
+            p.muted { "The newest records of each collector, newest first; new ones appear as they arrive (the newest " (TAIL_ON_SCREEN) " stay on screen; "
+                a href={ "/api/v1/nodes/" (n.name) "/recent/" (p.only.unwrap_or("system")) "?limit=100" } { "older ones from the API" } ")." }
             @if p.collectors.len() > 1 || p.only.is_some() {
                 nav.ranges aria-label="Collectors" {
                     "Collector: "
-                    @let base = format!("/nodes/{}?range={}", n.name, p.range.as_str());
+                    @let base = format!("/nodes/{}?range={}", n.name, p.view.range.as_str());
                     @if p.only.is_none() { strong aria-current="true" { "all" } } @else { a href=(base) { "all" } }
                     " "
                     @for c in p.collectors {
@@ -132,7 +147,7 @@ pub fn node_page(viewer: (&str, &str), p: &NodePage, now_ms: i64) -> Markup {
                 Ok(entries) => {
                     table.tail {
                         thead { tr { th { "When" } th { "Collector" } th { "Record" } } }
-                        tbody #tail {
+                        tbody #tail data-keep=(TAIL_ON_SCREEN) {
                             @for e in entries { (tail_row(e, now_ms)) }
                         }
                     }
