@@ -1010,8 +1010,9 @@ async fn the_live_node_page_sends_new_records_vitals_and_events(backend: Backend
         seq("network", t1 - 2).await,
         seq("system", t1).await,
     );
-    let live =
-        format!("/live/nodes/web1?after={other}&tail=disk%3A{d1}+network%3A{n1}+system%3A{s1}");
+    let live = format!(
+        "/live/nodes/web1?after={other}&tail=disk%3A{d1}+network%3A{n1}+system%3A{s1}&range=1h"
+    );
     assert!(
         page.contains(&format!("data-live=\"{}\"", live.replace('&', "&amp;"))),
         "{page}"
@@ -1056,17 +1057,25 @@ async fn the_live_node_page_sends_new_records_vitals_and_events(backend: Backend
     ui.ingest("web1", KEY1, 2, system_records(t2, 77.0)).await;
     let mut seen = Vec::new();
     let mut vitals = None;
-    while seen.len() < 3 || vitals.is_none() {
-        let e = sse
-            .next(LIVE_WAIT)
-            .await
-            .unwrap_or_else(|| panic!("the batch's records and vitals; got {seen:#?} {vitals:?}"));
+    let mut host = None;
+    while seen.len() < 3 || vitals.is_none() || host.is_none() {
+        let e = sse.next(LIVE_WAIT).await.unwrap_or_else(|| {
+            panic!("the batch's records, vitals and host charts; got {seen:#?} {vitals:?}")
+        });
         match e.event.as_str() {
-            "replace" => vitals = Some(e),
+            "replace" if e.data.contains("id=\"vitals\"") => vitals = Some(e),
+            // The sections the batch's collectors feed are drawn again.
+            "replace" if e.data.starts_with("<section id=\"host\"") => host = Some(e),
+            "replace" => assert!(e.data.starts_with("<section id=\"other\""), "{e:?}"),
             "prepend" => seen.push(e),
             other => panic!("{other}: {e:?}"),
         }
     }
+    let host = host.unwrap();
+    assert!(
+        host.data.contains("<strong>77 %</strong> now"),
+        "the CPU chart says the new value: {host:?}"
+    );
     assert!(
         !seen.iter().any(|e| e.data.contains("another node")),
         "{seen:#?}"

@@ -293,7 +293,9 @@ pub fn strip(
             None => (ts + gap_ms / 3).min(to_ms).max(ts),
         };
         match runs.last_mut() {
-            Some(last) if last.1 == ts && state_of(last.2).class == state_of(v).class => last.1 = end,
+            Some(last) if last.1 == ts && state_of(last.2).class == state_of(v).class => {
+                last.1 = end
+            }
             _ => runs.push((ts, end, v)),
         }
     }

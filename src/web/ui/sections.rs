@@ -136,7 +136,12 @@ const HOST_CHARTS: [HostChart; 6] = [
         Unit::Percent,
         &[(metric::MEMORY_USED_PERCENT, "used")],
     ),
-    ("chart-swap", "Swap", Unit::Bytes, &[("swap.used_bytes", "used")]),
+    (
+        "chart-swap",
+        "Swap",
+        Unit::Bytes,
+        &[("swap.used_bytes", "used")],
+    ),
     (
         "chart-disk",
         "Disk",
@@ -430,7 +435,7 @@ async fn gather(
                 if class == "5xx" {
                     let total = web.iter().find(|t| {
                         t.name == s.name
-                            && t.labels.get("class").is_none()
+                            && !t.labels.contains_key("class")
                             && t.labels.get("vhost") == s.labels.get("vhost")
                             && t.labels.get("log") == s.labels.get("log")
                     });
@@ -713,10 +718,9 @@ async fn gather(
             };
             let since_ms = value.and_then(|v| {
                 let now_class = state_of(v).class;
-                let changed = list
-                    .windows(2)
-                    .rev()
-                    .find(|w| state_of(w[0].1).class != now_class && state_of(w[1].1).class == now_class);
+                let changed = list.windows(2).rev().find(|w| {
+                    state_of(w[0].1).class != now_class && state_of(w[1].1).class == now_class
+                });
                 changed.map(|w| w[1].0)
             });
             let data = record.map(|r| &r["data"]);
@@ -754,7 +758,8 @@ async fn gather(
                 strip: super::chart::strip(list, from, now, gap, state_of, &name),
             });
         }
-        g.items.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        g.items
+            .sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         g.item_charts = perf_list.iter().map(draw).collect();
     }
     if which.contains(&Section::Processes) {
@@ -809,7 +814,10 @@ async fn gather(
                     .get(collector)
                     .map(|plans| plans.iter().map(draw).collect())
                     .unwrap_or_default(),
-                fields: newest.as_ref().map(|r| fields(&r["data"])).unwrap_or_default(),
+                fields: newest
+                    .as_ref()
+                    .map(|r| fields(&r["data"]))
+                    .unwrap_or_default(),
                 ts_ms: newest.as_ref().and_then(|r| r["ts"].as_i64()),
             });
         }

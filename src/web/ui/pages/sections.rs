@@ -8,9 +8,7 @@ use serde_json::Value;
 
 use super::{at, when};
 use crate::web::ui::chart::Unit;
-use crate::web::ui::sections::{
-    Gathered, LOG_LINES, Section, View, check_state, plugin_state,
-};
+use crate::web::ui::sections::{Gathered, LOG_LINES, Section, View, check_state, plugin_state};
 
 /// The element id of a section.
 pub fn section_id(s: Section) -> &'static str {
@@ -32,7 +30,7 @@ pub fn section(s: Section, g: &Gathered, view: &View, base: &str, now: i64) -> M
         Section::Traffic => traffic(g, view, base),
         Section::Checks => checks(g, view, now),
         Section::Processes => processes(g, now),
-        Section::Lines => lines(g, view, base, now),
+        Section::Lines => lines(g, view, now),
         Section::Apps => apps(g, now),
         Section::Other => other(g),
     };
@@ -149,8 +147,7 @@ fn processes(g: &Gathered, now: i64) -> Markup {
     }
 }
 
-fn lines(g: &Gathered, view: &View, base: &str, now: i64) -> Markup {
-    let _ = base;
+fn lines(g: &Gathered, view: &View, now: i64) -> Markup {
     html! {
         h2 { "Log lines" }
         form.filters method="get" {
