@@ -20,7 +20,7 @@ use fantoccini::elements::Element;
 use serde_json::Value;
 
 use crate::browser::{self, Browser, WAIT, mark_page, page_was_not_reloaded};
-use crate::harness::{Client, Env, InProcess, Process, node};
+use crate::harness::{Backend, Client, Env, InProcess, Process, node};
 
 const NODE: &str = "web1";
 const KEY: &str = "key-of-web1-0123456789";
@@ -629,7 +629,7 @@ fn data_metrics(html: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
     let started = Instant::now();
-    let env = Env::new(crate::harness::Backend::Embedded).await;
+    let env = Env::new(Backend::Embedded).await;
     let traffic = Extras {
         traffic: true,
         ..Extras::default()
@@ -1109,6 +1109,23 @@ async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
     found.assert_none();
 }
 
+/// What the CPU chart draws: its lines' `d` and its legend's text.
+async fn cpu_chart(b: &Browser) -> String {
+    b.client
+        .execute(
+            "const f = document.querySelector('section#host figure#chart-cpu'); \
+             if (!f) return ''; \
+             const d = Array.from(f.querySelectorAll('svg path')).map(p => p.getAttribute('d')); \
+             const legend = f.querySelector('ul.legend'); \
+             return JSON.stringify([d, legend ? legend.textContent : null]);",
+            vec![],
+        )
+        .await
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// How many rows `tbody#tail` holds.
 async fn tail_rows(b: &Browser) -> usize {
     b.client
@@ -1167,7 +1184,7 @@ async fn app_fields(app: &Element) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_page_follows_new_lines_and_states_live() {
     let started = Instant::now();
-    let env = Env::new(crate::harness::Backend::Embedded).await;
+    let env = Env::new(Backend::Embedded).await;
     let traffic = Extras {
         traffic: true,
         ..Extras::default()
@@ -1181,12 +1198,9 @@ async fn the_node_page_follows_new_lines_and_states_live() {
     b.goto(PAGE).await;
     row_in_state(&b, "check", "web-port", "up", "up").await;
     row_in_state(&b, "plugin", "load", "WARNING", "warning").await;
-    let cpu_before = b
-        .element("the CPU chart", "section#host figure#chart-cpu")
-        .await
-        .html(false)
-        .await
-        .unwrap();
+    b.element("the CPU chart", "section#host figure#chart-cpu svg path")
+        .await;
+    let cpu_before = cpu_chart(&b).await;
     let requests_before = legend(&b, "chart-web-requests").await;
     mark_page(&b).await;
 
@@ -1230,22 +1244,21 @@ async fn the_node_page_follows_new_lines_and_states_live() {
     );
     assert!(page_was_not_reloaded(&b).await);
 
-    // The host charts follow too (new points every second): the CPU chart's markup changes.
-    b.until(
-        "figure#chart-cpu to change (a new point, a new \"now\") without a reload",
-        async |b| {
-            let now = b
-                .client
-                .find(Locator::Css("section#host figure#chart-cpu"))
-                .await
-                .ok()?
-                .html(false)
-                .await
-                .ok()?;
-            (now != cpu_before).then_some(())
-        },
-    )
-    .await;
+    // The host charts follow too (new points every second): the CPU chart's lines or its
+    // legend's values change.
+    let cpu_after = b
+        .until(
+            &format!(
+                "figure#chart-cpu's lines (path d) or legend to change without a reload; \
+                 before: {cpu_before}"
+            ),
+            async |b| {
+                let now = cpu_chart(b).await;
+                (now != cpu_before).then_some(now)
+            },
+        )
+        .await;
+    eprintln!("the CPU chart before: {cpu_before}\nafter: {cpu_after}");
     let requests_after = legend(&b, "chart-web-requests").await;
     eprintln!("requests legend before {requests_before:?}, after {requests_after:?}");
     assert!(
@@ -1358,7 +1371,7 @@ async fn assert_nothing_made(b: &Browser, when: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn markup_from_the_node_is_shown_never_run() {
     let started = Instant::now();
-    let env = Env::new(crate::harness::Backend::Embedded).await;
+    let env = Env::new(Backend::Embedded).await;
     let s = Scenario::start(&env, Extras::default()).await;
     append(
         &s.log,
@@ -1463,9 +1476,8 @@ fn url_encode(text: &str) -> String {
 /// 5: every series the node reports (the API's list) is drawn on some chart of the page:
 /// its metric name is in some `data-metric`. Plain HTTP, with an nginx `stub_status` check as
 /// well so `nginx.*` series are among them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_series_of_the_node_is_on_some_chart_of_its_page() {
-    let env = Env::new(crate::harness::Backend::Embedded).await;
+async fn every_series_of_the_node_is_on_some_chart_of_its_page(backend: Backend) {
+    let env = Env::new(backend).await;
     let extras = Extras {
         nginx_status: true,
         traffic: true,
@@ -1527,6 +1539,8 @@ async fn every_series_of_the_node_is_on_some_chart_of_its_page() {
     );
     s.stop().await;
 }
+
+crate::both_backends!(every_series_of_the_node_is_on_some_chart_of_its_page);
 
 #[test]
 fn data_metric_attributes_are_read_whole_and_split() {
