@@ -19,13 +19,13 @@ use fantoccini::{Client, Locator};
 
 use crate::harness::{Backend, Env, InProcess, free_port, node};
 
-const TOKEN: &str = "browser-test-operator-token";
+pub(crate) const TOKEN: &str = "browser-test-operator-token";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// How long any one wait for the browser lasts. Generous: Chromium starts slowly on a busy
 /// two-core machine while the rest of the suite runs.
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// Where the screenshots go: next to the test binary's own target dir, so a custom
 /// CARGO_TARGET_DIR (as scripts/test sets) is honoured.
@@ -103,15 +103,15 @@ impl Drop for Driver {
 }
 
 /// A headless Chromium session on the dashboard at `base`.
-struct Browser {
-    client: Client,
-    base: String,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
+    pub(crate) base: String,
     // Dropped after the client: ends chromedriver and Chromium.
     _driver: Driver,
 }
 
 impl Browser {
-    async fn open(env: &Env, base: &str) -> Self {
+    pub(crate) async fn open(env: &Env, base: &str) -> Self {
         let driver = Driver::start(env.dir.path());
         let profile = env.dir.path().join("chromium-profile");
         let args = [
@@ -167,11 +167,11 @@ impl Browser {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn goto(&self, path: &str) {
+    pub(crate) async fn goto(&self, path: &str) {
         let url = self.url(path);
         self.client
             .goto(&url)
@@ -179,7 +179,7 @@ impl Browser {
             .unwrap_or_else(|e| panic!("the browser could not open {url}: {e}"));
     }
 
-    async fn current_url(&self) -> reqwest::Url {
+    pub(crate) async fn current_url(&self) -> reqwest::Url {
         self.client
             .current_url()
             .await
@@ -187,7 +187,7 @@ impl Browser {
     }
 
     /// The visible text of the page, for assertions and failure messages.
-    async fn text(&self) -> String {
+    pub(crate) async fn text(&self) -> String {
         match self.client.find(Locator::Css("body")).await {
             Ok(body) => body.text().await.unwrap_or_default(),
             Err(_) => String::new(),
@@ -196,7 +196,11 @@ impl Browser {
 
     /// Polls `check` until it gives a value; fails saying what was expected and what the
     /// browser showed instead.
-    async fn until<T>(&self, what: &str, mut check: impl AsyncFnMut(&Self) -> Option<T>) -> T {
+    pub(crate) async fn until<T>(
+        &self,
+        what: &str,
+        mut check: impl AsyncFnMut(&Self) -> Option<T>,
+    ) -> T {
         let started = Instant::now();
         loop {
             if let Some(value) = check(self).await {
@@ -214,13 +218,13 @@ impl Browser {
     }
 
     /// Waits for the first element that matches `css`.
-    async fn element(&self, what: &str, css: &str) -> fantoccini::elements::Element {
+    pub(crate) async fn element(&self, what: &str, css: &str) -> fantoccini::elements::Element {
         self.until(what, async |b| b.client.find(Locator::Css(css)).await.ok())
             .await
     }
 
     /// Waits until the page's URL has this path (on the dashboard's origin).
-    async fn at_path(&self, path: &str) {
+    pub(crate) async fn at_path(&self, path: &str) {
         let origin = reqwest::Url::parse(&self.base).expect("the dashboard's URL");
         self.until(&format!("to be at {path}"), async |b| {
             let url = b.current_url().await;
@@ -250,7 +254,7 @@ impl Browser {
     }
 
     /// From logged out: `/`, redirected to the login page, logged in, on the overview.
-    async fn log_in(&self) {
+    pub(crate) async fn log_in(&self) {
         self.goto("/").await;
         self.at_path("/login").await;
         self.submit_login(TOKEN).await;
@@ -285,7 +289,7 @@ impl Browser {
 
     /// Fails on any CSP refusal since the last look: an inline style or script, or a load
     /// from elsewhere, that the policy blocked is a page that does not work as written.
-    async fn assert_no_csp_violations(&self, when: &str) {
+    pub(crate) async fn assert_no_csp_violations(&self, when: &str) {
         let refused = self.csp_violations().await;
         assert!(
             refused.is_empty(),
@@ -296,7 +300,7 @@ impl Browser {
 
     /// Saves a PNG of what the browser shows as `name.png`, after checking that the page
     /// (and every page since the last check) broke no CSP rule.
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         self.assert_no_csp_violations(&format!("up to the page kept as {name}.png"))
             .await;
         let png = self
@@ -315,7 +319,7 @@ impl Browser {
     }
 
     /// Ends the session, after checking that no page since the last check broke a CSP rule.
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.assert_no_csp_violations("on the last pages of the test")
             .await;
         let Self {
@@ -352,7 +356,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
 }
 
 /// A controller in process whose operator token is `TOKEN`, with these static nodes.
-async fn controller(env: &Env, nodes: Vec<fleet::config::StaticNode>) -> InProcess {
+pub(crate) async fn controller(env: &Env, nodes: Vec<fleet::config::StaticNode>) -> InProcess {
     let mut config = env.controller_config();
     config.api_tokens = vec![TOKEN.into()];
     config.nodes = nodes;
@@ -747,14 +751,14 @@ fn system_batch(node: &str, key: &str, seq: u64, cpu: f64, memory: f64) -> crate
 }
 
 /// Marks the page so a later check can tell it was not reloaded.
-async fn mark_page(b: &Browser) {
+pub(crate) async fn mark_page(b: &Browser) {
     b.client
         .execute("window.__notReloaded = true; return true", vec![])
         .await
         .expect("run a script on the page");
 }
 
-async fn page_was_not_reloaded(b: &Browser) -> bool {
+pub(crate) async fn page_was_not_reloaded(b: &Browser) -> bool {
     b.client
         .execute("return window.__notReloaded === true", vec![])
         .await
@@ -764,7 +768,7 @@ async fn page_was_not_reloaded(b: &Browser) -> bool {
 }
 
 /// Waits for an element's text to contain `text`.
-async fn element_with_text(b: &Browser, what: &str, css: &str, text: &str) -> String {
+pub(crate) async fn element_with_text(b: &Browser, what: &str, css: &str, text: &str) -> String {
     b.until(what, async |b| {
         let el = b.client.find(Locator::Css(css)).await.ok()?;
         let shown = el.text().await.ok()?;

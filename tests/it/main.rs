@@ -23,6 +23,7 @@ mod local_agent;
 mod massaffect;
 mod nats;
 mod node_auth;
+mod node_page;
 mod quotas;
 mod record_bounds;
 mod refusals;
