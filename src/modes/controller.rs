@@ -27,6 +27,8 @@ pub struct Running {
     /// Where the first token was saved.
     pub token_file: Option<PathBuf>,
     pub durable: Durable,
+    /// The hot ring it serves the newest records from.
+    pub hot: Arc<HotStore>,
     /// The enrolled nodes and tokens it serves by: re-read after enrolling the local agent, so
     /// the agent's first requests are admitted.
     registry: Arc<Registry>,
@@ -166,7 +168,7 @@ pub async fn start(
         ingest_limits: config.ingest.clone(),
         registry: registry.clone(),
         durable: durable.clone(),
-        hot,
+        hot: hot.clone(),
         status: config.status.clone(),
         commands: commands.clone(),
         node_auth: node_auth.clone(),
@@ -253,6 +255,7 @@ pub async fn start(
         first_token,
         token_file,
         durable,
+        hot,
         registry,
         task,
     })

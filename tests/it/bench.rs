@@ -126,3 +126,40 @@ fn bench_logs_runs_and_the_agent_catches_up() {
         .unwrap_or_else(|| panic!("no `shipped` line in:\n{out}"));
     assert!(shipped > 0, "some lines are shipped:\n{out}");
 }
+
+/// `fleet bench dashboard` seeds a node with everything an agent sends and measures its page at
+/// every range: a short run renders every page (the benchmark fails on any error answer).
+#[test]
+fn bench_dashboard_runs_with_every_collector_seeded() {
+    let args: Vec<String> = [
+        "bench",
+        "dashboard",
+        "--nodes",
+        "3",
+        "--days",
+        "1",
+        "--interval",
+        "5min",
+        "--requests",
+        "2",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, out, err) = run_fleet(&args);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("records of 10 collectors"), "{out}");
+    for page in ["node page, 1h", "node page, 24h", "node page, 7d"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(page))
+            .unwrap_or_else(|| panic!("no `{page}` line in:\n{out}"));
+        let bytes: u64 = line
+            .split_whitespace()
+            .last()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_default();
+        // Six host charts, traffic, checks, processes, log lines, the app and other series:
+        // far more than the host charts alone.
+        assert!(bytes > 50_000, "{page} is only {bytes} bytes:\n{out}");
+    }
+}

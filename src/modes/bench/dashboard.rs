@@ -1,6 +1,8 @@
 //! `fleet bench dashboard --nodes N --days D`: how long the dashboard's pages take to render
 //! from a real store: the overview of N nodes, one node's page with D days of history at each
-//! chart range, a sparkline, and `/healthz` as the floor measured in the same run.
+//! chart range (its host collectors and everything else an agent sends: an access log's traffic
+//! and tail, two checks, a plugin, the top processes, an app, shipped lines), a sparkline, and
+//! `/healthz` as the floor measured in the same run.
 //!
 //! Everything real: a controller in this process (SQLite in a temporary dir, or
 //! `--database-url`), a logged-in session, pages fetched over HTTP. The history is written
@@ -38,6 +40,10 @@ pub struct DashboardBenchArgs {
 }
 
 const CHARTED: &str = "n0000";
+/// Ticks of the charted node also put in the hot ring.
+const HOT_TICKS: u64 = 200;
+/// Records of the charted node per tick: 3 host, 8 others (`collected`).
+const RECORDS_PER_TICK: u64 = 11;
 
 /// One tick of a host's system, disk and network collectors at `ts`.
 fn tick(ts: i64, i: u64) -> Vec<Record> {
@@ -92,6 +98,125 @@ fn tick(ts: i64, i: u64) -> Vec<Record> {
             .collect(),
     };
     vec![system, disk, network]
+}
+
+/// The charted node's other collectors at tick `i`: an access log's traffic for two vhosts and
+/// its tail's figures, two checks (one down now and then), a Nagios plugin in WARNING, the top
+/// processes, and an app's record: what a real agent with `[[logs]]`, `[[checks]]`,
+/// `[[plugins]]` and an app on its socket sends.
+fn collected(ts: i64, i: u64) -> Vec<Record> {
+    let wave = |period: f64, low: f64, high: f64| {
+        let phase = (i as f64 / period * std::f64::consts::TAU).sin() * 0.5 + 0.5;
+        low + (high - low) * phase
+    };
+    let mut web = Vec::new();
+    for (vhost, scale) in [("shop.example", 1.0), ("api.example", 0.3)] {
+        let web_sample = |name: &str, value: f64| {
+            Sample::new(name, value)
+                .with_label("log", "nginx")
+                .with_label("vhost", vhost)
+        };
+        let ok = wave(720.0, 5.0, 60.0) * scale;
+        let errors = if i % 97 < 3 { 4.0 * scale } else { 0.0 };
+        web.extend([
+            web_sample("web.requests_per_second", ok + errors),
+            web_sample("web.requests_per_second", ok).with_label("class", "2xx"),
+            web_sample("web.requests_per_second", errors).with_label("class", "5xx"),
+            web_sample("web.bytes_per_second", ok * 2048.0),
+            web_sample("web.request_time_avg_ms", wave(300.0, 8.0, 40.0)),
+            web_sample("web.request_time_max_ms", wave(300.0, 50.0, 900.0)),
+        ]);
+    }
+    let tail = |name: &str, value: f64| Sample::new(name, value).with_label("log", "nginx");
+    let check = |name: &str, up: bool, latency: f64| Record {
+        collector: "check".into(),
+        ts,
+        data: if up {
+            serde_json::json!({ "check": name, "ok": true, "latency_ms": latency })
+        } else {
+            serde_json::json!({ "check": name, "ok": false, "latency_ms": latency,
+                "error": "connection refused" })
+        },
+        samples: vec![
+            Sample::new("check.up", if up { 1.0 } else { 0.0 }).with_label("check", name),
+            Sample::new("check.latency_ms", latency).with_label("check", name),
+        ],
+    };
+    let load = wave(360.0, 0.5, 6.0);
+    vec![
+        Record {
+            collector: "web.nginx".into(),
+            ts,
+            data: serde_json::Value::Null,
+            samples: web,
+        },
+        Record {
+            collector: "tail.nginx".into(),
+            ts,
+            data: serde_json::json!({ "lines": 200, "files": ["/var/log/nginx/access.log"] }),
+            samples: vec![
+                tail("tail.lines_per_second", wave(720.0, 5.0, 80.0)),
+                tail("tail.bytes_per_second", wave(720.0, 1e3, 2e4)),
+                tail("tail.unparsed", 0.0),
+                tail("tail.truncated", 0.0),
+                tail("tail.sampled_out", wave(720.0, 0.0, 50.0).round()),
+                tail("tail.files", 1.0),
+            ],
+        },
+        check("web", true, wave(90.0, 0.2, 3.0)),
+        check("db", i % 50 >= 5, wave(90.0, 0.5, 9.0)),
+        Record {
+            collector: "plugin".into(),
+            ts,
+            data: serde_json::json!({ "plugin": "load", "status": "WARNING", "code": 1,
+                "text": format!("WARNING - load {load:.2}"),
+                "perfdata": [{ "label": "load", "value": load, "uom": "", "warn": "4",
+                    "crit": "10", "min": 0, "max": null }] }),
+            samples: vec![
+                Sample::new("plugin.status", 1.0).with_label("plugin", "load"),
+                Sample::new("plugin.duration_ms", 12.0).with_label("plugin", "load"),
+                Sample::new("plugin.perf", load)
+                    .with_label("plugin", "load")
+                    .with_label("label", "load"),
+            ],
+        },
+        Record {
+            collector: "processes".into(),
+            ts,
+            data: serde_json::json!({ "count": 180, "running": 2, "threads_total": 410,
+                "top": (0..5).map(|p| serde_json::json!({ "pid": 100 + p, "name": format!("worker{p}"),
+                    "cmdline": format!("/usr/bin/worker --id {p}"), "cpu_percent": 40.0 / f64::from(p + 1),
+                    "cpu_time_seconds": 1000.0, "rss_bytes": 50_000_000 })).collect::<Vec<_>>() }),
+            samples: vec![
+                Sample::new("processes.count", 180.0),
+                Sample::new("processes.running", 2.0),
+                Sample::new("processes.threads_total", 410.0),
+            ],
+        },
+        Record {
+            collector: "shop".into(),
+            ts,
+            data: serde_json::json!({ "version": "2.4.1", "region": "eu-west",
+                "metrics": { "orders": wave(1440.0, 0.0, 30.0).round(), "queue_depth": wave(200.0, 0.0, 12.0).round() } }),
+            samples: vec![
+                Sample::new("shop.orders", wave(1440.0, 0.0, 30.0).round()),
+                Sample::new("shop.queue_depth", wave(200.0, 0.0, 12.0).round()),
+            ],
+        },
+    ]
+}
+
+/// A shipped access log line of the charted node at `ts`.
+fn log_line(ts: i64, i: u64) -> Record {
+    Record {
+        collector: "logs.nginx".into(),
+        ts,
+        data: serde_json::json!({ "vhost": "shop.example", "remote_addr": "192.0.2.7",
+            "method": "GET", "path": format!("/product/{}", i % 400),
+            "status": if i % 97 < 3 { 502 } else { 200 }, "body_bytes_sent": 2048,
+            "file": "/var/log/nginx/access.log" }),
+        samples: Vec::new(),
+    }
 }
 
 fn batch(node: &str, seq: u64, ts: i64, records: Vec<Record>, interval_ms: i64) -> IngestBatch {
@@ -162,7 +287,9 @@ pub async fn dashboard(args: DashboardBenchArgs) -> anyhow::Result<()> {
         let group: Vec<IngestBatch> = (seq..(seq + 500).min(ticks))
             .map(|i| {
                 let ts = now - (ticks - i) as i64 * interval_ms;
-                batch(CHARTED, i + 1, ts, tick(ts, i), interval_ms)
+                let mut records = tick(ts, i);
+                records.extend(collected(ts, i));
+                batch(CHARTED, i + 1, ts, records, interval_ms)
             })
             .collect();
         seq += group.len() as u64;
@@ -170,6 +297,15 @@ pub async fn dashboard(args: DashboardBenchArgs) -> anyhow::Result<()> {
             .write_batches(&group, &keep, &mut cache)
             .await
             .context("cannot seed the history")?;
+    }
+    // The newest records are also in the hot ring, as ingest would have put them there: the
+    // page's tables (checks, processes, log lines, apps) and its tail read them.
+    for i in ticks.saturating_sub(HOT_TICKS)..ticks {
+        let ts = now - (ticks - i) as i64 * interval_ms;
+        let mut records = tick(ts, i);
+        records.extend(collected(ts, i));
+        records.push(log_line(ts, i));
+        controller.hot.push(CHARTED, &records).await;
     }
     // Every other node: one recent tick, so the overview shows them up with vitals.
     let others: Vec<IngestBatch> = (1..args.nodes)
@@ -201,7 +337,7 @@ pub async fn dashboard(args: DashboardBenchArgs) -> anyhow::Result<()> {
         conn.close().await?;
     }
     println!(
-        "store     {}; {} nodes; {} of {} ({} records of 3 collectors) seeded in {:.1} s",
+        "store     {}; {} nodes; {} of {} ({} records of 10 collectors) seeded in {:.1} s",
         if args.database_url.is_some() {
             "PostgreSQL/given"
         } else {
@@ -210,7 +346,7 @@ pub async fn dashboard(args: DashboardBenchArgs) -> anyhow::Result<()> {
         args.nodes,
         CHARTED,
         humantime::format_duration(Duration::from_secs(u64::from(args.days) * 86_400)),
-        ticks * 3,
+        ticks * RECORDS_PER_TICK,
         seeding.elapsed().as_secs_f64()
     );
 
