@@ -54,6 +54,10 @@ impl Check {
                 .connect_timeout(config.timeout)
                 // The status of this URL, not of where it leads.
                 .redirect(reqwest::redirect::Policy::none())
+                // A new connection each run: a kept one hid a listener that had gone (the
+                // check said "connection closed before message completed", not "cannot
+                // connect"), and its latency left out the connect and TLS handshake.
+                .pool_max_idle_per_host(0)
                 .tls_info(true)
                 .user_agent(concat!("fleet-agent/", env!("CARGO_PKG_VERSION")));
             crate::http_client::trusting(builder, config.ca_cert.as_deref())?

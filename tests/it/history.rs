@@ -85,6 +85,27 @@ async fn thinning_keeps_every_item_of_a_collector_that_sends_one_record_per_item
         let tick = (ts - start) / interval_ms;
         assert_eq!(*value, (tick % 2) as f64);
     }
+    // Buckets of three ticks are read as one range, not bucket by bucket: the same answer.
+    let lists = ctl
+        .store
+        .points(
+            "web1",
+            "check",
+            &ids,
+            start,
+            end,
+            Resolution::Buckets {
+                bucket_ms: 30_000,
+                interval_ms,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lists.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![240, 240],
+        "one point of each check per 30 s"
+    );
     // Every point, newest records first, as the API reads them.
     let newest = ctl
         .store
