@@ -509,16 +509,24 @@ impl Findings {
 
 /// The text of every element `css` matches (none: empty).
 async fn texts(b: &Browser, css: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for el in b
+    // In one script: the live stream replaces whole sections every second, and elements found
+    // first and read one by one afterwards may be gone (read as empty) by then.
+    let found = b
         .client
-        .find_all(Locator::Css(css))
+        .execute(
+            "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText);",
+            vec![serde_json::json!(css)],
+        )
         .await
+        .unwrap_or_default();
+    found
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| t.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
         .unwrap_or_default()
-    {
-        out.push(el.text().await.unwrap_or_default());
-    }
-    out
 }
 
 async fn attr(el: &Element, name: &str) -> String {
@@ -537,21 +545,32 @@ struct CheckRow {
 /// The row of check or plugin `name`, as the contract lays it out, or `None` while it is
 /// missing.
 async fn check_row(b: &Browser, kind: &str, name: &str) -> Option<CheckRow> {
+    // In one script: the live stream may replace the table between two reads.
     let css = format!("table#check-table tr[data-kind='{kind}'][data-name='{name}']");
-    let row = b.client.find(Locator::Css(&css)).await.ok()?;
-    let status = row.find(Locator::Css("span.status")).await.ok()?;
-    let mut cells = Vec::new();
-    for td in row.find_all(Locator::Css("td")).await.ok()? {
-        cells.push(td.text().await.unwrap_or_default());
-    }
+    let v = b
+        .client
+        .execute(
+            "const r = document.querySelector(arguments[0]);
+             if (!r) return null;
+             const s = r.querySelector('span.status');
+             if (!s) return null;
+             return [s.innerText, s.getAttribute('class') || '',
+                     Array.from(r.querySelectorAll('td')).map(td => td.innerText),
+                     r.querySelectorAll('svg.strip').length];",
+            vec![serde_json::json!(css)],
+        )
+        .await
+        .ok()?;
+    let v = v.as_array()?;
     Some(CheckRow {
-        status: status.text().await.ok()?,
-        class: attr(&status, "class").await,
-        cells,
-        strips: row
-            .find_all(Locator::Css("svg.strip"))
-            .await
-            .map_or(0, |s| s.len()),
+        status: v[0].as_str()?.to_owned(),
+        class: v[1].as_str()?.to_owned(),
+        cells: v[2]
+            .as_array()?
+            .iter()
+            .map(|c| c.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        strips: v[3].as_u64()? as usize,
     })
 }
 
@@ -1159,21 +1178,24 @@ fn has_cells(row: &[String], values: &[&str]) -> bool {
 
 /// The cells of the first `tr.access` row of table#log-table one of whose cells is `path`.
 async fn access_row(b: &Browser, path: &str) -> Option<Vec<String>> {
-    let rows = b
+    // In one script: the live stream may replace the table between two reads.
+    let v = b
         .client
-        .find_all(Locator::Css("table#log-table tr.access"))
+        .execute(
+            "return Array.from(document.querySelectorAll('table#log-table tr.access'))
+                 .map(r => Array.from(r.querySelectorAll('td')).map(td => td.innerText));",
+            vec![],
+        )
         .await
         .ok()?;
-    for row in rows {
-        let mut cells = Vec::new();
-        for td in row.find_all(Locator::Css("td")).await.ok()? {
-            cells.push(td.text().await.unwrap_or_default());
-        }
-        if cells.iter().any(|c| c.trim() == path) {
-            return Some(cells);
-        }
-    }
-    None
+    v.as_array()?.iter().find_map(|row| {
+        let cells: Vec<String> = row
+            .as_array()?
+            .iter()
+            .map(|c| c.as_str().unwrap_or_default().to_owned())
+            .collect();
+        cells.iter().any(|c| c.trim() == path).then_some(cells)
+    })
 }
 
 /// The (field, value) pairs of an app section's `table.app-fields`.
