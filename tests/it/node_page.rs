@@ -744,30 +744,44 @@ async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
 
     // Web traffic: both vhosts offered, requests by class with 2xx and 5xx, the 5xx share as a
     // percentage, bytes, and the request time's mean and slowest.
-    let heading = b
-        .element("section#traffic's h2", "section#traffic h2")
+    b.element("section#traffic's h2", "section#traffic h2")
         .await;
-    assert_eq!(heading.text().await.unwrap().trim(), "Web traffic");
-    let nav = b.element("nav#vhosts", "section#traffic nav#vhosts").await;
-    let nav_text = nav.text().await.unwrap();
+    assert_eq!(
+        texts(&b, "section#traffic h2")
+            .await
+            .first()
+            .map(|t| t.trim().to_owned()),
+        Some("Web traffic".to_owned())
+    );
+    b.element("nav#vhosts", "section#traffic nav#vhosts").await;
+    // Read in one script each: the live stream replaces the section every second.
+    let nav_text = texts(&b, "section#traffic nav#vhosts").await.join(" ");
     assert!(
         nav_text.contains(SHOP) && nav_text.contains(API),
         "nav#vhosts offers both vhosts: {nav_text:?}"
     );
-    let links: Vec<String> = {
-        let mut hrefs = Vec::new();
-        for a in nav.find_all(Locator::Css("a")).await.unwrap() {
-            hrefs.push(attr(&a, "href").await);
-        }
-        hrefs
-    };
-    let current = nav
-        .find(Locator::Css("strong"))
+    let links: Vec<String> = b
+        .client
+        .execute(
+            "return Array.from(document.querySelectorAll('section#traffic nav#vhosts a'))
+                 .map(a => a.getAttribute('href') || '');",
+            vec![],
+        )
         .await
-        .expect("nav#vhosts shows the current vhost in strong")
-        .text()
+        .ok()
+        .and_then(|v| {
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|h| h.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let current = texts(&b, "section#traffic nav#vhosts strong")
         .await
-        .unwrap();
+        .first()
+        .cloned()
+        .expect("nav#vhosts shows the current vhost in strong");
     let other = if current.contains(SHOP) { API } else { SHOP };
     assert!(
         current.contains(SHOP) || current.contains(API),
@@ -855,8 +869,14 @@ async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
 
     // Checks and plugins: one table, the up check with its latency, the down one with its
     // reason, the plugin in WARNING with its first line, history strips, no certificate.
-    let heading = b.element("section#checks's h2", "section#checks h2").await;
-    assert_eq!(heading.text().await.unwrap().trim(), "Checks and plugins");
+    b.element("section#checks's h2", "section#checks h2").await;
+    assert_eq!(
+        texts(&b, "section#checks h2")
+            .await
+            .first()
+            .map(|t| t.trim().to_owned()),
+        Some("Checks and plugins".to_owned())
+    );
     let up = row_in_state(&b, "check", "web-port", "up", "up").await;
     assert!(
         up.cells.first().is_some_and(|c| c.starts_with("web-port")),
@@ -903,18 +923,11 @@ async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
             "table#check-table's data-metric names {m}: {metric:?}"
         );
     }
-    let ids: Vec<String> = {
-        let mut ids = Vec::new();
-        for f in b
-            .client
-            .find_all(Locator::Css("section#checks figure"))
-            .await
-            .unwrap()
-        {
-            ids.push(attr(&f, "id").await);
-        }
-        ids
-    };
+    let ids: Vec<String> = texts_of(
+        &b,
+        "return Array.from(document.querySelectorAll('section#checks figure')).map(f => f.id);",
+    )
+    .await;
     found.check(ids.iter().any(|i| i == "chart-plugin-load"), || {
         format!("no figure#chart-plugin-load for plugin \"load\"; the figures in section#checks have ids {ids:?}")
     });
@@ -931,10 +944,15 @@ async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
     .await;
 
     // Top processes.
-    let heading = b
-        .element("section#processes's h2", "section#processes h2")
+    b.element("section#processes's h2", "section#processes h2")
         .await;
-    assert_eq!(heading.text().await.unwrap().trim(), "Top processes");
+    assert_eq!(
+        texts(&b, "section#processes h2")
+            .await
+            .first()
+            .map(|t| t.trim().to_owned()),
+        Some("Top processes".to_owned())
+    );
     let head = texts(&b, "table#process-table th").await;
     assert!(
         head.len() >= 4
@@ -969,21 +987,33 @@ async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
     );
 
     // Log lines: readable rows with status, method and path, and the text filter.
-    let heading = b
-        .element("section#log-lines's h2", "section#log-lines h2")
+    b.element("section#log-lines's h2", "section#log-lines h2")
         .await;
-    assert_eq!(heading.text().await.unwrap().trim(), "Log lines");
+    assert_eq!(
+        texts(&b, "section#log-lines h2")
+            .await
+            .first()
+            .map(|t| t.trim().to_owned()),
+        Some("Log lines".to_owned())
+    );
     b.element(
         "the log filter's text field in a GET form",
         "section#log-lines form input[name='lines']",
     )
     .await;
-    let form = b
-        .element("the log filter's form", "section#log-lines form")
+    b.element("the log filter's form", "section#log-lines form")
         .await;
+    let method = texts_of(
+        &b,
+        "return Array.from(document.querySelectorAll('section#log-lines form'))
+             .map(f => f.getAttribute('method') || '');",
+    )
+    .await;
     assert!(
-        attr(&form, "method").await.eq_ignore_ascii_case("get"),
-        "the filter form is a GET form"
+        method
+            .first()
+            .is_some_and(|m| m.eq_ignore_ascii_case("get")),
+        "the filter form is a GET form: {method:?}"
     );
     let row = b
         .until(
@@ -1030,30 +1060,36 @@ async fn the_node_page_shows_traffic_checks_plugins_processes_logs_and_apps() {
     b.goto(PAGE).await;
 
     // The app's section: a chart per metric and the latest fields.
-    let heading = b.element("section#apps's h2", "section#apps h2").await;
-    assert_eq!(heading.text().await.unwrap().trim(), "Applications");
-    let app = b
-        .element(
-            "the app's section",
-            "section#apps section.app[data-collector='shop']",
-        )
-        .await;
-    let mut drawn = BTreeSet::new();
-    for figure in app.find_all(Locator::Css("figure.chart")).await.unwrap() {
-        drawn.extend(
-            attr(&figure, "data-metric")
-                .await
-                .split_whitespace()
-                .map(str::to_owned),
-        );
-    }
+    b.element("section#apps's h2", "section#apps h2").await;
+    assert_eq!(
+        texts(&b, "section#apps h2")
+            .await
+            .first()
+            .map(|t| t.trim().to_owned()),
+        Some("Applications".to_owned())
+    );
+    b.element(
+        "the app's section",
+        "section#apps section.app[data-collector='shop']",
+    )
+    .await;
+    let drawn: BTreeSet<String> = texts_of(
+        &b,
+        "return Array.from(document.querySelectorAll(
+             \"section#apps section.app[data-collector='shop'] figure.chart\"))
+             .map(f => f.getAttribute('data-metric') || '');",
+    )
+    .await
+    .iter()
+    .flat_map(|m| m.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    .collect();
     for m in ["shop.orders", "shop.queue_depth"] {
         assert!(
             drawn.contains(m),
             "a chart of {m} in the app's section: {drawn:?}"
         );
     }
-    let fields = app_fields(&app).await;
+    let fields = app_fields(&b).await;
     for (k, v) in [("version", "2.4.1"), ("region", "eu-west")] {
         assert!(
             fields.iter().any(|(f, x)| f == k && x == v),
@@ -1198,25 +1234,39 @@ async fn access_row(b: &Browser, path: &str) -> Option<Vec<String>> {
     })
 }
 
-/// The (field, value) pairs of an app section's `table.app-fields`.
-async fn app_fields(app: &Element) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for tr in app
-        .find_all(Locator::Css("table.app-fields tr"))
+/// The (field, value) pairs of the `shop` app section's `table.app-fields`, read in one script.
+async fn app_fields(b: &Browser) -> Vec<(String, String)> {
+    texts_of(
+        b,
+        "return Array.from(document.querySelectorAll(
+             \"section.app[data-collector='shop'] table.app-fields tr\"))
+             .filter(tr => tr.querySelector('th') && tr.querySelector('td'))
+             .map(tr => tr.querySelector('th').innerText.trim() + '\\u0000' +
+                        tr.querySelector('td').innerText.trim());",
+    )
+    .await
+    .into_iter()
+    .filter_map(|pair| {
+        pair.split_once('\u{0}')
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    })
+    .collect()
+}
+
+/// The strings a script returns as an array, or none.
+async fn texts_of(b: &Browser, script: &str) -> Vec<String> {
+    b.client
+        .execute(script, vec![])
         .await
+        .ok()
+        .and_then(|v| {
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
         .unwrap_or_default()
-    {
-        let th = match tr.find(Locator::Css("th")).await {
-            Ok(th) => th.text().await.unwrap_or_default(),
-            Err(_) => continue,
-        };
-        let td = match tr.find(Locator::Css("td")).await {
-            Ok(td) => td.text().await.unwrap_or_default(),
-            Err(_) => continue,
-        };
-        out.push((th.trim().to_owned(), td.trim().to_owned()));
-    }
-    out
 }
 
 /// 2: with the page open, a new 5xx line, a check going down, the plugin going CRITICAL and
