@@ -51,21 +51,20 @@ async fn thinning_keeps_every_item_of_a_collector_that_sends_one_record_per_item
     let series = ctl.store.series("web1", Some("check.up")).await.unwrap();
     assert_eq!(series.len(), 2);
     let ids: Vec<i64> = series.iter().map(|s| s.id).collect();
-    let lists = ctl
-        .store
-        .points(
+    let read = |bucket_ms: i64, interval_ms: i64| {
+        ctl.store.points(
             "web1",
             "check",
             &ids,
             start,
             end,
             Resolution::Buckets {
-                bucket_ms: minute,
+                bucket_ms,
                 interval_ms,
             },
         )
-        .await
-        .unwrap();
+    };
+    let lists = read(minute, interval_ms).await.unwrap();
     let a = &lists[series
         .iter()
         .position(|s| s.labels["check"] == "a")
@@ -86,25 +85,19 @@ async fn thinning_keeps_every_item_of_a_collector_that_sends_one_record_per_item
         assert_eq!(*value, (tick % 2) as f64);
     }
     // Buckets of three ticks are read as one range, not bucket by bucket: the same answer.
-    let lists = ctl
-        .store
-        .points(
-            "web1",
-            "check",
-            &ids,
-            start,
-            end,
-            Resolution::Buckets {
-                bucket_ms: 30_000,
-                interval_ms,
-            },
-        )
-        .await
-        .unwrap();
+    let lists = read(30_000, interval_ms).await.unwrap();
     assert_eq!(
         lists.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![240, 240],
         "one point of each check per 30 s"
+    );
+    // A node claiming a far longer interval than it sends at: the range holds more rows than
+    // a direct read takes, so it is read bucket by bucket, with the same answer.
+    let lists = read(minute, 86_400_000).await.unwrap();
+    assert_eq!(
+        lists.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![120, 120],
+        "one point of each check per minute"
     );
     // Every point, newest records first, as the API reads them.
     let newest = ctl

@@ -119,90 +119,23 @@ impl Durable {
         }
         let rows = match resolution {
             Resolution::Newest(limit) => {
-                let rows = sqlx::query(
-                    "SELECT ts, points FROM samples \
-                     WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
-                     ORDER BY ts DESC LIMIT $5",
-                )
-                .bind(node)
-                .bind(collector)
-                .bind(from_ms)
-                .bind(to_ms)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                decode_rows(&rows)?
-            }
-            Resolution::Buckets {
-                bucket_ms,
-                interval_ms,
-            } if (to_ms - from_ms) / interval_ms.max(1)
-                <= (to_ms - from_ms) / bucket_ms.max(1) * DIRECT_ROWS_PER_BUCKET =>
-            {
-                // Hardly more rows than buckets (an hour of 10 s ticks on a 300-point chart):
-                // one range read beats a seek per bucket, and sees every item.
-                let rows = sqlx::query(
-                    "SELECT ts, points FROM samples \
-                     WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4",
-                )
-                .bind(node)
-                .bind(collector)
-                .bind(from_ms)
-                .bind(to_ms)
-                .fetch_all(&self.pool)
-                .await?;
-                decode_rows(&rows)?
+                self.newest_rows(node, collector, from_ms, to_ms, limit)
+                    .await?
             }
             Resolution::Buckets {
                 bucket_ms,
                 interval_ms,
             } => {
-                // A range of more buckets than a chart has pixels is read coarser.
-                let bucket_ms = bucket_ms.max((to_ms - from_ms) / BUCKETS_MAX).max(1);
-                // Each bucket's newest row, found and read in one statement: a seek for the
-                // bucket's newest time, then the row at it (by the same index).
-                let rows = sqlx::query(&format!(
-                    "{BUCKETS} SELECT s.ts, s.points FROM buckets CROSS JOIN samples s \
-                     WHERE s.node = $1 AND s.collector = $2 AND s.ts = (SELECT MAX(ts) \
-                     FROM samples WHERE node = $1 AND collector = $2 AND ts >= lo AND ts < hi)"
-                ))
-                .bind(node)
-                .bind(collector)
-                .bind(from_ms)
-                .bind(to_ms)
-                .bind(bucket_ms)
-                .fetch_all(&self.pool)
-                .await?;
-                let rows = decode_rows(&rows)?;
-                if one_record_holds_all(&rows, series_ids)? {
-                    rows
-                } else {
-                    // A collector that sends one record per item (`check`, `plugin`, an app's
-                    // collector with several parts): the newest record of a bucket holds only
-                    // one item's series, so the others would vanish. Read every record of the
-                    // last few intervals of each bucket instead and keep each series' newest.
-                    // CROSS JOIN: SQLite then loops over the buckets and seeks each one's
-                    // rows; with a plain JOIN it chose to scan the collector's rows (1 s for
-                    // a day of two checks, measured by `fleet bench dashboard`).
-                    let window = (interval_ms * 3).clamp(1, bucket_ms);
-                    let mut near_end: Vec<i64> = sqlx::query_scalar(&format!(
-                        "{BUCKETS} SELECT s.ts FROM buckets CROSS JOIN samples s \
-                         WHERE s.node = $1 AND s.collector = $2 \
-                         AND s.ts >= CASE WHEN hi - $6 > lo THEN hi - $6 ELSE lo END \
-                         AND s.ts < hi"
-                    ))
-                    .bind(node)
-                    .bind(collector)
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .bind(bucket_ms)
-                    .bind(window)
-                    .fetch_all(&self.pool)
-                    .await?;
-                    near_end.sort_unstable();
-                    near_end.dedup();
-                    self.rows_at(node, collector, &near_end).await?
-                }
+                self.thinned_rows(
+                    node,
+                    collector,
+                    series_ids,
+                    from_ms,
+                    to_ms,
+                    bucket_of_range(bucket_ms, from_ms, to_ms),
+                    interval_ms,
+                )
+                .await?
             }
         };
         let mut rows = rows;
@@ -210,7 +143,7 @@ impl Durable {
         let bucket_of = |ts: i64| match resolution {
             Resolution::Newest(_) => ts,
             Resolution::Buckets { bucket_ms, .. } => {
-                ts.div_euclid(bucket_ms.max((to_ms - from_ms) / BUCKETS_MAX).max(1))
+                ts.div_euclid(bucket_of_range(bucket_ms, from_ms, to_ms))
             }
         };
         let mut out: Vec<Vec<(i64, f64)>> = vec![Vec::new(); series_ids.len()];
@@ -228,6 +161,102 @@ impl Durable {
             }
         }
         Ok(out)
+    }
+
+    /// The newest `limit` sample rows of one node and collector in `[from, to]`.
+    async fn newest_rows(
+        &self,
+        node: &str,
+        collector: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ts, points FROM samples \
+             WHERE node = $1 AND collector = $2 AND ts >= $3 AND ts <= $4 \
+             ORDER BY ts DESC LIMIT $5",
+        )
+        .bind(node)
+        .bind(collector)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        decode_rows(&rows)
+    }
+
+    /// The rows a thinned read needs: at least each bucket's newest, and each item's newest
+    /// for a collector that sends one record per item. Bounded whatever the node claims its
+    /// interval is (a node sending far more often than it says reads like any other).
+    #[allow(clippy::too_many_arguments)]
+    async fn thinned_rows(
+        &self,
+        node: &str,
+        collector: &str,
+        series_ids: &[i64],
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+        interval_ms: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let buckets = (to_ms - from_ms) / bucket_ms + 1;
+        if (to_ms - from_ms) / interval_ms.max(1) <= buckets * DIRECT_ROWS_PER_BUCKET {
+            // Hardly more rows than buckets (an hour of 10 s ticks on a 300-point chart): one
+            // range read beats a seek per bucket, and sees every item. Unless the range holds
+            // more than the interval says: then the seeks below.
+            let cap = buckets * DIRECT_ROWS_PER_BUCKET * 2;
+            let rows = self
+                .newest_rows(node, collector, from_ms, to_ms, cap)
+                .await?;
+            if (rows.len() as i64) < cap {
+                return Ok(rows);
+            }
+        }
+        // Each bucket's newest row, found and read in one statement: a seek for the bucket's
+        // newest time, then the row at it (by the same index).
+        let rows = sqlx::query(&format!(
+            "{BUCKETS} SELECT s.ts, s.points FROM buckets CROSS JOIN samples s \
+             WHERE s.node = $1 AND s.collector = $2 AND s.ts = (SELECT MAX(ts) \
+             FROM samples WHERE node = $1 AND collector = $2 AND ts >= lo AND ts < hi)"
+        ))
+        .bind(node)
+        .bind(collector)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(bucket_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let rows = decode_rows(&rows)?;
+        if one_record_holds_all(&rows, series_ids)? {
+            return Ok(rows);
+        }
+        // A collector that sends one record per item (`check`, `plugin`, an app's collector
+        // with several parts): the newest record of a bucket holds only one item's series, so
+        // the others would vanish. Read every record of the last few intervals of each bucket
+        // instead and keep each series' newest. CROSS JOIN: SQLite then loops over the
+        // buckets and seeks each one's rows; with a plain JOIN it chose to scan the
+        // collector's rows (1 s for a day of two checks, measured by `fleet bench dashboard`).
+        let window = (interval_ms * 3).clamp(1, bucket_ms);
+        let mut near_end: Vec<i64> = sqlx::query_scalar(&format!(
+            "{BUCKETS} SELECT s.ts FROM buckets CROSS JOIN samples s \
+             WHERE s.node = $1 AND s.collector = $2 \
+             AND s.ts >= CASE WHEN hi - $6 > lo THEN hi - $6 ELSE lo END \
+             AND s.ts < hi LIMIT $7"
+        ))
+        .bind(node)
+        .bind(collector)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(bucket_ms)
+        .bind(window)
+        .bind(ITEM_ROWS_MAX)
+        .fetch_all(&self.pool)
+        .await?;
+        near_end.sort_unstable();
+        near_end.dedup();
+        self.rows_at(node, collector, &near_end).await
     }
 
     /// [`Durable::points`] of one series.
@@ -314,6 +343,17 @@ impl Durable {
 /// A thinned read takes the whole range when the node's interval gives at most this many of
 /// each collector's rows per bucket.
 const DIRECT_ROWS_PER_BUCKET: i64 = 3;
+
+/// Rows a thinned read of a collector with one record per item takes at most: buckets past
+/// it (a node with thousands of items, or claiming a far longer interval than it keeps) go
+/// without a point rather than the page reading without end.
+const ITEM_ROWS_MAX: i64 = 20_000;
+
+/// The bucket length a thinned read of `[from, to]` uses: as asked, but never more buckets
+/// than [`BUCKETS_MAX`].
+fn bucket_of_range(bucket_ms: i64, from_ms: i64, to_ms: i64) -> i64 {
+    bucket_ms.max((to_ms - from_ms) / BUCKETS_MAX).max(1)
+}
 
 /// Buckets of one read at most: a chart is a few hundred pixels wide.
 const BUCKETS_MAX: i64 = 2_000;

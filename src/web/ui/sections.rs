@@ -513,21 +513,10 @@ async fn gather(
             })
             .add(line_label("", s, &["plugin", "uom"]), s);
     }
-    if which.contains(&Section::Checks) {
-        for s in item_series.iter().map(|(_, s)| *s) {
-            drawn.insert(s.id);
-        }
-        for plan in perf_plans.values() {
-            drawn.extend(plan.lines.iter().map(|(_, s)| s.id));
-        }
-    } else {
-        for s in item_series.iter().map(|(_, s)| *s) {
-            drawn.insert(s.id);
-        }
-        for s in all.iter().filter(|s| s.name == "plugin.perf") {
-            drawn.insert(s.id);
-        }
-    }
+    // The items' series are theirs whichever sections are drawn, so "Other series" is the
+    // same on the page and in the live stream.
+    drawn.extend(item_series.iter().map(|(_, s)| s.id));
+    drawn.extend(all.iter().filter(|s| s.name == "plugin.perf").map(|s| s.id));
 
     // Apps: every collector the agent does not fill itself, a chart per metric.
     let mut app_names: BTreeSet<String> = all
